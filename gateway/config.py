@@ -1,0 +1,205 @@
+"""Settings: one frozen Struct read from gateway.toml and GATEWAY_* environment variables.
+
+This is the only module that reads `os.environ`. Engine secrets are resolved here from the
+variable each engine names (`api_key_env`) and carried as `Secret`, whose repr hides the value.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from gateway.domain.generation import Operation
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the offending key."""
+
+
+class Secret(str):
+    """A string that never shows itself in reprs or logs."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+
+EngineKind = Literal["api2convert", "qolaba", "aithriving", "diffusion"]
+
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[engines.NAME]` in gateway.toml."""
+
+    kind: EngineKind
+    base_url: str = ""
+    api_key_env: str | None = None
+    timeout_s: PositiveFloat = 120.0  # whole-job budget for one attempt on this engine
+    connect_timeout_s: PositiveFloat = 5.0
+    request_timeout_s: PositiveFloat = 30.0  # one HTTP exchange
+    poll_interval_s: PositiveFloat = 1.0  # first poll delay; grows with backoff
+    max_poll_interval_s: PositiveFloat = 10.0
+    max_concurrency: PositiveInt = 16
+    weight: PositiveInt = 1
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    # Resolved from the environment variable `api_key_env` by the loader, never from the file.
+    api_key: Secret | None = None
+
+
+class RoutingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[routing]`: fallback and breaker tuning shared by all engines."""
+
+    max_attempts: PositiveInt = 4
+    backoff_base_s: Annotated[float, msgspec.Meta(ge=0)] = 0.05
+    backoff_max_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    breaker_consecutive_failures: PositiveInt = 5
+    breaker_error_rate: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    breaker_window: PositiveInt = 20
+    breaker_open_s: PositiveFloat = 30.0
+
+
+class GpuConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[gpu]`: the diffusion service (in-process by default, or `gateway gpu-worker`)."""
+
+    model_path: str | None = None  # a local diffusers folder; None: the demo model in the data dir
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    compile: bool = False
+    max_batch: PositiveInt = 8
+    batch_window_ms: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    host: str = "127.0.0.1"
+    port: int = 8090
+    secret_env: str | None = None
+    shared_secret: Secret | None = None
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every setting of the service. Build it with `load_settings()`."""
+
+    database_url: str | None = None  # None: start the embedded PostgreSQL in data_dir
+    data_dir: str = ".gateway"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    db_pool_min: PositiveInt = 2
+    db_pool_max: PositiveInt = 20
+    # asyncpg's prepared-statement cache; 0 behind PgBouncer in transaction mode.
+    db_statement_cache_size: Annotated[int, msgspec.Meta(ge=0)] = 100
+    run_worker: bool = True  # `gateway serve` also runs the job runner loop
+    worker_concurrency: PositiveInt = 16
+    lease_s: PositiveFloat = 30.0
+    sync_wait_s: PositiveFloat = 60.0  # bounded wait of a sync request before it answers 202
+    public_base_url: str | None = None  # how vendors reach our signed input URLs
+    blob_signing_key: Secret | None = None
+    file_ttl_s: PositiveInt = 24 * 3600
+    idempotency_ttl_s: PositiveInt = 24 * 3600
+    key_cache_ttl_s: PositiveFloat = 2.0
+    max_input_bytes: PositiveInt = 20 * 1024 * 1024
+    max_input_pixels: PositiveInt = 4096 * 4096
+    fetch_timeout_s: PositiveFloat = 10.0
+    fetch_allow_hosts: list[str] = msgspec.field(default_factory=list)  # e.g. ["127.0.0.1"] in tests
+    demo_tenant: bool = True  # the embedded default creates a demo tenant on first start
+    engines: dict[str, EngineConfig] = msgspec.field(default_factory=dict)
+    routes: dict[Operation, list[str]] = msgspec.field(default_factory=dict)
+    routing: RoutingConfig = RoutingConfig()
+    gpu: GpuConfig = GpuConfig()
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).resolve()
+
+
+# Scalar settings that may come from GATEWAY_<NAME> environment variables.
+_ENV_SCALARS = {
+    name: field
+    for name, field in zip(Settings.__struct_fields__, msgspec.structs.fields(Settings), strict=True)
+    if name not in {"engines", "routes", "routing", "gpu", "fetch_allow_hosts"}
+}
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith("GATEWAY_") or key in {"GATEWAY_CONFIG", "GATEWAY_TEST_DATABASE_URL"}:
+            continue
+        name = key.removeprefix("GATEWAY_").lower()
+        if name == "fetch_allow_hosts":
+            out[name] = [h.strip() for h in value.split(",") if h.strip()]
+        elif name in _ENV_SCALARS:
+            out[name] = value
+        else:
+            raise ConfigError(f"unknown environment variable {key}")
+    return out
+
+
+def _decode(raw: dict[str, Any], source: str) -> Settings:
+    try:
+        # strict=False lets environment strings become ints, floats and bools.
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+
+
+def _resolve_secrets(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    def secret(var: str | None, what: str) -> Secret | None:
+        if var is None:
+            return None
+        if var not in environ:
+            raise ConfigError(f"{what}: environment variable {var} is not set")
+        return Secret(environ[var])
+
+    engines = {
+        name: msgspec.structs.replace(cfg, api_key=secret(cfg.api_key_env, f"engines.{name}.api_key_env"))
+        for name, cfg in settings.engines.items()
+    }
+    gpu = msgspec.structs.replace(settings.gpu, shared_secret=secret(settings.gpu.secret_env, "gpu.secret_env"))
+    signing = environ.get("GATEWAY_BLOB_SIGNING_KEY")
+    return msgspec.structs.replace(
+        settings,
+        engines=engines,
+        gpu=gpu,
+        blob_signing_key=Secret(signing) if signing else settings.blob_signing_key,
+    )
+
+
+def _check_routes(settings: Settings) -> None:
+    for operation, names in settings.routes.items():
+        for name in names:
+            if name not in settings.engines:
+                raise ConfigError(f"routes.{operation}: unknown engine {name!r}")
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    *,
+    config_path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read gateway.toml (if any), then GATEWAY_* variables, then explicit overrides (CLI flags)."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    path = config_path or env.get("GATEWAY_CONFIG")
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    source = str(path) if path else "settings"
+    for key in ("api_key", "shared_secret", "blob_signing_key"):
+        if key in raw:
+            raise ConfigError(f"{source}: {key} may only come from the environment")
+    raw.update(_env_overrides(env))
+    raw.update(overrides or {})
+    settings = _resolve_secrets(_decode(raw, source), env)
+    _check_routes(settings)
+    return settings

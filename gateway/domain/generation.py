@@ -1,0 +1,180 @@
+"""The normalized generation vocabulary shared by the public API, the engines and the GPU service.
+
+Everything here is pure data: no I/O, no imports from the rest of the package.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+Operation = Literal["text-to-image", "image-to-image", "inpaint"]
+OPERATIONS: tuple[Operation, ...] = ("text-to-image", "image-to-image", "inpaint")
+
+# Our sampler names. Each engine maps them to its own vocabulary (diffusers schedulers,
+# Stability-style K_* names, ...) and declares which ones it can serve.
+Sampler = Literal[
+    "euler",
+    "euler_ancestral",
+    "heun",
+    "lms",
+    "ddim",
+    "ddpm",
+    "pndm",
+    "dpm_2",
+    "dpm_2_ancestral",
+    "dpmpp_2m",
+    "dpmpp_2s_ancestral",
+]
+SAMPLERS: tuple[Sampler, ...] = (
+    "euler",
+    "euler_ancestral",
+    "heun",
+    "lms",
+    "ddim",
+    "ddpm",
+    "pndm",
+    "dpm_2",
+    "dpm_2_ancestral",
+    "dpmpp_2m",
+    "dpmpp_2s_ancestral",
+)
+
+# The style presets the vendors share (Stability's list, which aithriving mirrors).
+Style = Literal[
+    "3d-model",
+    "analog-film",
+    "anime",
+    "cinematic",
+    "comic-book",
+    "digital-art",
+    "enhance",
+    "fantasy-art",
+    "isometric",
+    "line-art",
+    "low-poly",
+    "modeling-compound",
+    "neon-punk",
+    "origami",
+    "photographic",
+    "pixel-art",
+    "tile-texture",
+]
+STYLES: tuple[Style, ...] = (
+    "3d-model",
+    "analog-film",
+    "anime",
+    "cinematic",
+    "comic-book",
+    "digital-art",
+    "enhance",
+    "fantasy-art",
+    "isometric",
+    "line-art",
+    "low-poly",
+    "modeling-compound",
+    "neon-punk",
+    "origami",
+    "photographic",
+    "pixel-art",
+    "tile-texture",
+)
+
+AspectRatio = Literal["1:1", "3:2", "4:3", "4:5", "9:16", "16:9", "21:9"]
+ResizeMode = Literal["simple", "crop", "fill"]
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+MEDIA_TYPES: dict[OutputFormat, str] = {
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+}
+
+
+class ImageInput(msgspec.Struct, frozen=True, kw_only=True):
+    """An input image (init image or mask) after the gateway fetched, decoded and checked it.
+
+    `url` is an expiring signed URL to the same bytes in our blob store, set when the gateway
+    has a public base URL configured; engines whose vendor only accepts URLs need it.
+    Masks are normalized to the convention "white = repaint, black = keep", same size as the image.
+    """
+
+    data: bytes
+    media_type: str
+    width: int
+    height: int
+    url: str | None = None
+
+
+class EngineRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One generation as an engine receives it: fully resolved, every default applied.
+
+    `width`/`height` are final (aspect_ratio already turned into pixels). `seed` is concrete:
+    image i of the request uses `seed + i` so results are reproducible per image.
+    `engine_options` holds vendor-specific options for the engine kind it is keyed by.
+    """
+
+    job_id: str
+    operation: Operation
+    prompt: str
+    negative_prompt: str | None = None
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    strength: float | None = None  # 0..1, higher = further from the input image
+    seed: int
+    n: int
+    style: Style | None = None
+    sampler: Sampler | None = None
+    model: str | None = None
+    output_format: OutputFormat = "png"
+    resize_mode: ResizeMode = "simple"
+    image: ImageInput | None = None
+    mask: ImageInput | None = None
+    download_password: str | None = None
+    engine_options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class GeneratedImage(msgspec.Struct, frozen=True, kw_only=True):
+    """One produced image. `index` is its position in the request (0..n-1)."""
+
+    index: int
+    data: bytes
+    media_type: str
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+class EngineSpend(msgspec.Struct, frozen=True, kw_only=True):
+    """What the engine reported it spent: the cost of goods recorded beside the charge."""
+
+    vendor_credits: float = 0.0
+    gpu_seconds: float = 0.0
+
+
+class EngineResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The images an engine produced. May hold fewer than `n` images: only those are charged.
+
+    `failed` maps the index of each image that did not come out to a short reason.
+    """
+
+    images: list[GeneratedImage]
+    spend: EngineSpend = EngineSpend()
+    failed: dict[int, str] = msgspec.field(default_factory=dict)
+
+
+AttemptOutcome = Literal["succeeded", "partial", "rejected", "failed", "rate_limited", "timeout", "skipped"]
+
+
+class EngineAttempt(msgspec.Struct, frozen=True, kw_only=True):
+    """One try of one engine for a job, as recorded on the job and shown to the tenant."""
+
+    engine: str
+    outcome: AttemptOutcome
+    latency_ms: int
+    error_class: str | None = None
+    error: str | None = None
+    images: int = 0

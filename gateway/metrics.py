@@ -1,0 +1,45 @@
+"""Prometheus metrics, one registry per app (no module-level global registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    """The gateway's metrics. Build one per app and pass it to what records into it."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.http_requests = Counter(
+            "gateway_http_requests", "HTTP requests answered", ["method", "route", "status"], registry=self.registry
+        )
+        self.http_latency = Histogram(
+            "gateway_http_request_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.engine_latency = Histogram(
+            "gateway_engine_attempt_seconds", "Latency of one engine attempt", ["engine", "outcome"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.engine_attempts = Counter(
+            "gateway_engine_attempts", "Engine attempts by outcome", ["engine", "outcome"], registry=self.registry
+        )
+        self.engine_breaker_open = Gauge(
+            "gateway_engine_breaker_open", "1 while the engine's circuit breaker is open", ["engine"],
+            registry=self.registry,
+        )
+        self.engine_in_flight = Gauge(
+            "gateway_engine_in_flight", "Attempts in flight per engine", ["engine"], registry=self.registry
+        )
+        self.jobs_finished = Counter(
+            "gateway_jobs_finished", "Jobs reaching a terminal state", ["operation", "state"], registry=self.registry
+        )
+        self.images_produced = Counter(
+            "gateway_images_produced", "Images produced and charged", ["operation", "engine"], registry=self.registry
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
