@@ -1,0 +1,50 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Response, get
+
+from gateway.db.migrations import pending_migrations
+from gateway.errors import ServiceUnavailable
+from gateway.state import Services
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class Readiness(msgspec.Struct):
+    status: str
+    database: str
+    pending_migrations: list[str]
+
+
+@get("/healthz", tags=["operations"], summary="Liveness", exclude_from_auth=True)
+async def healthz() -> Health:
+    """The process is up and serving requests."""
+    return Health(status="ok")
+
+
+@get("/readyz", tags=["operations"], summary="Readiness", exclude_from_auth=True)
+async def readyz(services: Services) -> Readiness:
+    """The database answers and every migration is applied."""
+    try:
+        async with services.pool.acquire() as conn:
+            pending = await pending_migrations(conn)
+    except (OSError, services.db_errors) as exc:
+        raise ServiceUnavailable(f"database unreachable: {type(exc).__name__}") from exc
+    if pending:
+        raise ServiceUnavailable("migrations pending", pending_migrations=pending)
+    return Readiness(status="ready", database="ok", pending_migrations=[])
+
+
+@get("/metrics", tags=["operations"], summary="Prometheus metrics", exclude_from_auth=True, media_type="text/plain")
+async def metrics(services: Services) -> Response[Any]:
+    """Prometheus text exposition format."""
+    return Response(services.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+routes = [healthz, readyz, metrics]

@@ -1,0 +1,53 @@
+"""The app-wide guard: authenticate, check the route's scope, apply the key's rate limit.
+
+Routes declare what they need in `opt`: `scope="generate"` (tenant key with that scope),
+`operator=True` (operator key), or `exclude_from_auth=True` (public).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from gateway.auth.keys import Principal, presented_key
+from gateway.errors import PermissionDenied, RateLimited
+from gateway.state import Services
+
+
+async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """Litestar guard run before every handler."""
+    opt = handler.opt
+    if opt.get("exclude_from_auth"):
+        return
+    services: Services = connection.app.state.services
+    principal = await services.auth.authenticate(presented_key(connection.headers))
+    if opt.get("operator"):
+        if principal.kind != "operator":
+            raise PermissionDenied("This endpoint needs an operator key.")
+    else:
+        if principal.kind != "tenant":
+            raise PermissionDenied("Operator keys administer tenants; use a tenant key here.")
+        scope = opt.get("scope")
+        if scope is not None and scope not in principal.scopes:
+            raise PermissionDenied(f"The key lacks the scope {scope!r}.", required_scope=scope)
+    allowed, wait, remaining = services.auth.rate_check(principal)
+    limit = principal.rate_limit_per_minute
+    headers = {
+        "RateLimit-Limit": str(limit),
+        "RateLimit-Remaining": str(remaining),
+        "RateLimit-Reset": str(math.ceil(wait) if not allowed else 0),
+    }
+    if not allowed:
+        headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        raise RateLimited(f"Rate limit of {limit} requests per minute exceeded.", headers=headers)
+    connection.state.principal = principal
+    connection.state.rate_headers = headers
+
+
+def current_principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+    """Dependency: the principal the guard resolved."""
+    principal: Principal = connection.state.principal
+    return principal

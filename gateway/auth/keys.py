@@ -1,0 +1,172 @@
+"""Resolving a presented key to a principal: cached lookups, validity, scopes and rate limits.
+
+Lookups are cached for `key_cache_ttl_s` (2 s by default): revocation, expiry of a rotated
+secret and tenant suspension are seen by every replica within that time, with no invalidation
+protocol to get wrong. Validity (expiry, grace period) is evaluated on every request against the
+cached row, so a key expires on the second. `last_used_at` is written in batches.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+from uuid import UUID
+
+import asyncpg
+
+from gateway.auth import tokens
+from gateway.db import keys as q
+from gateway.db.pool import Pool
+from gateway.errors import Unauthenticated
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("generate", "jobs:read", "files:read", "usage:read", "keys:manage")
+Scope = Literal["generate", "jobs:read", "files:read", "usage:read", "keys:manage"]
+
+_GENERIC = "The API key is missing, malformed, unknown, expired or revoked."
+_CACHE_LIMIT = 100_000
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a tenant key or an operator key."""
+
+    kind: Literal["tenant", "operator"]
+    key_id: UUID
+    tenant_id: UUID | None
+    scopes: frozenset[str]
+    rate_limit_per_minute: int
+    monthly_cap: int | None = None
+
+
+@dataclass
+class _Cached:
+    row: asyncpg.Record | None
+    fetched: float
+
+
+@dataclass
+class TokenBucket:
+    """Requests per minute for one key: capacity = the limit, refilled continuously."""
+
+    capacity: float
+    tokens: float
+    updated: float
+
+    def take(self, now: float) -> tuple[bool, float]:
+        """Take one token; returns (allowed, seconds until one is available)."""
+        rate = self.capacity / 60.0
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True, 0.0
+        return False, (1.0 - self.tokens) / rate
+
+
+@dataclass
+class KeyAuthenticator:
+    """Per-app key resolver. Holds the lookup cache, the rate buckets and the last-used batch."""
+
+    pool: Pool
+    ttl_s: float
+    clock: Callable[[], float] = time.monotonic
+    _cache: dict[bytes, _Cached] = field(default_factory=dict)
+    _buckets: dict[UUID, TokenBucket] = field(default_factory=dict)
+    _used_tenant: set[UUID] = field(default_factory=set)
+    _used_operator: set[UUID] = field(default_factory=set)
+
+    async def authenticate(self, presented: str | None) -> Principal:
+        """The principal for `presented`, or `Unauthenticated` with one generic message.
+
+        The precise reason goes to the log (never the key itself)."""
+        if not presented:
+            raise self._refuse("no key presented")
+        kind = tokens.parse_kind(presented)
+        if kind is None:
+            raise self._refuse("malformed key")
+        secret_hash = tokens.hash_key(presented)
+        row = await self._lookup(kind, secret_hash)
+        # The row came from an index lookup on this hash; compare again in constant time anyway.
+        if row is None or not hmac.compare_digest(row["secret_hash"], secret_hash):
+            raise self._refuse(f"unknown {kind} key ...{tokens.hint(presented)}")
+        now = datetime.now(UTC)
+        if row["revoked_at"] is not None and row["revoked_at"] <= now:
+            raise self._refuse(f"revoked key {row['id']}")
+        if kind == "operator":
+            self._used_operator.add(row["id"])
+            return Principal("operator", row["id"], None, frozenset(), rate_limit_per_minute=60_000)
+        if row["expires_at"] is not None and row["expires_at"] <= now:
+            raise self._refuse(f"expired key {row['id']}")
+        if row["retires_at"] is not None and row["retires_at"] <= now:
+            raise self._refuse(f"rotated-out secret of key {row['id']}")
+        if row["tenant_status"] != "active":
+            raise self._refuse(f"tenant {row['tenant_id']} is {row['tenant_status']}")
+        self._used_tenant.add(row["id"])
+        return Principal(
+            "tenant",
+            row["id"],
+            row["tenant_id"],
+            frozenset(row["scopes"]),
+            row["rate_limit_per_minute"],
+            row["monthly_cap"],
+        )
+
+    def _refuse(self, reason: str) -> Unauthenticated:
+        log.info("authentication refused: %s", reason)
+        return Unauthenticated(_GENERIC, headers={"WWW-Authenticate": 'Bearer realm="gateway"'})
+
+    async def _lookup(self, kind: str, secret_hash: bytes) -> asyncpg.Record | None:
+        now = self.clock()
+        cached = self._cache.get(secret_hash)
+        if cached is not None and now - cached.fetched < self.ttl_s:
+            return cached.row
+        async with self.pool.acquire() as conn:
+            if kind == "operator":
+                row = await q.operator_key_by_hash(conn, secret_hash)
+            else:
+                row = await q.tenant_key_by_hash(conn, secret_hash)
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[secret_hash] = _Cached(row, now)
+        return row
+
+    def invalidate(self) -> None:
+        """Forget cached lookups (this replica changed a key; others see it within the TTL)."""
+        self._cache.clear()
+
+    def rate_check(self, principal: Principal) -> tuple[bool, float, int]:
+        """(allowed, retry_after_s, remaining) for one request of `principal`."""
+        now = self.clock()
+        bucket = self._buckets.get(principal.key_id)
+        limit = float(principal.rate_limit_per_minute)
+        if bucket is None or bucket.capacity != limit:
+            bucket = self._buckets[principal.key_id] = TokenBucket(limit, limit, now)
+        allowed, wait = bucket.take(now)
+        return allowed, wait, int(bucket.tokens)
+
+    async def flush_last_used(self) -> None:
+        """Write `last_used_at` for every key seen since the last flush, in two statements."""
+        tenant, operator = list(self._used_tenant), list(self._used_operator)
+        self._used_tenant.clear()
+        self._used_operator.clear()
+        if not tenant and not operator:
+            return
+        async with self.pool.acquire() as conn:
+            await q.touch_keys(conn, tenant, operator)
+
+
+def presented_key(headers: Any) -> str | None:
+    """The key from `Authorization: Bearer <key>` or `X-Api-Key`."""
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else None
+    value = headers.get("x-api-key")
+    return value.strip() if value else None

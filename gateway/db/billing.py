@@ -1,0 +1,157 @@
+"""SQL for wallets, reservations, the ledger and prices.
+
+Functions here never open their own transaction: the caller's unit of work owns it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from gateway.domain.money import PriceRule
+
+Conn = asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]
+
+
+async def current_price_rules(conn: Conn) -> tuple[int, list[PriceRule]]:
+    """The newest price version and its rules."""
+    rows = await conn.fetch(
+        """SELECT version_id, operation, model, base, ref_pixels, ref_steps, cap FROM price_rules
+           WHERE version_id = (SELECT max(id) FROM price_versions)"""
+    )
+    version = rows[0]["version_id"]
+    return version, [
+        PriceRule(operation=r["operation"], model=r["model"], base=r["base"], ref_pixels=r["ref_pixels"],
+                  ref_steps=r["ref_steps"], cap=r["cap"])
+        for r in rows
+    ]
+
+
+async def insert_price_version(conn: Conn, rules: list[PriceRule], note: str, operator_key_id: UUID | None) -> int:
+    version: int = await conn.fetchval(
+        "INSERT INTO price_versions (note, created_by_key_id) VALUES ($1, $2) RETURNING id", note, operator_key_id
+    )
+    await conn.executemany(
+        """INSERT INTO price_rules (version_id, operation, model, base, ref_pixels, ref_steps, cap)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+        [(version, r.operation, r.model, r.base, r.ref_pixels, r.ref_steps, r.cap) for r in rules],
+    )
+    return version
+
+
+async def lock_wallet(conn: Conn, tenant_id: UUID) -> asyncpg.Record:
+    """The wallet row, locked until the transaction ends (serializes admissions per tenant)."""
+    row = await conn.fetchrow(
+        """SELECT w.balance, w.held, w.active_jobs, t.max_concurrent_jobs
+           FROM wallets w JOIN tenants t ON t.id = w.tenant_id
+           WHERE w.tenant_id = $1 FOR UPDATE OF w""",
+        tenant_id,
+    )
+    assert row is not None, "every tenant has a wallet"
+    return row
+
+
+async def key_month_spend(conn: Conn, key_id: UUID) -> int:
+    """Millicredits a key has charged or holds this calendar month (UTC)."""
+    value: int = await conn.fetchval(
+        """SELECT coalesce(sum(CASE WHEN state = 'held' THEN amount ELSE charged END), 0)::bigint
+           FROM reservations
+           WHERE api_key_id = $1 AND created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'""",
+        key_id,
+    )
+    return value
+
+
+async def hold(conn: Conn, *, job_id: UUID, tenant_id: UUID, key_id: UUID | None, amount: int) -> None:
+    """Reserve `amount` for a job and count it as active. Caller holds the wallet lock."""
+    await conn.execute(
+        "UPDATE wallets SET held = held + $2, active_jobs = active_jobs + 1, updated_at = now() WHERE tenant_id = $1",
+        tenant_id, amount,
+    )
+    await conn.execute(
+        "INSERT INTO reservations (job_id, tenant_id, api_key_id, amount) VALUES ($1, $2, $3, $4)",
+        job_id, tenant_id, key_id, amount,
+    )
+
+
+async def close_reservation(conn: Conn, job_id: UUID, charge: int) -> asyncpg.Record | None:
+    """Charge `charge` and release the rest, exactly once.
+
+    Returns None when the reservation was already closed (another runner finished the job):
+    the caller must then discard its own outcome. Otherwise writes the wallet change and the
+    ledger entry and returns the wallet after it."""
+    res = await conn.fetchrow(
+        """UPDATE reservations
+           SET state = CASE WHEN $2 > 0 THEN 'settled' ELSE 'released' END,
+               charged = $2, released = amount - $2, closed_at = now()
+           WHERE job_id = $1 AND state = 'held' AND $2 <= amount
+           RETURNING tenant_id, api_key_id, amount""",
+        job_id, charge,
+    )
+    if res is None:
+        return None
+    wallet = await conn.fetchrow(
+        """UPDATE wallets SET balance = balance - $2, held = held - $3, active_jobs = active_jobs - 1,
+                              updated_at = now()
+           WHERE tenant_id = $1
+           RETURNING tenant_id, balance, held, low_balance_threshold, low_balance_notified""",
+        res["tenant_id"], charge, res["amount"],
+    )
+    assert wallet is not None
+    if charge > 0:
+        await conn.execute(
+            """INSERT INTO ledger_entries (tenant_id, kind, amount, balance_after, job_id, api_key_id, reason)
+               VALUES ($1, 'charge', $2, $3, $4, $5, 'images produced')""",
+            res["tenant_id"], -charge, wallet["balance"], job_id, res["api_key_id"],
+        )
+    return wallet
+
+
+async def credit(
+    conn: Conn, *, tenant_id: UUID, kind: str, amount: int, reason: str, operator_key_id: UUID | None
+) -> asyncpg.Record:
+    """A top-up or adjustment as a ledger entry. The wallet check constraint refuses going below held."""
+    wallet = await conn.fetchrow(
+        """UPDATE wallets SET balance = balance + $2, updated_at = now(),
+                              low_balance_notified = CASE WHEN $2 > 0 THEN false ELSE low_balance_notified END
+           WHERE tenant_id = $1 RETURNING balance, held""",
+        tenant_id, amount,
+    )
+    if wallet is None:
+        raise LookupError("no such tenant")
+    await conn.execute(
+        """INSERT INTO ledger_entries (tenant_id, kind, amount, balance_after, operator_key_id, reason)
+           VALUES ($1, $2, $3, $4, $5, $6)""",
+        tenant_id, kind, amount, wallet["balance"], operator_key_id, reason,
+    )
+    return wallet
+
+
+async def wallet(conn: Conn, tenant_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT balance, held, active_jobs, low_balance_threshold FROM wallets WHERE tenant_id = $1", tenant_id
+    )
+
+
+async def ledger_page(conn: Conn, tenant_id: UUID, before_id: int | None, limit: int) -> list[asyncpg.Record]:
+    """Newest first; `before_id` is the cursor (uses ledger_tenant_page)."""
+    return await conn.fetch(
+        """SELECT id, kind, amount, balance_after, job_id, api_key_id, reason, created_at
+           FROM ledger_entries
+           WHERE tenant_id = $1 AND ($2::bigint IS NULL OR id < $2)
+           ORDER BY id DESC LIMIT $3""",
+        tenant_id, before_id, limit,
+    )
+
+
+async def mark_low_balance_notified(conn: Conn, tenant_id: UUID) -> None:
+    await conn.execute("UPDATE wallets SET low_balance_notified = true WHERE tenant_id = $1", tenant_id)
+
+
+async def set_low_balance_threshold(conn: Conn, tenant_id: UUID, threshold: int | None) -> None:
+    await conn.execute(
+        "UPDATE wallets SET low_balance_threshold = $2, low_balance_notified = false WHERE tenant_id = $1",
+        tenant_id, threshold,
+    )

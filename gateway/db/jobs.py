@@ -1,0 +1,256 @@
+"""SQL for jobs, their results, attempts, files and inputs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from gateway.domain.generation import EngineAttempt
+
+Conn = asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]
+
+NOTIFY_CHANNEL = "gateway_jobs"
+
+JOB_COLUMNS = """id, tenant_id, api_key_id, operation, state, params, n, unit_price, price_version_id, allowed_engines,
+    progress, engine, vendor_credits, gpu_seconds, images_succeeded, charged, error, download_password_hash,
+    webhook_url, cancel_requested, runs, lease_owner, lease_expires_at, deadline_at, created_at, started_at,
+    finished_at"""
+
+
+async def insert_job(
+    conn: Conn,
+    *,
+    job_id: UUID,
+    tenant_id: UUID,
+    key_id: UUID | None,
+    operation: str,
+    params: dict[str, Any],
+    n: int,
+    unit_price: int,
+    price_version_id: int,
+    allowed_engines: list[str] | None,
+    password_hash: str | None,
+    webhook_url: str | None,
+    deadline_s: float,
+    lease_owner: str | None,
+    lease_s: float,
+) -> None:
+    """A new job: queued, or already running under `lease_owner` (sync requests run inline)."""
+    await conn.execute(
+        """INSERT INTO jobs (id, tenant_id, api_key_id, operation, state, params, n, unit_price, price_version_id,
+                             allowed_engines, download_password_hash, webhook_url, deadline_at,
+                             lease_owner, lease_expires_at, started_at, runs)
+           VALUES ($1, $2, $3, $4, CASE WHEN $13::text IS NULL THEN 'queued' ELSE 'running' END, $5, $6, $7, $8,
+                   $9, $10, $11, now() + make_interval(secs => $12),
+                   $13, CASE WHEN $13::text IS NULL THEN NULL ELSE now() + make_interval(secs => $14) END,
+                   CASE WHEN $13::text IS NULL THEN NULL ELSE now() END,
+                   CASE WHEN $13::text IS NULL THEN 0 ELSE 1 END)""",
+        job_id, tenant_id, key_id, operation, params, n, unit_price, price_version_id, allowed_engines,
+        password_hash, webhook_url, deadline_s, lease_owner, lease_s,
+    )
+    await conn.execute(
+        """INSERT INTO job_results (job_id, index, status)
+           SELECT $1, i, 'pending' FROM generate_series(0, $2 - 1) AS i""",
+        job_id, n,
+    )
+    if lease_owner is None:
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(job_id))
+
+
+async def insert_input(
+    conn: Conn, job_id: UUID, role: str, blob_key: str, content_type: str, width: int, height: int
+) -> None:
+    await conn.execute(
+        "INSERT INTO job_inputs (job_id, role, blob_key, content_type, width, height) VALUES ($1, $2, $3, $4, $5, $6)",
+        job_id, role, blob_key, content_type, width, height,
+    )
+
+
+async def inputs(conn: Conn, job_id: UUID) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT role, blob_key, content_type, width, height FROM job_inputs WHERE job_id = $1",
+                            job_id)
+
+
+async def claim_jobs(conn: Conn, owner: str, lease_s: float, limit: int) -> list[asyncpg.Record]:
+    """Take up to `limit` queued jobs, or running jobs whose lease expired (their runner died)."""
+    return await conn.fetch(
+        f"""UPDATE jobs SET state = 'running', lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
+                           started_at = coalesce(started_at, now()), runs = runs + 1, updated_at = now()
+           WHERE id IN (
+               SELECT id FROM jobs
+               WHERE (state = 'queued') OR (state = 'running' AND lease_expires_at < now())
+               ORDER BY created_at
+               LIMIT $3
+               FOR UPDATE SKIP LOCKED)
+           RETURNING {JOB_COLUMNS}""",  # noqa: S608 - column list is a constant
+        owner, lease_s, limit,
+    )
+
+
+async def renew_lease(conn: Conn, job_id: UUID, owner: str, lease_s: float) -> bool:
+    """Extend our lease; False when it is no longer ours (taken over or finished)."""
+    row = await conn.fetchval(
+        """UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
+           WHERE id = $1 AND lease_owner = $2 AND state = 'running' RETURNING true""",
+        job_id, owner, lease_s,
+    )
+    return bool(row)
+
+
+async def set_progress(conn: Conn, job_id: UUID, progress: float) -> None:
+    await conn.execute(
+        "UPDATE jobs SET progress = greatest(progress, $2) WHERE id = $1 AND state = 'running'", job_id, progress
+    )
+
+
+async def insert_attempt(conn: Conn, job_id: UUID, attempt: EngineAttempt) -> None:
+    await conn.execute(
+        """INSERT INTO job_attempts (job_id, engine, outcome, latency_ms, error_class, error, images)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+        job_id, attempt.engine, attempt.outcome, attempt.latency_ms, attempt.error_class, attempt.error,
+        attempt.images,
+    )
+
+
+async def get_job(conn: Conn, job_id: UUID, tenant_id: UUID | None = None) -> asyncpg.Record | None:
+    """A job; with `tenant_id`, only when it belongs to that tenant (others get None, so 404)."""
+    return await conn.fetchrow(
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)",  # noqa: S608
+        job_id, tenant_id,
+    )
+
+
+async def job_results(conn: Conn, job_id: UUID) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT index, status, file_id, seed, error FROM job_results WHERE job_id = $1 ORDER BY index", job_id
+    )
+
+
+async def job_attempts(conn: Conn, job_id: UUID) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT engine, outcome, latency_ms, error_class, error, images FROM job_attempts
+           WHERE job_id = $1 ORDER BY id""",
+        job_id,
+    )
+
+
+async def list_jobs(
+    conn: Conn,
+    tenant_id: UUID,
+    *,
+    before: tuple[datetime, UUID] | None,
+    state: str | None,
+    operation: str | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """Newest first, keyset-paginated on (created_at, id) (uses jobs_tenant_page)."""
+    return await conn.fetch(
+        f"""SELECT {JOB_COLUMNS} FROM jobs
+            WHERE tenant_id = $1
+              AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
+              AND ($4::text IS NULL OR state = $4)
+              AND ($5::text IS NULL OR operation = $5)
+            ORDER BY created_at DESC, id DESC LIMIT $6""",  # noqa: S608
+        tenant_id, before[0] if before else None, before[1] if before else None, state, operation, limit,
+    )
+
+
+async def request_cancel(conn: Conn, job_id: UUID, tenant_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """UPDATE jobs SET cancel_requested = true, updated_at = now()
+           WHERE id = $1 AND tenant_id = $2 RETURNING state""",
+        job_id, tenant_id,
+    )
+
+
+async def finish_job(
+    conn: Conn,
+    *,
+    job_id: UUID,
+    state: str,
+    engine: str | None,
+    images_succeeded: int,
+    charged: int,
+    vendor_credits: float,
+    gpu_seconds: float,
+    error: dict[str, Any] | None,
+) -> asyncpg.Record | None:
+    """Move a job to its terminal state. Only called after its reservation was closed by us."""
+    return await conn.fetchrow(
+        """UPDATE jobs SET state = $2, engine = $3, images_succeeded = $4, charged = $5, vendor_credits = $6,
+                           gpu_seconds = $7, error = $8, progress = CASE WHEN $2 = 'succeeded' THEN 1 ELSE progress END,
+                           finished_at = now(), updated_at = now(), lease_owner = NULL, lease_expires_at = NULL
+           WHERE id = $1 AND state IN ('queued', 'running')
+           RETURNING tenant_id, api_key_id, operation, webhook_url, n, unit_price, created_at, finished_at""",
+        job_id, state, engine, images_succeeded, charged, vendor_credits, gpu_seconds, error,
+    )
+
+
+async def record_result(
+    conn: Conn, job_id: UUID, index: int, status: str, file_id: str | None, seed: int | None, error: str | None
+) -> None:
+    await conn.execute(
+        """UPDATE job_results SET status = $3, file_id = $4, seed = $5, error = $6
+           WHERE job_id = $1 AND index = $2""",
+        job_id, index, status, file_id, seed, error,
+    )
+
+
+async def insert_file(
+    conn: Conn,
+    *,
+    file_id: str,
+    tenant_id: UUID,
+    job_id: UUID,
+    kind: str,
+    blob_key: str,
+    content_type: str,
+    size: int,
+    etag: str,
+    filename: str,
+    ttl_s: int,
+) -> None:
+    await conn.execute(
+        """INSERT INTO files (id, tenant_id, job_id, kind, blob_key, content_type, size, etag, filename, expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + make_interval(secs => $10))""",
+        file_id, tenant_id, job_id, kind, blob_key, content_type, size, etag, filename, ttl_s,
+    )
+
+
+async def add_usage(
+    conn: Conn,
+    *,
+    tenant_id: UUID,
+    operation: str,
+    engine: str,
+    key_id: UUID | None,
+    images: int,
+    failed_images: int,
+    charged: int,
+    vendor_credits: float,
+    gpu_seconds: float,
+) -> None:
+    """Fold one finished job into the daily rollup (same transaction as its settlement)."""
+    await conn.execute(
+        """INSERT INTO usage_daily AS u (tenant_id, day, operation, engine, api_key_id, jobs, images, failed_images,
+                                         charged, vendor_credits, gpu_seconds)
+           VALUES ($1, (now() AT TIME ZONE 'UTC')::date, $2, $3, coalesce($4, '00000000-0000-0000-0000-000000000000'),
+                   1, $5, $6, $7, $8, $9)
+           ON CONFLICT (tenant_id, day, operation, engine, api_key_id) DO UPDATE
+           SET jobs = u.jobs + 1, images = u.images + $5, failed_images = u.failed_images + $6,
+               charged = u.charged + $7, vendor_credits = u.vendor_credits + $8, gpu_seconds = u.gpu_seconds + $9""",
+        tenant_id, operation, engine, key_id, images, failed_images, charged, vendor_credits, gpu_seconds,
+    )
+
+
+async def enqueue_webhook(
+    conn: Conn, *, tenant_id: UUID, message_id: str, url: str, event_type: str, payload: dict[str, Any]
+) -> None:
+    await conn.execute(
+        """INSERT INTO webhook_outbox (tenant_id, message_id, url, event_type, payload)
+           VALUES ($1, $2, $3, $4, $5) ON CONFLICT (message_id) DO NOTHING""",
+        tenant_id, message_id, url, event_type, payload,
+    )

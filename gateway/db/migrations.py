@@ -1,0 +1,100 @@
+"""Forward-only SQL migrations: `migrations/NNNN_name.sql`, each in its own transaction.
+
+Applied files are recorded with a SHA-256 checksum; an applied file that was edited since is
+refused. A session-level advisory lock serializes concurrent starts of several replicas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+# Arbitrary constant: the key of the advisory lock every replica takes while migrating.
+_LOCK_KEY = 7_412_903_551
+
+
+class MigrationError(Exception):
+    """The migrations on disk and in the database disagree."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """The migration files in order; a misnamed or duplicate-numbered file is an error."""
+    migrations: list[Migration] = []
+    seen: dict[str, str] = {}
+    for path in sorted(directory.glob("*.sql")):
+        match = _NAME.match(path.name)
+        if match is None:
+            raise MigrationError(f"{path.name}: migration files are named NNNN_lowercase_name.sql")
+        if match.group(1) in seen:
+            raise MigrationError(f"{path.name} and {seen[match.group(1)]} share the number {match.group(1)}")
+        seen[match.group(1)] = path.name
+        migrations.append(Migration(path.name, path.read_text()))
+    return migrations
+
+
+_CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    name        text PRIMARY KEY,
+    checksum    text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+async def apply_migrations(conn: asyncpg.Connection[Any], directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply what is pending; return the names applied. Safe to call from many replicas at once."""
+    migrations = discover(directory)
+    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+    try:
+        await conn.execute(_CREATE_TABLE)
+        applied = {r["name"]: r["checksum"] for r in await conn.fetch("SELECT name, checksum FROM schema_migrations")}
+        done: list[str] = []
+        for migration in migrations:
+            recorded = applied.get(migration.name)
+            if recorded is not None:
+                if recorded != migration.checksum:
+                    raise MigrationError(
+                        f"{migration.name} was edited after it was applied "
+                        f"(applied checksum {recorded[:12]}, file now {migration.checksum[:12]}); "
+                        "migrations are forward only: add a new file instead"
+                    )
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)", migration.name, migration.checksum
+                )
+            log.info("applied migration %s", migration.name)
+            done.append(migration.name)
+        return done
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+
+
+async def pending_migrations(conn: asyncpg.Connection[Any], directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Names of migrations on disk that the database has not applied (for /readyz)."""
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    applied: set[str] = set()
+    if exists:
+        applied = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+    return [m.name for m in discover(directory) if m.name not in applied]

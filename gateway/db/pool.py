@@ -1,0 +1,40 @@
+"""The asyncpg pool. Only gateway/db imports asyncpg."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import msgspec
+
+
+async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
+    # jsonb columns round-trip through msgspec, the same codec as the API, so no dicts are re-encoded twice.
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda value: b"\x01" + msgspec.json.encode(value),
+        decoder=lambda data: msgspec.json.decode(data[1:]),
+        schema="pg_catalog",
+        format="binary",
+    )
+
+
+Pool = asyncpg.Pool
+
+
+async def create_pool(dsn: str, *, min_size: int, max_size: int, statement_cache_size: int) -> Pool:
+    """A pool whose connections decode jsonb with msgspec.
+
+    `statement_cache_size=0` is required behind PgBouncer in transaction mode, where a prepared
+    statement may land on another server connection.
+    """
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        statement_cache_size=statement_cache_size,
+        init=_init_connection,
+        server_settings={"application_name": "gateway"},
+    )
+    assert pool is not None
+    return pool

@@ -1,0 +1,238 @@
+"""The error tree and the one RFC 9457 problem+json handler.
+
+Domain code raises `GatewayError` subclasses; this module alone turns them (and the framework's
+own errors) into `application/problem+json` responses with a stable `type`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, ClassVar
+
+import msgspec
+from litestar import MediaType, Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotFoundException,
+    SerializationException,
+    ValidationException,
+)
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_BASE = "https://gateway.invalid/problems/"
+
+
+class FieldError(msgspec.Struct, frozen=True):
+    """One invalid field: `field` is the JSON path without the leading `$.`."""
+
+    field: str
+    message: str
+
+
+class Problem(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """RFC 9457 problem details, plus our extension members."""
+
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    errors: list[FieldError] | None = None
+    extra: dict[str, Any] | None = None
+
+
+class GatewayError(Exception):
+    """Base of every error that maps to an HTTP answer."""
+
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail or self.title)
+        self.http_status = self.status
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers or {}
+        self.extra = extra
+
+    def problem(self, instance: str | None = None) -> Problem:
+        return Problem(
+            type=PROBLEM_BASE + self.slug,
+            title=self.title,
+            status=self.http_status,
+            detail=self.detail,
+            instance=instance,
+            errors=self.errors,
+            extra=self.extra or None,
+        )
+
+
+class HttpError(GatewayError):
+    """A framework error we did not raise ourselves; the status comes from the framework."""
+
+    slug, title = "http-error", "HTTP error"
+
+
+class BadRequest(GatewayError):
+    status, slug, title = 400, "bad-request", "Bad request"
+
+
+class MalformedBody(GatewayError):
+    status, slug, title = 400, "malformed-body", "The request body could not be parsed"
+
+
+class ValidationFailed(GatewayError):
+    status, slug, title = 422, "validation-error", "The request is invalid"
+
+    @classmethod
+    def field(cls, field: str, message: str) -> ValidationFailed:
+        return cls(f"{field}: {message}", errors=[FieldError(field, message)])
+
+
+class Unauthenticated(GatewayError):
+    status, slug, title = 401, "unauthenticated", "Missing or invalid credentials"
+
+
+class PermissionDenied(GatewayError):
+    status, slug, title = 403, "permission-denied", "Not allowed"
+
+
+class NotFound(GatewayError):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class MethodNotAllowed(GatewayError):
+    status, slug, title = 405, "method-not-allowed", "Method not allowed"
+
+
+class Conflict(GatewayError):
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class Gone(GatewayError):
+    status, slug, title = 410, "gone", "No longer available"
+
+
+class PayloadTooLarge(GatewayError):
+    status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
+class InsufficientCredits(GatewayError):
+    status, slug, title = 402, "insufficient-credits", "Insufficient credits"
+
+
+class RateLimited(GatewayError):
+    status, slug, title = 429, "rate-limited", "Too many requests"
+
+
+class EnginesUnavailable(GatewayError):
+    status, slug, title = 503, "engines-unavailable", "No engine could produce the images"
+
+
+class ServiceUnavailable(GatewayError):
+    status, slug, title = 503, "service-unavailable", "Service unavailable"
+
+
+_JSON_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+
+
+def field_errors_from_msgspec(message: str) -> list[FieldError]:
+    """msgspec says 'Expected `int`, got `str` - at `$.n`'; turn that into a field error."""
+    match = _JSON_PATH.search(message)
+    if match is None:
+        return [FieldError("", message)]
+    path = match.group("path") or ""
+    return [FieldError(path, message[: match.start()])]
+
+
+def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> Response[bytes]:
+    """Encode one problem as the HTTP response."""
+    body = msgspec.json.encode(problem)
+    if problem.extra:
+        # Extension members sit at the top level of the object, as RFC 9457 says.
+        merged = msgspec.json.decode(body)
+        merged.update(merged.pop("extra"))
+        body = msgspec.json.encode(merged)
+    return Response(content=body, status_code=problem.status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _to_gateway_error(exc: Exception) -> GatewayError:
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, ValidationException):
+        return _from_litestar_validation(exc)
+    if isinstance(exc, SerializationException):
+        return MalformedBody(str(exc))
+    if isinstance(exc, NotFoundException):
+        return NotFound("No such resource")
+    if isinstance(exc, MethodNotAllowedException):
+        return MethodNotAllowed(exc.detail, headers=dict(exc.headers or {}))
+    if isinstance(exc, HTTPException):
+        error = HttpError(exc.detail, headers=dict(exc.headers or {}))
+        error.http_status = exc.status_code
+        return error
+    log.exception("unhandled error", exc_info=exc)
+    return GatewayError("An unexpected error occurred; it has been logged.")
+
+
+def _from_litestar_validation(exc: ValidationException) -> GatewayError:
+    errors: list[FieldError] = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(item, dict):
+            key = str(item.get("key") or "")
+            message = str(item.get("message") or "")
+            errors.extend(
+                FieldError(f"{key}.{e.field}".strip(".") if e.field else key, e.message)
+                for e in field_errors_from_msgspec(message)
+            )
+    detail = "; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in errors) or exc.detail
+    return ValidationFailed(detail, errors=errors or None)
+
+
+def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """The single exception handler registered on the app."""
+    error = _to_gateway_error(exc)
+    if error.http_status >= 500:
+        log.error("%s %s -> %s: %s", request.method, request.url.path, error.http_status, error.detail)
+    return problem_response(error.problem(instance=request.url.path), error.headers)
+
+
+__all__ = [
+    "PROBLEM_JSON",
+    "BadRequest",
+    "Conflict",
+    "EnginesUnavailable",
+    "FieldError",
+    "GatewayError",
+    "Gone",
+    "InsufficientCredits",
+    "MalformedBody",
+    "MediaType",
+    "NotFound",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "Problem",
+    "RateLimited",
+    "ServiceUnavailable",
+    "Unauthenticated",
+    "UnsupportedMediaType",
+    "ValidationFailed",
+    "handle_exception",
+    "problem_response",
+]
