@@ -121,14 +121,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 _ENV_SCALARS = {
     name: field
     for name, field in zip(Settings.__struct_fields__, msgspec.structs.fields(Settings), strict=True)
-    if name not in {"engines", "routes", "routing", "gpu", "fetch_allow_hosts"}
+    if name not in {"engines", "routes", "routing", "gpu", "fetch_allow_hosts", "blob_signing_key"}
 }
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in environ.items():
-        if not key.startswith("GATEWAY_") or key in {"GATEWAY_CONFIG", "GATEWAY_TEST_DATABASE_URL"}:
+        if not key.startswith("GATEWAY_") or key in {"GATEWAY_CONFIG", "GATEWAY_TEST_DATABASE_URL", "GATEWAY_BLOB_SIGNING_KEY"}:
             continue
         name = key.removeprefix("GATEWAY_").lower()
         if name == "fetch_allow_hosts":

@@ -7,19 +7,19 @@ in; no module keeps mutable state of its own.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 
-if TYPE_CHECKING:
-    from gateway.auth.keys import KeyAuthenticator
-    from gateway.config import Settings
-    from gateway.db.embedded import EmbeddedPostgres
-    from gateway.db.pool import Pool
-    from gateway.metrics import Metrics
-    from gateway.routing.router import Router
-    from gateway.storage.base import BlobStore
-    from gateway.worker.runner import JobRunner
+# Imported at run time (not under TYPE_CHECKING): Litestar resolves these hints for injection.
+from gateway.auth.keys import KeyAuthenticator
+from gateway.config import Settings
+from gateway.db.embedded import EmbeddedPostgres
+from gateway.db.pool import Pool
+from gateway.metrics import Metrics
+from gateway.routing.router import Router
+from gateway.storage.base import BlobStore
+from gateway.worker.runner import JobRunner
 
 
 @dataclass
@@ -35,3 +35,4 @@ class Services:
     extras: dict[str, Any] = field(default_factory=dict)
     # Database errors as one tuple, so handlers can catch them without importing asyncpg.
     db_errors: tuple[type[BaseException], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError)
+

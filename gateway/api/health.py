@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 from litestar import Response, get
+from litestar.di import NamedDependency
 
 from gateway.db.migrations import pending_migrations
 from gateway.errors import ServiceUnavailable
@@ -29,7 +30,7 @@ async def healthz() -> Health:
 
 
 @get("/readyz", tags=["operations"], summary="Readiness", exclude_from_auth=True)
-async def readyz(services: Services) -> Readiness:
+async def readyz(services: NamedDependency[Services]) -> Readiness:
     """The database answers and every migration is applied."""
     try:
         async with services.pool.acquire() as conn:
@@ -42,7 +43,7 @@ async def readyz(services: Services) -> Readiness:
 
 
 @get("/metrics", tags=["operations"], summary="Prometheus metrics", exclude_from_auth=True, media_type="text/plain")
-async def metrics(services: Services) -> Response[Any]:
+async def metrics(services: NamedDependency[Services]) -> Response[Any]:
     """Prometheus text exposition format."""
     return Response(services.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 

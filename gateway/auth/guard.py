@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
@@ -47,7 +48,7 @@ async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: Bas
     connection.state.rate_headers = headers
 
 
-def current_principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+def current_principal(request: Request[Any, Any, Any]) -> Principal:
     """Dependency: the principal the guard resolved."""
-    principal: Principal = connection.state.principal
+    principal: Principal = request.state.principal
     return principal

@@ -51,7 +51,7 @@ CHECKS: dict[str, str] = {
 }
 
 
-async def run_audit(conn: asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]) -> dict[str, list[dict[str, Any]]]:
+async def run_audit(conn: "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]") -> dict[str, list[dict[str, Any]]]:
     """Every broken invariant with (up to 20 of) its offending rows; empty when all hold.
 
     Runs in one REPEATABLE READ snapshot so concurrent writes cannot produce false alarms."""

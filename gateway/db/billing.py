@@ -5,14 +5,14 @@ Functions here never open their own transaction: the caller's unit of work owns 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union
 from uuid import UUID
 
 import asyncpg
 
 from gateway.domain.money import PriceRule
 
-Conn = asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]
+Conn = Union["asyncpg.Connection[Any]", "asyncpg.pool.PoolConnectionProxy[Any]"]
 
 
 async def current_price_rules(conn: Conn) -> tuple[int, list[PriceRule]]:

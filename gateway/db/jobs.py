@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Union
 from uuid import UUID
 
 import asyncpg
 
 from gateway.domain.generation import EngineAttempt
 
-Conn = asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]
+Conn = Union["asyncpg.Connection[Any]", "asyncpg.pool.PoolConnectionProxy[Any]"]
 
 NOTIFY_CHANNEL = "gateway_jobs"
 
@@ -237,7 +237,7 @@ async def add_usage(
     await conn.execute(
         """INSERT INTO usage_daily AS u (tenant_id, day, operation, engine, api_key_id, jobs, images, failed_images,
                                          charged, vendor_credits, gpu_seconds)
-           VALUES ($1, (now() AT TIME ZONE 'UTC')::date, $2, $3, coalesce($4, '00000000-0000-0000-0000-000000000000'),
+           VALUES ($1, (now() AT TIME ZONE 'UTC')::date, $2, $3, coalesce($4::uuid, '00000000-0000-0000-0000-000000000000'::uuid),
                    1, $5, $6, $7, $8, $9)
            ON CONFLICT (tenant_id, day, operation, engine, api_key_id) DO UPDATE
            SET jobs = u.jobs + 1, images = u.images + $5, failed_images = u.failed_images + $6,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, Union
 from uuid import UUID
 
 import asyncpg
 
-Conn = asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]
+Conn = Union["asyncpg.Connection[Any]", "asyncpg.pool.PoolConnectionProxy[Any]"]
 
 TENANT_KEY_BY_HASH = """
 SELECT k.id, k.tenant_id, k.scopes, k.expires_at, k.revoked_at, k.rate_limit_per_minute, k.monthly_cap,
@@ -77,3 +78,116 @@ async def insert_operator_key(conn: Conn, *, key_id: UUID, name: str, secret_has
         "INSERT INTO operator_keys (id, name, secret_hash, hint) VALUES ($1, $2, $3, $4)",
         key_id, name, secret_hash, hint,
     )
+
+
+# --- Tenants -------------------------------------------------------------------------------------
+
+_TENANT_COLUMNS = """t.id, t.name, t.status, t.max_concurrent_jobs, t.created_at, t.updated_at,
+       w.balance, w.held"""
+
+
+async def any_tenant_exists(conn: Conn) -> bool:
+    """Whether the database holds at least one tenant (first start creates the demo tenant)."""
+    exists: bool = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM tenants)")
+    return exists
+
+
+async def lock_first_start(conn: Conn) -> None:
+    """Serialize first-start work across replicas until the transaction ends."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('gateway.first_start'))")
+
+
+async def get_tenant(conn: Conn, tenant_id: UUID) -> asyncpg.Record | None:
+    """One tenant with its wallet."""
+    return await conn.fetchrow(
+        f"SELECT {_TENANT_COLUMNS} FROM tenants t JOIN wallets w ON w.tenant_id = t.id WHERE t.id = $1",  # noqa: S608 - constant
+        tenant_id,
+    )
+
+
+async def list_tenants(
+    conn: Conn, *, before: tuple[datetime, UUID] | None, limit: int
+) -> list[asyncpg.Record]:
+    """Newest first; `before` is the (created_at, id) of the last row of the previous page."""
+    return await conn.fetch(
+        f"""SELECT {_TENANT_COLUMNS} FROM tenants t JOIN wallets w ON w.tenant_id = t.id
+            WHERE $1::timestamptz IS NULL OR (t.created_at, t.id) < ($1, $2)
+            ORDER BY t.created_at DESC, t.id DESC LIMIT $3""",  # noqa: S608 - constant
+        before[0] if before else None, before[1] if before else None, limit,
+    )
+
+
+async def set_tenant_status(conn: Conn, tenant_id: UUID, status: str) -> bool:
+    """Suspend or resume; False when there is no such tenant."""
+    row = await conn.fetchrow(
+        "UPDATE tenants SET status = $2, updated_at = now() WHERE id = $1 RETURNING id", tenant_id, status
+    )
+    return row is not None
+
+
+async def last_ledger_entry(conn: Conn, tenant_id: UUID) -> asyncpg.Record:
+    """The tenant's newest ledger entry. Read right after `billing.credit` in the same transaction, whose
+    wallet row lock keeps any other entry for this tenant from landing in between."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        """SELECT id, tenant_id, kind, amount, balance_after, operator_key_id, reason, created_at
+           FROM ledger_entries WHERE tenant_id = $1 ORDER BY id DESC LIMIT 1""",
+        tenant_id,
+    )
+    assert row is not None, "called after an entry was written"
+    return row
+
+
+# --- Tenant keys ---------------------------------------------------------------------------------
+
+# The hint shown is that of the newest secret, the one a rotation just handed out.
+_KEY_COLUMNS = """k.id, k.tenant_id, k.name, k.scopes, k.expires_at, k.revoked_at, k.rate_limit_per_minute,
+       k.monthly_cap, k.created_at, k.last_used_at,
+       (SELECT s.hint FROM api_key_secrets s WHERE s.key_id = k.id ORDER BY s.created_at DESC LIMIT 1) AS hint"""
+
+
+async def list_tenant_keys(conn: Conn, tenant_id: UUID) -> list[asyncpg.Record]:
+    """Every key of the tenant, revoked ones included, oldest first (uses api_keys_tenant)."""
+    return await conn.fetch(
+        f"SELECT {_KEY_COLUMNS} FROM api_keys k WHERE k.tenant_id = $1 ORDER BY k.created_at, k.id",  # noqa: S608 - constant
+        tenant_id,
+    )
+
+
+async def get_tenant_key(conn: Conn, key_id: UUID, tenant_id: UUID, *, lock: bool = False) -> asyncpg.Record | None:
+    """The key if it belongs to `tenant_id`, else None: another tenant's key is indistinguishable from
+    a missing one. `lock` holds the key row until the transaction ends (one rotation at a time)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"""SELECT {_KEY_COLUMNS} FROM api_keys k WHERE k.id = $1 AND k.tenant_id = $2
+            {"FOR UPDATE OF k" if lock else ""}""",  # noqa: S608 - constant
+        key_id, tenant_id,
+    )
+    return row
+
+
+async def retire_secrets(conn: Conn, key_id: UUID, grace_period_s: int) -> None:
+    """Let every live secret of the key work for `grace_period_s` more seconds at most.
+
+    A secret already due to retire sooner keeps its earlier end: rotating twice never extends an old secret."""
+    await conn.execute(
+        """UPDATE api_key_secrets
+           SET retires_at = least(coalesce(retires_at, 'infinity'), now() + make_interval(secs => $2))
+           WHERE key_id = $1 AND (retires_at IS NULL OR retires_at > now())""",
+        key_id, float(grace_period_s),
+    )
+
+
+async def insert_secret(conn: Conn, *, key_id: UUID, secret_hash: bytes, hint: str) -> None:
+    """A new secret for an existing key."""
+    await conn.execute(
+        "INSERT INTO api_key_secrets (secret_hash, key_id, hint) VALUES ($1, $2, $3)", secret_hash, key_id, hint
+    )
+
+
+async def revoke_tenant_key(conn: Conn, key_id: UUID, tenant_id: UUID) -> bool:
+    """Revoke the tenant's key; revoking twice keeps the first time. False when it is not the tenant's."""
+    row = await conn.fetchrow(
+        """UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
+           WHERE id = $1 AND tenant_id = $2 RETURNING id""",
+        key_id, tenant_id,
+    )
+    return row is not None

@@ -1,0 +1,232 @@
+"""Operator API for tenants: /v1/admin/tenants, their keys and their credits (operator keys only).
+
+Every credit change is a ledger entry that names the operator key that made it.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+import msgspec
+from litestar import get, post
+from litestar.params import Parameter
+
+from gateway.api.keys import CreatedKey, KeyCreate, KeyList, created_key, key_spec, key_view
+from gateway.auth import service
+from gateway.auth.keys import Principal
+from gateway.db import keys as q
+from gateway.domain.money import from_credits, to_credits
+from gateway.errors import NotFound, ValidationFailed
+from gateway.state import Services
+
+_ADMIN = {"operator": True}
+# Above any real balance, far below bigint millicredits: a typo cannot overflow the ledger.
+_MAX_CREDITS = 1e12
+
+
+class TenantCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    credits: Annotated[float, msgspec.Meta(ge=0, le=_MAX_CREDITS, description="Initial top-up, in credits.")] = 0.0
+    max_concurrent_jobs: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = service.DEFAULT_MAX_CONCURRENT_JOBS
+
+
+class TenantView(msgspec.Struct, kw_only=True):
+    id: UUID
+    object: str = "tenant"
+    name: str
+    status: str
+    max_concurrent_jobs: int
+    balance: float
+    held: float
+    available: float
+    created_at: datetime
+    updated_at: datetime
+
+
+class CreatedTenant(msgspec.Struct, kw_only=True):
+    """The new tenant and its first key (every scope), whose secret is shown this once."""
+
+    tenant: TenantView
+    key: CreatedKey
+
+
+class TenantPage(msgspec.Struct, kw_only=True):
+    data: list[TenantView]
+    next_cursor: str | None
+
+
+class CreditChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    amount: Annotated[
+        float,
+        msgspec.Meta(ge=-_MAX_CREDITS, le=_MAX_CREDITS,
+                     description="Credits (up to 3 decimals). A top-up is positive; an adjustment may be negative."),
+    ]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=1000, description="Why; kept in the ledger.")]
+    kind: service.CreditKind = "topup"
+
+
+class LedgerEntryView(msgspec.Struct, kw_only=True):
+    id: int
+    object: str = "ledger_entry"
+    tenant_id: UUID
+    kind: str
+    amount: float
+    balance_after: float
+    reason: str
+    operator_key_id: UUID | None
+    created_at: datetime
+
+
+def _tenant_view(row: Any) -> TenantView:
+    return TenantView(
+        id=row["id"],
+        name=row["name"],
+        status=row["status"],
+        max_concurrent_jobs=row["max_concurrent_jobs"],
+        balance=to_credits(row["balance"]),
+        held=to_credits(row["held"]),
+        available=to_credits(row["balance"] - row["held"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _encode_cursor(created_at: datetime, tenant_id: UUID) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{tenant_id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        stamp, _, ident = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(stamp), UUID(ident)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationFailed.field("cursor", "not a cursor this API returned") from exc
+
+
+def _millicredits(credits: float, field: str) -> int:
+    try:
+        return from_credits(credits)
+    except ValueError as exc:
+        raise ValidationFailed.field(field, str(exc)) from exc
+
+
+async def _load_tenant(services: Services, tenant_id: UUID) -> TenantView:
+    async with services.pool.acquire() as conn:
+        row = await q.get_tenant(conn, tenant_id)
+    if row is None:
+        raise NotFound("No such tenant.")
+    return _tenant_view(row)
+
+
+@post("/v1/admin/tenants", tags=["admin"], summary="Create a tenant", opt=_ADMIN, status_code=201)
+async def create_tenant(services: Services, principal: Principal, data: TenantCreate) -> CreatedTenant:
+    """A tenant with its wallet (the initial credits as a top-up ledger entry) and a first key with every
+    scope. The key's secret is in `key.key`, shown this once."""
+    credits = _millicredits(data.credits, "credits")
+    async with services.pool.acquire() as conn, conn.transaction():
+        tenant_id, issued = await service.create_tenant(
+            conn, name=data.name, credits=credits, max_concurrent_jobs=data.max_concurrent_jobs,
+            operator_key_id=principal.key_id,
+        )
+        row = await q.get_tenant(conn, tenant_id)
+    return CreatedTenant(tenant=_tenant_view(row), key=created_key(issued))
+
+
+@get("/v1/admin/tenants", tags=["admin"], summary="List tenants", opt=_ADMIN)
+async def list_tenants(
+    services: Services,
+    cursor: str | None = None,
+    limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
+) -> TenantPage:
+    """Newest first; pass `next_cursor` back as `cursor` for the next page."""
+    before = _decode_cursor(cursor) if cursor else None
+    async with services.pool.acquire() as conn:
+        rows = await q.list_tenants(conn, before=before, limit=limit + 1)
+    last = rows[limit - 1] if len(rows) > limit else None
+    return TenantPage(data=[_tenant_view(r) for r in rows[:limit]],
+                      next_cursor=_encode_cursor(last["created_at"], last["id"]) if last else None)
+
+
+@get("/v1/admin/tenants/{tenant_id:uuid}", tags=["admin"], summary="Get a tenant", opt=_ADMIN)
+async def get_tenant(services: Services, tenant_id: UUID) -> TenantView:
+    """One tenant with its wallet."""
+    return await _load_tenant(services, tenant_id)
+
+
+@post("/v1/admin/tenants/{tenant_id:uuid}/suspend", tags=["admin"], summary="Suspend a tenant", opt=_ADMIN,
+      status_code=200)
+async def suspend_tenant(services: Services, tenant_id: UUID) -> TenantView:
+    """Every key of the tenant stops authenticating (on other replicas within 2 s); running jobs finish."""
+    async with services.pool.acquire() as conn, conn.transaction():
+        await service.set_suspended(conn, tenant_id=tenant_id, suspended=True)
+    services.auth.invalidate()
+    return await _load_tenant(services, tenant_id)
+
+
+@post("/v1/admin/tenants/{tenant_id:uuid}/resume", tags=["admin"], summary="Resume a tenant", opt=_ADMIN,
+      status_code=200)
+async def resume_tenant(services: Services, tenant_id: UUID) -> TenantView:
+    """The tenant's keys work again (those not revoked or expired meanwhile)."""
+    async with services.pool.acquire() as conn, conn.transaction():
+        await service.set_suspended(conn, tenant_id=tenant_id, suspended=False)
+    services.auth.invalidate()
+    return await _load_tenant(services, tenant_id)
+
+
+@get("/v1/admin/tenants/{tenant_id:uuid}/keys", tags=["admin"], summary="List a tenant's keys", opt=_ADMIN)
+async def list_tenant_keys(services: Services, tenant_id: UUID) -> KeyList:
+    """Every key of the tenant, revoked ones included; never a secret."""
+    async with services.pool.acquire() as conn:
+        if await q.get_tenant(conn, tenant_id) is None:
+            raise NotFound("No such tenant.")
+        rows = await q.list_tenant_keys(conn, tenant_id)
+    return KeyList(data=[key_view(r) for r in rows])
+
+
+@post("/v1/admin/tenants/{tenant_id:uuid}/keys", tags=["admin"], summary="Create a key for a tenant", opt=_ADMIN,
+      status_code=201)
+async def create_tenant_key(services: Services, tenant_id: UUID, data: KeyCreate) -> CreatedKey:
+    """A key with any scopes for the tenant; the secret is in `key`, shown this once."""
+    async with services.pool.acquire() as conn, conn.transaction():
+        issued = await service.create_tenant_key(conn, tenant_id=tenant_id, spec=key_spec(data))
+    return created_key(issued)
+
+
+@post("/v1/admin/tenants/{tenant_id:uuid}/credits", tags=["admin"], summary="Top up or adjust credits",
+      opt=_ADMIN, status_code=201)
+async def change_credits(
+    services: Services, principal: Principal, tenant_id: UUID, data: CreditChange
+) -> LedgerEntryView:
+    """A top-up (positive) or an adjustment (either sign) as a ledger entry naming this operator key.
+    Taking away credits that are held for running jobs, or that the tenant does not have, answers 409."""
+    amount = _millicredits(data.amount, "amount")
+    async with services.pool.acquire() as conn, conn.transaction():
+        entry = await service.adjust_credits(
+            conn, tenant_id=tenant_id, amount=amount, kind=data.kind, reason=data.reason,
+            operator_key_id=principal.key_id,
+        )
+    return LedgerEntryView(
+        id=entry["id"],
+        tenant_id=entry["tenant_id"],
+        kind=entry["kind"],
+        amount=to_credits(entry["amount"]),
+        balance_after=to_credits(entry["balance_after"]),
+        reason=entry["reason"],
+        operator_key_id=entry["operator_key_id"],
+        created_at=entry["created_at"],
+    )
+
+
+routes = [
+    create_tenant,
+    list_tenants,
+    get_tenant,
+    suspend_tenant,
+    resume_tenant,
+    list_tenant_keys,
+    create_tenant_key,
+    change_credits,
+]

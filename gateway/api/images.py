@@ -1,0 +1,214 @@
+"""POST /v1/text-to-image, /v1/image-to-image, /v1/inpaint."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+from typing import Annotated, Any
+from uuid import UUID, uuid4
+
+import msgspec
+from litestar import Request, Response, post
+from litestar.di import NamedDependency
+from litestar.params import HeaderParameter
+
+from gateway.api.views import JobView, load_job_view
+from gateway.auth.keys import Principal
+from gateway.billing.admission import InputBlob, admit
+from gateway.domain.generation import EngineRequest, ImageInput
+from gateway.domain.requests import GenerationRequest, ImageToImageRequest, InpaintRequest, TextToImageRequest
+from gateway.errors import Conflict, GatewayError, ValidationFailed
+from gateway.routing.errors import NoEngineCanServe
+from gateway.state import Services
+from gateway.storage.inputs import CheckedImage, load_image
+from gateway.storage.passwords import hash_password
+
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(name="Idempotency-Key", required=False, max_length=255,
+                    description="Same key and body replays the first answer; another body gets 409."),
+]
+Prefer = Annotated[
+    str | None, HeaderParameter(name="Prefer", required=False, description="`respond-async` answers 202 at once.")
+]
+
+
+def _engine_params(operation: str, body: GenerationRequest, seed: int, width: int, height: int) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "operation": operation, "prompt": body.prompt, "negative_prompt": body.negative_prompt, "width": width,
+        "height": height, "steps": body.steps, "guidance_scale": body.guidance_scale, "seed": seed, "n": body.n,
+        "style": body.style, "sampler": body.sampler, "model": body.model, "output_format": body.output_format,
+        "engine_options": body.engine_options or {},
+    }
+    if isinstance(body, ImageToImageRequest | InpaintRequest):
+        params["strength"] = body.strength
+        params["resize_mode"] = body.resize_mode
+    return params
+
+
+async def _inputs(services: Services, body: GenerationRequest) -> dict[str, CheckedImage]:
+    if not isinstance(body, ImageToImageRequest | InpaintRequest):
+        return {}
+    s = services.settings
+    client = services.extras["fetch_client"]
+    load = {"client": client, "max_bytes": s.max_input_bytes, "max_pixels": s.max_input_pixels,
+            "allow_hosts": frozenset(s.fetch_allow_hosts)}
+    images = {"image": await load_image(body.image, "image", **load)}
+    if isinstance(body, InpaintRequest):
+        mask = await load_image(body.mask, "mask", **load)
+        if (mask.width, mask.height) != (images["image"].width, images["image"].height):
+            raise ValidationFailed.field(
+                "mask", f"mask is {mask.width}x{mask.height}; it must match the image ({images['image'].width}x"
+                f"{images['image'].height})")
+        images["mask"] = mask
+    return images
+
+
+def _request_hash(body: bytes, operation: str) -> bytes:
+    return hashlib.sha256(operation.encode() + b"\0" + body).digest()
+
+
+async def _replay(services: Services, principal: Principal, key: str, digest: bytes) -> JobView | None:
+    """The job a previous request with this Idempotency-Key created, or None for a new key."""
+    async with services.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            """SELECT request_hash, job_id FROM idempotency_keys
+               WHERE tenant_id = $1 AND key = $2 AND created_at > now() - make_interval(secs => $3)""",
+            principal.tenant_id, key, services.settings.idempotency_ttl_s,
+        )
+        if row is None:
+            return None
+        if row["request_hash"] != digest:
+            raise Conflict("This Idempotency-Key was used with a different request body.")
+        if row["job_id"] is None:
+            raise Conflict("A request with this Idempotency-Key is still being processed.")
+        view = await load_job_view(conn, row["job_id"], principal.tenant_id)
+    assert view is not None
+    if view.state in ("queued", "running"):
+        raise Conflict("A request with this Idempotency-Key is still being processed.", job_id=str(view.id))
+    return view
+
+
+async def _claim_key(services: Services, principal: Principal, key: str, digest: bytes, job_id: UUID) -> None:
+    async with services.pool.acquire() as conn:
+        inserted = await conn.fetchval(
+            """INSERT INTO idempotency_keys (tenant_id, key, request_hash, job_id) VALUES ($1, $2, $3, NULL)
+               ON CONFLICT (tenant_id, key) DO UPDATE SET request_hash = EXCLUDED.request_hash,
+                   created_at = now(), job_id = NULL
+               WHERE idempotency_keys.created_at <= now() - make_interval(secs => $4)
+               RETURNING true""",
+            principal.tenant_id, key, digest, services.settings.idempotency_ttl_s,
+        )
+    if not inserted:
+        raise Conflict("A request with this Idempotency-Key is still being processed.")
+
+
+async def submit(
+    services: Services, principal: Principal, request: Request[Any, Any, Any], operation: str,
+    body: GenerationRequest, idempotency_key: str | None, prefer: str | None,
+) -> Response[JobView]:
+    """Validate, price, reserve, and run (sync, bounded wait) or queue (async) one generation."""
+    digest = _request_hash(await request.body(), operation)
+    if idempotency_key:
+        previous = await _replay(services, principal, idempotency_key, digest)
+        if previous is not None:
+            return Response(previous, status_code=200, headers={"Idempotent-Replayed": "true"})
+    width, height = body.size()
+    seed = body.seed if body.seed is not None else secrets.randbelow(2**32 - body.n)
+    params = _engine_params(operation, body, seed, width, height)
+    job_id = uuid4()
+    # Refuse at once what no engine can serve (422 naming the constraint), before any money moves.
+    probe = msgspec.convert({**params, "job_id": str(job_id)}, EngineRequest)
+    images = await _inputs(services, body)
+    if images:
+        probe = msgspec.structs.replace(probe, image=ImageInput(
+            data=b"", media_type=images["image"].media_type, width=images["image"].width,
+            height=images["image"].height, url="https://signed.invalid" if services.extras.get("signs_inputs") else None))
+    try:
+        services.router.check(probe, body.engines)
+    except NoEngineCanServe as exc:
+        raise ValidationFailed(str(exc), reasons=exc.reasons) from exc
+    if idempotency_key:
+        await _claim_key(services, principal, idempotency_key, digest, job_id)
+    blobs = []
+    for role, image in images.items():
+        key = f"inputs/{job_id}/{role}"
+        await services.blobs.put(key, image.data, image.media_type)
+        blobs.append(InputBlob(role, key, image.media_type, image.width, image.height))
+    password_hash = await hash_password(body.download_password) if body.download_password else None
+    run_async = body.run_async or "respond-async" in (prefer or "")
+    runner = services.runner
+    try:
+        await admit(
+            services.pool, principal, job_id=job_id, operation=operation, params=params, width=width, height=height,
+            steps=body.steps, n=body.n, model=body.model, allowed_engines=body.engines, password_hash=password_hash,
+            webhook_url=body.webhook_url, inputs=blobs, deadline_s=max(services.settings.sync_wait_s, 600.0),
+            lease_owner=None if run_async else runner.owner, lease_s=services.settings.lease_s,
+        )
+    except GatewayError:
+        # Nothing was admitted: free the key so a retry (after a top-up, say) can go through.
+        if idempotency_key:
+            async with services.pool.acquire() as conn:
+                await conn.execute("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 AND job_id IS NULL",
+                                   principal.tenant_id, idempotency_key)
+        for blob in blobs:
+            await services.blobs.delete(blob.blob_key)
+        raise
+    if idempotency_key:
+        async with services.pool.acquire() as conn:
+            await conn.execute("UPDATE idempotency_keys SET job_id = $3 WHERE tenant_id = $1 AND key = $2",
+                               principal.tenant_id, idempotency_key, job_id)
+    if not run_async:
+        async with services.pool.acquire() as conn:
+            row = await conn.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+        task = runner.spawn(row)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=services.settings.sync_wait_s)
+        except TimeoutError:
+            run_async = True  # still running: answer like an async request; the runner finishes it
+    async with services.pool.acquire() as conn:
+        view = await load_job_view(conn, job_id, principal.tenant_id)
+    assert view is not None
+    location = {"Location": f"/v1/jobs/{job_id}"}
+    if run_async:
+        return Response(view, status_code=202, headers=location)
+    status = 200 if view.state == "succeeded" else _failure_status(view)
+    return Response(view, status_code=status, headers=location)
+
+
+def _failure_status(view: JobView) -> int:
+    """A sync job that failed answers with its problem's status (422 rejected, 503 engines down)."""
+    if view.error and isinstance(view.error.get("status"), int):
+        return int(view.error["status"])
+    return 500
+
+
+@post("/v1/text-to-image", tags=["images"], opt={"scope": "generate"}, status_code=200)
+async def text_to_image(
+    services: NamedDependency[Services], principal: NamedDependency[Principal], request: Request[Any, Any, Any], data: TextToImageRequest,
+    idempotency_key: IdempotencyKey = None, prefer: Prefer = None,
+) -> Response[JobView]:
+    """Make images from a prompt."""
+    return await submit(services, principal, request, "text-to-image", data, idempotency_key, prefer)
+
+
+@post("/v1/image-to-image", tags=["images"], opt={"scope": "generate"}, status_code=200)
+async def image_to_image(
+    services: NamedDependency[Services], principal: NamedDependency[Principal], request: Request[Any, Any, Any], data: ImageToImageRequest,
+    idempotency_key: IdempotencyKey = None, prefer: Prefer = None,
+) -> Response[JobView]:
+    """Make images from a prompt and an input image (`strength`: 0 keeps it, 1 ignores it)."""
+    return await submit(services, principal, request, "image-to-image", data, idempotency_key, prefer)
+
+
+@post("/v1/inpaint", tags=["images"], opt={"scope": "generate"}, status_code=200)
+async def inpaint(
+    services: NamedDependency[Services], principal: NamedDependency[Principal], request: Request[Any, Any, Any], data: InpaintRequest,
+    idempotency_key: IdempotencyKey = None, prefer: Prefer = None,
+) -> Response[JobView]:
+    """Repaint the white area of `mask` in `image`."""
+    return await submit(services, principal, request, "inpaint", data, idempotency_key, prefer)
+
+
+routes = [text_to_image, image_to_image, inpaint]

@@ -1,0 +1,158 @@
+"""GET /v1/balance, /v1/ledger, /v1/usage (JSON, or CSV with Accept: text/csv)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import date, datetime, timedelta
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import msgspec
+from litestar import Request, Response, get
+from litestar.di import NamedDependency
+from litestar.params import Parameter
+
+from gateway.auth.keys import Principal
+from gateway.db import billing as bq
+from gateway.domain.money import to_credits
+from gateway.errors import ValidationFailed
+from gateway.state import Services
+
+
+class Balance(msgspec.Struct, kw_only=True):
+    balance: float
+    held: float
+    available: float
+    active_jobs: int
+
+
+class LedgerEntry(msgspec.Struct, kw_only=True):
+    id: int
+    kind: str
+    amount: float
+    balance_after: float
+    job_id: UUID | None
+    reason: str
+    created_at: datetime
+
+
+class LedgerPage(msgspec.Struct, kw_only=True):
+    data: list[LedgerEntry]
+    next_cursor: str | None
+
+
+class UsageRow(msgspec.Struct, kw_only=True, omit_defaults=True):
+    day: date | None = None
+    operation: str | None = None
+    engine: str | None = None
+    key_id: UUID | None = None
+    jobs: int
+    images: int
+    failed_images: int
+    credits: float
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    start: date
+    end: date
+    group_by: list[str]
+    data: list[UsageRow]
+    total_images: int
+    total_credits: float
+
+
+GroupBy = Literal["day", "operation", "engine", "key"]
+_COLUMNS = {"day": "day", "operation": "operation", "engine": "engine", "key": "api_key_id"}
+
+
+async def usage_rows(
+    conn: Any, tenant_id: UUID | None, start: date, end: date, group_by: list[str]
+) -> list[UsageRow]:
+    """Usage from the daily rollup; `tenant_id=None` is the whole platform (operators)."""
+    cols = [_COLUMNS[g] for g in group_by]
+    select = ", ".join(cols)
+    rows = await conn.fetch(
+        f"""SELECT {select}{", " if cols else ""} sum(jobs)::bigint AS jobs, sum(images)::bigint AS images,
+                   sum(failed_images)::bigint AS failed_images, sum(charged)::bigint AS charged
+            FROM usage_daily
+            WHERE ($1::uuid IS NULL OR tenant_id = $1) AND day BETWEEN $2 AND $3
+            {"GROUP BY " + select if cols else ""} {"ORDER BY " + select if cols else ""}""",  # noqa: S608 - whitelisted
+        tenant_id, start, end,
+    )
+    return [
+        UsageRow(day=r.get("day"), operation=r.get("operation"), engine=r.get("engine"), key_id=r.get("api_key_id"),
+                 jobs=r["jobs"] or 0, images=r["images"] or 0, failed_images=r["failed_images"] or 0,
+                 credits=to_credits(r["charged"] or 0))
+        for r in (dict(x) for x in rows)
+        if r["jobs"]
+    ]
+
+
+@get("/v1/balance", tags=["billing"], opt={"scope": "usage:read"})
+async def balance(services: NamedDependency[Services], principal: NamedDependency[Principal]) -> Balance:
+    """Balance, credits held by unfinished jobs, and what is available."""
+    assert principal.tenant_id is not None
+    async with services.pool.acquire() as conn:
+        w = await bq.wallet(conn, principal.tenant_id)
+    assert w is not None
+    return Balance(balance=to_credits(w["balance"]), held=to_credits(w["held"]),
+                   available=to_credits(w["balance"] - w["held"]), active_jobs=w["active_jobs"])
+
+
+@get("/v1/ledger", tags=["billing"], opt={"scope": "usage:read"})
+async def ledger(
+    services: NamedDependency[Services], principal: NamedDependency[Principal], cursor: str | None = None,
+    limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
+) -> LedgerPage:
+    """Every balance change, newest first."""
+    assert principal.tenant_id is not None
+    try:
+        before = int(cursor) if cursor else None
+    except ValueError as exc:
+        raise ValidationFailed.field("cursor", "not a cursor this API returned") from exc
+    async with services.pool.acquire() as conn:
+        rows = await bq.ledger_page(conn, principal.tenant_id, before, limit + 1)
+    entries = [LedgerEntry(id=r["id"], kind=r["kind"], amount=to_credits(r["amount"]),
+                           balance_after=to_credits(r["balance_after"]), job_id=r["job_id"], reason=r["reason"],
+                           created_at=r["created_at"]) for r in rows[:limit]]
+    return LedgerPage(data=entries, next_cursor=str(entries[-1].id) if len(rows) > limit else None)
+
+
+@get("/v1/usage", tags=["billing"], opt={"scope": "usage:read"}, media_type="application/json")
+async def usage(
+    services: NamedDependency[Services],
+    principal: NamedDependency[Principal],
+    request: Request[Any, Any, Any],
+    start: date | None = None,
+    end: date | None = None,
+    group_by: list[GroupBy] | None = None,
+) -> Response[Any]:
+    """Jobs, images and credits, grouped by day, operation, engine and/or key. `Accept: text/csv` for CSV."""
+    assert principal.tenant_id is not None
+    end = end or datetime.now().date()
+    start = start or end - timedelta(days=30)
+    if start > end:
+        raise ValidationFailed.field("start", "must not be after end")
+    groups = list(dict.fromkeys(group_by or ["day"]))
+    async with services.pool.acquire() as conn:
+        rows = await usage_rows(conn, principal.tenant_id, start, end, groups)
+    if "text/csv" in request.headers.get("accept", ""):
+        return Response(usage_csv(rows, groups), media_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="usage-{start}-{end}.csv"'})
+    return Response(Usage(start=start, end=end, group_by=groups, data=rows,
+                          total_images=sum(r.images for r in rows),
+                          total_credits=to_credits(sum(round(r.credits * 1000) for r in rows))))
+
+
+def usage_csv(rows: list[UsageRow], groups: list[str]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow([*groups, "jobs", "images", "failed_images", "credits"])
+    for r in rows:
+        keys = {"day": r.day, "operation": r.operation, "engine": r.engine, "key": r.key_id}
+        writer.writerow([*(keys[g] for g in groups), r.jobs, r.images, r.failed_images, f"{r.credits:.3f}"])
+    return out.getvalue()
+
+
+routes = [balance, ledger, usage]

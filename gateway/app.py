@@ -1,0 +1,121 @@
+"""`create_app(settings)`: wiring and lifespan only."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Litestar, Request
+from litestar.config.response_cache import ResponseCacheConfig
+from litestar.datastructures import MutableScopeHeaders
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.types import Message, Scope
+
+from gateway.api import admin, files, health, images, jobs, keys, usage
+from gateway.api.strict import decode_strictly
+from gateway.auth.guard import authorize, current_principal
+from gateway.auth.keys import KeyAuthenticator
+from gateway.config import Settings
+from gateway.db.embedded import EmbeddedPostgres, start_embedded
+from gateway.db.migrations import apply_migrations
+from gateway.db.pool import create_pool
+from gateway.errors import handle_exception
+from gateway.metrics import Metrics
+from gateway.state import Services
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "1.0.0"
+
+
+async def _database_url(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
+    if settings.database_url:
+        return settings.database_url, None
+    embedded = await asyncio.to_thread(start_embedded, settings.data_path)
+    return embedded.uri, embedded
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Litestar) -> AsyncIterator[None]:
+    from gateway.bootstrap import build_services, close_services  # noqa: PLC0415 - heavy imports at start only
+
+    settings: Settings = app.state.settings
+    dsn, embedded = await _database_url(settings)
+    try:
+        pool = await create_pool(
+            dsn,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            statement_cache_size=settings.db_statement_cache_size,
+        )
+        async with pool.acquire() as conn:
+            await apply_migrations(conn)
+        metrics = Metrics()
+        auth = KeyAuthenticator(pool=pool, ttl_s=settings.key_cache_ttl_s)
+        services = await build_services(
+            settings, pool=pool, metrics=metrics, auth=auth, embedded=embedded, dsn=dsn
+        )
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await close_services(services)
+            await pool.close()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+def _provide_services(request: Request[Any, Any, Any]) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+async def _add_rate_headers(message: Message, scope: Scope) -> None:
+    """Every authenticated answer carries the caller's RateLimit-* headers."""
+    if message["type"] == "http.response.start":
+        rate = scope.get("state", {}).get("rate_headers")
+        if rate:
+            headers = MutableScopeHeaders.from_message(message)
+            for name, value in rate.items():
+                headers[name] = value
+
+
+def create_app(settings: Settings) -> Litestar:
+    """The ASGI application for `settings`. Resources are built in the lifespan."""
+    app = Litestar(
+        route_handlers=[
+            *health.routes,
+            *images.routes,
+            *jobs.routes,
+            *files.routes,
+            *keys.routes,
+            *usage.routes,
+            *admin.routes,
+        ],
+        dependencies={
+            "services": Provide(_provide_services, sync_to_thread=False),
+            "principal": Provide(current_principal, sync_to_thread=False),
+        },
+        guards=[authorize],
+        before_request=decode_strictly,
+        before_send=[_add_rate_headers],
+        exception_handlers={Exception: handle_exception},
+        lifespan=[_lifespan],
+        openapi_config=OpenAPIConfig(
+            title="Image Gateway API",
+            version=API_VERSION,
+            description="One normalized API for text-to-image, image-to-image and inpainting across engines.",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin(path="/docs")],
+        ),
+        response_cache_config=ResponseCacheConfig(),
+        debug=False,
+    )
+    app.state.settings = settings
+    return app

@@ -1,0 +1,110 @@
+"""Building and closing what the app runs on: blob store, engines, router, runner, demo tenant.
+
+With no engines configured, the diffusion backend runs in-process on the demo model (or
+`gpu.model_path`), reached through the same HTTP client code as a remote `gateway gpu-worker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import httpx
+
+from gateway.auth.keys import KeyAuthenticator
+from gateway.config import EngineConfig, Settings
+from gateway.db.embedded import EmbeddedPostgres
+from gateway.db.pool import Pool
+from gateway.domain.generation import OPERATIONS
+from gateway.engines.base import Engine
+from gateway.engines.registry import build_engines
+from gateway.metrics import Metrics
+from gateway.routing.router import Router
+from gateway.state import Services
+from gateway.storage.filesystem import FilesystemBlobStore
+from gateway.worker.runner import JobRunner
+
+log = logging.getLogger(__name__)
+
+LOCAL_ENGINE = "local-diffusion"
+
+
+async def _in_process_diffusion(settings: Settings, extras: dict[str, Any]) -> dict[str, Engine]:
+    # Imported here: torch and diffusers load only when the in-process backend is used.
+    from gateway.engines.diffusion import DiffusionEngine, in_process_client  # noqa: PLC0415
+    from gateway.gpu.server import GpuService, _model_path, create_gpu_app  # noqa: PLC0415
+
+    model = await asyncio.to_thread(_model_path, settings)
+    service = GpuService(settings.gpu, model)
+    await service.start()
+    app = create_gpu_app(settings.gpu, None, service=service)
+    extras["gpu_service"] = service
+    engine = DiffusionEngine(LOCAL_ENGINE, EngineConfig(kind="diffusion", timeout_s=600), in_process_client(app))
+    return {LOCAL_ENGINE: engine}
+
+
+async def build_services(
+    settings: Settings, *, pool: Pool, metrics: Metrics, auth: KeyAuthenticator, embedded: EmbeddedPostgres | None,
+    dsn: str,
+) -> Services:
+    """Everything the app needs, in dependency order."""
+    extras: dict[str, Any] = {}
+    blobs = FilesystemBlobStore(settings.data_path / "blobs")
+    if settings.engines:
+        engines = build_engines(settings)
+        router = Router.from_settings(settings, engines, metrics)
+    else:
+        engines = await _in_process_diffusion(settings, extras)
+        router = Router(engines, {op: [LOCAL_ENGINE] for op in OPERATIONS}, settings.routing, metrics)
+    extras["fetch_client"] = httpx.AsyncClient(timeout=settings.fetch_timeout_s, follow_redirects=False)
+    runner = JobRunner(pool=pool, router=router, blobs=blobs, settings=settings, metrics=metrics, dsn=dsn)
+    services = Services(settings=settings, pool=pool, metrics=metrics, blobs=blobs, auth=auth, router=router,
+                        runner=runner, embedded=embedded, extras=extras)
+    if settings.run_worker:
+        await runner.start()
+        extras["runner_started"] = True
+    extras["flusher"] = asyncio.create_task(_flush_last_used(auth))
+    if settings.demo_tenant and embedded is not None:
+        await _demo_tenant(services)
+    return services
+
+
+async def _flush_last_used(auth: KeyAuthenticator) -> None:
+    while True:
+        await asyncio.sleep(15)
+        try:
+            await auth.flush_last_used()
+        except OSError as exc:
+            log.warning("recording key use failed: %s", exc)
+
+
+async def _demo_tenant(services: Services) -> None:
+    from gateway.auth.commands import ensure_demo_tenant  # noqa: PLC0415
+
+    key = await ensure_demo_tenant(services.pool, services.settings.data_path)
+    if key is not None:
+        # Printed once, on first start, for the person who just ran the gateway.
+        print(f"\nDemo tenant created. Its API key (also in {services.settings.data_path / 'demo-key.txt'}):\n"
+              f"  {key}\n", flush=True)
+
+
+async def close_services(services: Services) -> None:
+    """Stop the runner (draining), then close clients and engines."""
+    if services.extras.get("runner_started"):
+        await services.runner.stop()
+    else:
+        await services.runner.stop(drain_s=0)
+    flusher = services.extras.get("flusher")
+    if flusher is not None:
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+    await services.auth.flush_last_used()
+    await services.router.aclose()
+    gpu = services.extras.get("gpu_service")
+    if gpu is not None:
+        await gpu.aclose()
+    await services.extras["fetch_client"].aclose()
+    await services.blobs.aclose()

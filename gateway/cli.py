@@ -1,0 +1,216 @@
+"""The `gateway` command (shared/DESIGN.md section 7)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.config import ConfigError, Settings, load_settings
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    extra = {k: v for k, v in overrides.items() if v is not None}
+    return load_settings(overrides=extra)
+
+
+def _print(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, default=str))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn  # noqa: PLC0415
+
+    from gateway.app import create_app  # noqa: PLC0415
+
+    settings = _settings(args, host=args.host, port=args.port)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # uvicorn's SIGTERM handling is the graceful shutdown: stop accepting, finish in-flight
+    # requests, then the lifespan drains the runner and closes the pool.
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=30, loop="uvloop", http="httptools", access_log=False)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from gateway.app import _lifespan, create_app  # noqa: PLC0415
+
+    settings = _settings(args, run_worker=True)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = create_app(settings)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with _lifespan(app):
+            await stop.wait()
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_gpu_worker(args: argparse.Namespace) -> int:
+    from gateway.gpu.server import run_gpu_worker  # noqa: PLC0415
+
+    return run_gpu_worker(_settings(args))
+
+
+def cmd_make_demo_model(args: argparse.Namespace) -> int:
+    from gateway.gpu.demo_model import main_make_demo_model  # noqa: PLC0415
+
+    return main_make_demo_model(args.dir)
+
+
+async def _with_pool(settings: Settings, fn: Any) -> Any:
+    from gateway.db.embedded import start_embedded  # noqa: PLC0415
+    from gateway.db.migrations import apply_migrations  # noqa: PLC0415
+    from gateway.db.pool import create_pool  # noqa: PLC0415
+
+    embedded = None
+    dsn = settings.database_url
+    if not dsn:
+        embedded = await asyncio.to_thread(start_embedded, settings.data_path)
+        dsn = embedded.uri
+    try:
+        pool = await create_pool(dsn, min_size=1, max_size=2, statement_cache_size=settings.db_statement_cache_size)
+        try:
+            async with pool.acquire() as conn:
+                await apply_migrations(conn)
+            return await fn(pool)
+        finally:
+            await pool.close()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    async def noop(pool: Any) -> None:
+        return None
+
+    asyncio.run(_with_pool(_settings(args), noop))
+    print("migrations applied")
+    return 0
+
+
+def cmd_openapi(args: argparse.Namespace) -> int:
+    from gateway.app import create_app  # noqa: PLC0415
+    from gateway.openapi import encode_document, openapi_document  # noqa: PLC0415
+
+    data = encode_document(openapi_document(create_app(load_settings({}))))
+    if args.out:
+        Path(args.out).write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+    return 0
+
+
+def cmd_tenants_create(args: argparse.Namespace) -> int:
+    from gateway.auth.commands import create_tenant_cmd  # noqa: PLC0415
+
+    result = asyncio.run(_with_pool(_settings(args), lambda pool: create_tenant_cmd(pool, args.name, args.credits)))
+    _print(result, args.json)
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from gateway.auth.commands import create_key_cmd  # noqa: PLC0415
+
+    scopes = [s.strip() for s in args.scopes.split(",")] if args.scopes else None
+    result = asyncio.run(_with_pool(_settings(args), lambda pool: create_key_cmd(pool, args.tenant, scopes)))
+    _print(result, args.json)
+    return 0
+
+
+def cmd_admin_keys_create(args: argparse.Namespace) -> int:
+    from gateway.auth.commands import create_admin_key_cmd  # noqa: PLC0415
+
+    result = asyncio.run(_with_pool(_settings(args), create_admin_key_cmd))
+    _print(result, args.json)
+    return 0
+
+
+def cmd_billing_audit(args: argparse.Namespace) -> int:
+    from gateway.db.audit import CHECKS, run_audit  # noqa: PLC0415
+
+    async def audit(pool: Any) -> dict[str, Any]:
+        async with pool.acquire() as conn:
+            return await run_audit(conn)
+
+    problems = asyncio.run(_with_pool(_settings(args), audit))
+    for name in CHECKS:
+        rows = problems.get(name)
+        print(f"{'FAIL' if rows else 'ok  '}  {name}")
+        for row in rows or []:
+            print(f"        {row}")
+    return 1 if problems else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="Image-generation API gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="HTTP API and in-process job runner")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(fn=cmd_serve)
+    sub.add_parser("worker", help="job runner only").set_defaults(fn=cmd_worker)
+    sub.add_parser("gpu-worker", help="GPU diffusion service only").set_defaults(fn=cmd_gpu_worker)
+    sub.add_parser("migrate", help="apply migrations and exit").set_defaults(fn=cmd_migrate)
+    openapi = sub.add_parser("openapi", help="write the OpenAPI document")
+    openapi.add_argument("--out")
+    openapi.set_defaults(fn=cmd_openapi)
+
+    tenants = sub.add_parser("tenants").add_subparsers(dest="action", required=True)
+    tcreate = tenants.add_parser("create", help="new tenant, wallet topped up, first key printed once")
+    tcreate.add_argument("name")
+    tcreate.add_argument("--credits", type=float, default=0.0)
+    tcreate.add_argument("--json", action="store_true")
+    tcreate.set_defaults(fn=cmd_tenants_create)
+
+    keys = sub.add_parser("keys").add_subparsers(dest="action", required=True)
+    kcreate = keys.add_parser("create", help="a tenant key, printed once")
+    kcreate.add_argument("--tenant", required=True)
+    kcreate.add_argument("--scopes")
+    kcreate.add_argument("--json", action="store_true")
+    kcreate.set_defaults(fn=cmd_keys_create)
+
+    admin_keys = sub.add_parser("admin-keys").add_subparsers(dest="action", required=True)
+    acreate = admin_keys.add_parser("create", help="an operator key, printed once")
+    acreate.add_argument("--json", action="store_true")
+    acreate.set_defaults(fn=cmd_admin_keys_create)
+
+    billing = sub.add_parser("billing").add_subparsers(dest="action", required=True)
+    billing.add_parser("audit", help="check every ledger invariant; exit 0 only if all hold").set_defaults(
+        fn=cmd_billing_audit)
+
+    gpu = sub.add_parser("gpu").add_subparsers(dest="action", required=True)
+    demo = gpu.add_parser("make-demo-model", help="build the small random-weight demo model offline")
+    demo.add_argument("dir")
+    demo.set_defaults(fn=cmd_make_demo_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.fn(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

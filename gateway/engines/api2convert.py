@@ -1,0 +1,396 @@
+"""api2convert (online-convert.com) jobs API: text-to-image and image-inpaint operations.
+
+One gateway request becomes one job with `n` conversions (the API has no image-count option),
+conversion i carrying seed + i. The job runs with `fail_on_conversion_error: false` so that a
+failed conversion leaves the others' outputs (a partial result) instead of failing the job.
+
+The stored docs do not say where the prompt and the mask go (reference/vendors.md §1.9, [GAP]);
+this adapter sends `prompt`/`negative_prompt` as conversion options and the mask as the second
+input, both marked `x-gateway-unverified` in openapi/vendors/api2convert.yaml.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import msgspec
+
+from gateway.config import ConfigError, EngineConfig
+from gateway.domain.generation import (
+    EngineRequest,
+    EngineResult,
+    EngineSpend,
+    GeneratedImage,
+    ImageInput,
+    Style,
+)
+from gateway.engines.base import Capabilities, EngineError, EngineUnavailable, ProgressCallback
+from gateway.engines.http import (
+    decode_json,
+    download,
+    error_for_status,
+    inspect_image,
+    is_bool,
+    one_of,
+    option_error,
+    poll_delays,
+    send,
+    within_budget,
+)
+
+KIND = "api2convert"
+
+TARGETS = {"text-to-image": "text-to-image", "inpaint": "image-inpaint"}
+
+# The text-to-image style enum is anime/artistic/generic/photorealistic; our shared style names
+# map onto it where the meaning matches, the rest are not offered (Capabilities.styles).
+STYLES: dict[Style, str] = {"anime": "anime", "photographic": "photorealistic", "digital-art": "artistic"}
+
+CAPABILITIES = Capabilities(
+    operations=frozenset({"text-to-image", "inpaint"}),  # image-to-image is not a documented target
+    min_side=64,
+    max_side=5120,
+    side_multiple=1,
+    min_steps=1,
+    max_steps=60,
+    min_guidance=1.0,
+    max_guidance=30.0,
+    max_n=8,
+    samplers=frozenset(),  # no sampler option: a request naming one cannot be honoured here
+    styles=frozenset(STYLES),
+)
+
+TERMINAL = frozenset({"completed", "failed", "canceled"})
+_STATUS_PROGRESS = {"downloading": 0.1, "pending": 0.1, "queued": 0.15, "processing": 0.5, "completed": 0.9}
+MAX_SEED = 4294967295
+
+
+def _is_text(limit: int) -> Any:
+    def check(value: Any) -> str | None:
+        if isinstance(value, str) and 1 <= len(value) <= limit:
+            return None
+        return f"must be a string of 1..{limit} characters"
+
+    return check
+
+
+OPTIONS = {
+    "preset": _is_text(255),
+    "style": _is_text(255),  # a raw vendor style, overriding the mapped one
+    "aspect_ratio": one_of(("1:1", "3:2", "4:3", "4:5", "9:16", "16:9", "21:9")),
+    "allow_multiple_outputs": is_bool,
+}
+
+
+def check_options(options: Mapping[str, Any]) -> str | None:
+    """Validate `engine_options.api2convert` against the vendor's documented options; the reason, or None."""
+    return option_error(options, OPTIONS, KIND)
+
+
+class JobStatus(msgspec.Struct, frozen=True):
+    """`status` of a job."""
+
+    code: str
+    info: str = ""
+
+
+class JobError(msgspec.Struct, frozen=True):
+    """An entry of `errors[]` / `warnings[]`; react to `code`, never to `message`."""
+
+    code: int | None = None
+    source: str | None = None
+    id_source: str | None = None
+    message: str = ""
+
+
+class Conversion(msgspec.Struct, frozen=True):
+    """A conversion of a job, as the API echoes it back (with its id)."""
+
+    target: str
+    id: str | None = None
+
+
+class OutputSource(msgspec.Struct, frozen=True):
+    """Which conversion produced an output."""
+
+    conversion: str | None = None
+
+
+class OutputFile(msgspec.Struct, frozen=True):
+    """An entry of `output[]`."""
+
+    uri: str
+    id: str | None = None
+    status: str = "enabled"
+    source: OutputSource | None = None
+
+
+class Job(msgspec.Struct, frozen=True):
+    """The job document returned by POST /v2/jobs and GET /v2/jobs/{id} (the fields we read)."""
+
+    id: str
+    status: JobStatus
+    errors: list[JobError] = []
+    warnings: list[JobError] = []
+    conversion: list[Conversion] = []
+    output: list[OutputFile] = []
+    spent: float = 0
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    """The HTTP-level error envelope `{code, message, errors}`."""
+
+    code: int | None = None
+    message: str = ""
+
+
+def input_file(image: ImageInput, filename: str) -> dict[str, Any]:
+    """An `input[]` entry: the signed URL when we have one, else the documented base64 type."""
+    if image.url is not None:
+        return {"type": "remote", "source": image.url}
+    return {
+        "type": "base64",
+        "source": base64.b64encode(image.data).decode("ascii"),
+        "filename": filename,
+        "content_type": image.media_type,
+    }
+
+
+def conversion_options(request: EngineRequest, index: int) -> dict[str, Any]:
+    """The `options` of conversion `index` (image `index` of the request)."""
+    vendor = request.engine_options.get(KIND, {})
+    options: dict[str, Any] = {
+        "prompt": request.prompt,
+        "cfg_scale": request.guidance_scale,
+        "num_inference_steps": request.steps,
+        # Several conversions each yield a file; without this they come back zipped together.
+        "allow_multiple_outputs": vendor.get("allow_multiple_outputs", True),
+    }
+    if request.negative_prompt:
+        options["negative_prompt"] = request.negative_prompt
+    if "aspect_ratio" in vendor:
+        # The vendor ignores aspect_ratio when width or height is set, so send only the ratio.
+        options["aspect_ratio"] = vendor["aspect_ratio"]
+    else:
+        options["width"] = request.width
+        options["height"] = request.height
+    seed = request.seed + index
+    # The documented seed minimum is 1; seed 0 is left to the vendor's random choice.
+    if 1 <= seed <= MAX_SEED:
+        options["seed"] = seed
+    style = vendor.get("style") or (STYLES.get(request.style) if request.style else None)
+    if style:
+        options["style"] = style
+    if "preset" in vendor:
+        options["preset"] = vendor["preset"]
+    if request.download_password is not None:
+        options["download_password"] = request.download_password
+    if request.operation == "inpaint":
+        options["resize_mode"] = request.resize_mode
+        if request.strength is not None:
+            # Same direction as ours: 0 keeps the image, 1 is unrelated to it.
+            options["denoising_strength"] = request.strength
+    return options
+
+
+def job_body(request: EngineRequest) -> dict[str, Any]:
+    """The POST /v2/jobs body for `request`: one conversion per requested image."""
+    target = TARGETS[request.operation]
+    body: dict[str, Any] = {
+        "process": True,
+        "fail_on_conversion_error": False,
+        "conversion": [
+            {"category": "operation", "target": target, "options": conversion_options(request, i)}
+            for i in range(request.n)
+        ],
+    }
+    inputs = []
+    if request.image is not None:
+        inputs.append(input_file(request.image, "image.png"))
+    if request.mask is not None:
+        inputs.append(input_file(request.mask, "mask.png"))
+    if inputs:
+        body["input"] = inputs
+    return body
+
+
+def job_failure(job: Job) -> EngineError:
+    """The error for a job that ended `failed` or `canceled`, naming its documented error codes."""
+    codes = ", ".join(f"{e.source or 'job'} code {e.code}" for e in job.errors if e.code is not None)
+    detail = f" ({codes})" if codes else ""
+    # The documented job-level codes (17, 99, 401, 404 on inputs) are all about fetching or
+    # converting on the vendor's side, so another engine may well serve the same request.
+    return EngineUnavailable(f"{KIND}: job {job.status.code}{detail}", spend_vendor_credits=float(job.spent))
+
+
+def job_outputs(job: Job, n: int) -> tuple[dict[int, str], dict[int, str]]:
+    """Map a completed job to (index -> output uri, index -> failure reason) for n images.
+
+    Outputs are matched to conversions by `source.conversion`; when the API does not say, they
+    are taken in order. Only outputs with status `enabled` can be downloaded.
+    """
+    conversion_index = {c.id: i for i, c in enumerate(job.conversion) if c.id is not None}
+    uris: dict[int, str] = {}
+    unmatched: list[str] = []
+    for output in job.output:
+        if output.status != "enabled":
+            continue
+        conversion = output.source.conversion if output.source else None
+        index = conversion_index.get(conversion) if conversion is not None else None
+        if index is not None and index < n:
+            uris.setdefault(index, output.uri)
+        else:
+            unmatched.append(output.uri)
+    free = (i for i in range(n) if i not in uris)
+    for uri, index in zip(unmatched, free, strict=False):
+        uris[index] = uri
+    reasons = {e.id_source: e.code for e in [*job.errors, *job.warnings] if e.id_source is not None}
+    failed: dict[int, str] = {}
+    for i in range(n):
+        if i not in uris:
+            conversion_id = job.conversion[i].id if i < len(job.conversion) else None
+            code = reasons.get(conversion_id) if conversion_id is not None else None
+            failed[i] = f"no output (code {code})" if code is not None else "no output"
+    return uris, failed
+
+
+def http_failure(response: httpx.Response, what: str) -> EngineError:
+    """The error for a non-2xx answer, naming the documented error `code` when the body has one."""
+    try:
+        code = msgspec.json.decode(response.content, type=ErrorBody).code
+    except msgspec.DecodeError:
+        code = None  # error bodies are informative only; the status decides
+    detail = f"code {code}" if code is not None else ""
+    return error_for_status(response.status_code, what, retry_after=response.headers.get("retry-after"), detail=detail)
+
+
+class Api2ConvertEngine:
+    """The api2convert engine. It owns `client` and closes it in `aclose`."""
+
+    kind = KIND
+    capabilities = CAPABILITIES
+
+    def __init__(self, name: str, config: EngineConfig, client: httpx.AsyncClient) -> None:
+        unknown = set(config.options) - {"max_download_bytes"}
+        if unknown:
+            raise ConfigError(f"engines.{name}.options: unknown option(s) {', '.join(sorted(unknown))}")
+        self.name = name
+        self.config = config
+        self._client = client
+        self._base = config.base_url.rstrip("/")
+        self._max_bytes = int(config.options.get("max_download_bytes", 64 * 1024 * 1024))
+        self._cleanup: set[asyncio.Task[None]] = set()
+
+    def check_options(self, options: Mapping[str, Any]) -> str | None:
+        """Validate `engine_options.api2convert` against the documented conversion options."""
+        return check_options(options)
+
+    def _headers(self) -> dict[str, str]:
+        if self.config.api_key is None:
+            return {}
+        return {"X-Oc-Api-Key": str(self.config.api_key)}
+
+    async def generate(self, request: EngineRequest, progress: ProgressCallback) -> EngineResult:
+        """Create the job, poll it to a terminal status, download the outputs."""
+        job_id: list[str] = []
+        try:
+            return await within_budget(self.config, self.name, lambda: self._run(request, progress, job_id))
+        except BaseException:
+            if job_id:
+                self._cancel_later(job_id[0])
+            raise
+
+    async def _run(self, request: EngineRequest, progress: ProgressCallback, job_id: list[str]) -> EngineResult:
+        what = f"{self.name} create job"
+        post = self._client.build_request(
+            "POST", f"{self._base}/v2/jobs", json=job_body(request), headers=self._headers()
+        )
+        response = await send(self._client, post, what)
+        if response.status_code not in (200, 201):
+            # 204 ("the JSON body is empty") is our bug, not the tenant's; http_failure says 5xx-like.
+            raise http_failure(response, what)
+        job = decode_json(response, Job, what)
+        job_id.append(job.id)
+        job = await self._wait(job, progress)
+        job_id.clear()  # terminal: nothing left to cancel
+        if job.status.code != "completed":
+            raise job_failure(job)
+        uris, failed = job_outputs(job, request.n)
+        images = await self._download_all(request, uris, failed)
+        spend = EngineSpend(vendor_credits=float(job.spent))
+        if not images:
+            raise EngineUnavailable(
+                f"{self.name}: job completed without usable outputs", spend_vendor_credits=spend.vendor_credits
+            )
+        progress(1.0)
+        return EngineResult(images=images, spend=spend, failed=failed)
+
+    async def _wait(self, job: Job, progress: ProgressCallback) -> Job:
+        what = f"{self.name} poll job"
+        delays = poll_delays(self.config)
+        while job.status.code not in TERMINAL:
+            progress(_STATUS_PROGRESS.get(job.status.code, 0.05))
+            await anext(delays)
+            get = self._client.build_request("GET", f"{self._base}/v2/jobs/{job.id}", headers=self._headers())
+            response = await send(self._client, get, what)
+            if response.status_code != 200:
+                raise http_failure(response, what)
+            job = decode_json(response, Job, what)
+        return job
+
+    async def _download_all(
+        self, request: EngineRequest, uris: dict[int, str], failed: dict[int, str]
+    ) -> list[GeneratedImage]:
+        headers = {}
+        if request.download_password is not None:
+            headers["x-oc-download-password"] = request.download_password
+        images = []
+        for index in sorted(uris):
+            try:
+                data = await download(
+                    self._client, uris[index], f"{self.name} download", headers=headers, max_bytes=self._max_bytes
+                )
+            except EngineError as exc:
+                failed[index] = exc.message
+                continue
+            info = inspect_image(data)
+            if info is None:
+                failed[index] = "output is not an image"
+                continue
+            seed = request.seed + index
+            images.append(
+                GeneratedImage(
+                    index=index,
+                    data=data,
+                    media_type=info.media_type,
+                    seed=seed if 1 <= seed <= MAX_SEED else None,
+                    width=info.width,
+                    height=info.height,
+                )
+            )
+        return images
+
+    def _cancel_later(self, job_id: str) -> None:
+        # The attempt is over (timeout or cancellation); stop the vendor's job so it stops
+        # spending, without making the caller wait for the answer.
+        task = asyncio.get_running_loop().create_task(self._cancel(job_id))
+        self._cleanup.add(task)
+        task.add_done_callback(self._cleanup.discard)
+
+    async def _cancel(self, job_id: str) -> None:
+        delete = self._client.build_request("DELETE", f"{self._base}/v2/jobs/{job_id}", headers=self._headers())
+        try:
+            async with asyncio.timeout(5):
+                await send(self._client, delete, f"{self.name} cancel job")
+        except (EngineError, TimeoutError):
+            return  # best effort: the job expires on the vendor's side anyway
+
+    async def aclose(self) -> None:
+        """Wait briefly for pending job cancellations, then close the HTTP client."""
+        if self._cleanup:
+            await asyncio.wait(set(self._cleanup), timeout=5)
+        await self._client.aclose()

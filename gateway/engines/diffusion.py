@@ -1,0 +1,280 @@
+"""The engine for our own GPU diffusion service, as an HTTP client of it (gateway/gpu/server.py).
+
+The service answers `POST /v1/generate` with NDJSON events: accepted, progress (per denoising
+step, repeated as a heartbeat while queued), then one result or error. The event Structs below
+mirror gateway/gpu/protocol.py; this module must not import gateway.gpu (that package pulls in
+torch), and a test checks that both sides agree.
+
+In-process use (the embedded default) passes a client over `InProcessTransport`, which, unlike
+httpx.ASGITransport, hands the response body over while the app is still writing it, so
+progress arrives live instead of all at once at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, MutableMapping
+from typing import Any, Literal
+
+import httpx
+import msgspec
+
+from gateway.config import EngineConfig
+from gateway.domain.generation import OPERATIONS, EngineRequest, EngineResult, EngineSpend, GeneratedImage, Sampler
+from gateway.engines.base import (
+    Capabilities,
+    EngineError,
+    EngineRateLimited,
+    EngineRejected,
+    EngineTimeout,
+    EngineUnavailable,
+    ProgressCallback,
+)
+
+# Every sampler diffusers has a scheduler for (gateway/gpu/samplers.py); dpmpp_2s_ancestral has none.
+DIFFUSION_SAMPLERS: frozenset[Sampler] = frozenset(
+    {
+        "euler",
+        "euler_ancestral",
+        "heun",
+        "lms",
+        "ddim",
+        "ddpm",
+        "pndm",
+        "dpm_2",
+        "dpm_2_ancestral",
+        "dpmpp_2m",
+    }
+)
+
+CAPABILITIES = Capabilities(
+    operations=frozenset(OPERATIONS),
+    min_side=64,
+    max_side=2048,
+    side_multiple=8,
+    min_steps=1,
+    max_steps=150,
+    max_n=8,
+    samplers=DIFFUSION_SAMPLERS,
+)
+
+
+class _Accepted(msgspec.Struct, frozen=True, tag="accepted", tag_field="type"):
+    queue_depth: int
+
+
+class _Progress(msgspec.Struct, frozen=True, tag="progress", tag_field="type"):
+    fraction: float
+
+
+class _Result(msgspec.Struct, frozen=True, tag="result", tag_field="type"):
+    images: list[GeneratedImage]
+    failed: dict[int, str] = msgspec.field(default_factory=dict)
+    gpu_seconds: float = 0.0
+
+
+class _Failed(msgspec.Struct, frozen=True, tag="error", tag_field="type"):
+    kind: Literal["rejected", "unavailable"]
+    message: str
+
+
+class _ErrorBody(msgspec.Struct, frozen=True):
+    kind: str = ""
+    detail: str = ""
+
+
+_Event = _Accepted | _Progress | _Result | _Failed
+_EVENTS = msgspec.json.Decoder(_Event)
+
+
+def error_for_status(status: int, detail: str, retry_after: str | None) -> EngineError:
+    """The EngineError for a non-200 answer of the GPU service, by status code."""
+    message = f"GPU service answered HTTP {status}" + (f": {detail}" if detail else "")
+    if status in (400, 413, 422):
+        return EngineRejected(message)
+    if status == 429:
+        return EngineRateLimited(message, retry_after=_seconds(retry_after))
+    if status in (408, 504):
+        return EngineTimeout(message)
+    # 401/403 are our deployment's misconfigured secret, 501 a model that cannot do this
+    # operation, 503 a draining service: none is the request's fault, so another engine may serve it.
+    return EngineUnavailable(message)
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+class DiffusionEngine:
+    """Engine `kind = "diffusion"`: a client of one GPU service (remote, or in-process).
+
+    The engine takes ownership of `client` and closes it in `aclose`.
+    """
+
+    kind = "diffusion"
+    capabilities = CAPABILITIES
+
+    def __init__(self, name: str, config: EngineConfig, client: httpx.AsyncClient) -> None:
+        self.name = name
+        self._config = config
+        self._client = client
+        self._url = f"{config.base_url.rstrip('/')}/v1/generate" if config.base_url else "/v1/generate"
+        self._headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        self._timeout = httpx.Timeout(config.request_timeout_s, connect=config.connect_timeout_s)
+        self._slots = asyncio.Semaphore(config.max_concurrency)
+
+    def check_options(self, options: Mapping[str, Any]) -> str | None:
+        """The diffusion service takes no engine-specific options."""
+        for key in options:
+            return f"engine_options.diffusion.{key}: unknown option (the diffusion engine has none)"
+        return None
+
+    async def generate(self, request: EngineRequest, progress: ProgressCallback) -> EngineResult:
+        """Send the request to the service and follow its event stream to the result."""
+        # The service never needs the download password; it stays inside the gateway.
+        body = msgspec.json.encode(msgspec.structs.replace(request, download_password=None))
+        try:
+            async with self._slots, asyncio.timeout(self._config.timeout_s):
+                return await self._exchange(body, progress)
+        except TimeoutError as exc:
+            raise EngineTimeout(f"GPU service did not finish within {self._config.timeout_s:g} s") from exc
+        except httpx.TimeoutException as exc:
+            raise EngineTimeout(f"GPU service timed out ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise EngineUnavailable(f"GPU service unreachable ({type(exc).__name__})") from exc
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise EngineUnavailable(f"GPU service sent a malformed event: {exc}") from exc
+
+    async def _exchange(self, body: bytes, progress: ProgressCallback) -> EngineResult:
+        headers = {**self._headers, "Content-Type": "application/json", "Accept": "application/x-ndjson"}
+        async with self._client.stream("POST", self._url, content=body, headers=headers, timeout=self._timeout) as reply:
+            if reply.status_code != 200:
+                raw = await reply.aread()
+                try:
+                    detail = msgspec.json.decode(raw, type=_ErrorBody).detail
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    detail = ""
+                raise error_for_status(reply.status_code, detail, reply.headers.get("retry-after"))
+            async for line in reply.aiter_lines():
+                if not line.strip():
+                    continue
+                event = _EVENTS.decode(line)
+                if isinstance(event, _Progress):
+                    progress(min(max(event.fraction, 0.0), 1.0))
+                elif isinstance(event, _Result):
+                    return EngineResult(
+                        images=event.images, spend=EngineSpend(gpu_seconds=event.gpu_seconds), failed=event.failed
+                    )
+                elif isinstance(event, _Failed):
+                    if event.kind == "rejected":
+                        raise EngineRejected(f"GPU service rejected the request: {event.message}")
+                    raise EngineUnavailable(f"GPU service failed: {event.message}")
+        raise EngineUnavailable("GPU service closed the stream without a result")
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        await self._client.aclose()
+
+
+class InProcessTransport(httpx.AsyncBaseTransport):
+    """Serve requests with an ASGI app in this event loop, streaming the response body.
+
+    The app runs as a task per request; closing the response before the end tells the app the
+    client disconnected, as a socket would.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Run the app on `request`; return as soon as it has started its response."""
+        body = await request.aread()
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": request.method,
+            "headers": [(k.lower(), v) for k, v in request.headers.raw],
+            "scheme": request.url.scheme,
+            "path": request.url.path,
+            "raw_path": request.url.raw_path.split(b"?")[0],
+            "query_string": request.url.query,
+            "server": (request.url.host, request.url.port),
+            "client": ("127.0.0.1", 0),
+            "root_path": "",
+        }
+        messages: asyncio.Queue[MutableMapping[str, Any] | BaseException | None] = asyncio.Queue()
+        disconnected = asyncio.Event()
+        body_sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            await messages.put(message)
+
+        async def run() -> None:
+            try:
+                await self.app(scope, receive, send)
+            except Exception as exc:  # handed to the reader, which raises it as httpx does
+                await messages.put(exc)
+            finally:
+                await messages.put(None)
+
+        task = asyncio.get_running_loop().create_task(run())
+        first = await messages.get()
+        if not isinstance(first, MutableMapping) or first.get("type") != "http.response.start":
+            disconnected.set()
+            await task
+            if isinstance(first, BaseException):
+                raise first
+            raise httpx.RemoteProtocolError("ASGI app ended without starting a response", request=request)
+        stream = _AppStream(messages, task, disconnected)
+        return httpx.Response(first["status"], headers=first.get("headers", []), stream=stream, request=request)
+
+
+class _AppStream(httpx.AsyncByteStream):
+    def __init__(
+        self,
+        messages: asyncio.Queue[MutableMapping[str, Any] | BaseException | None],
+        task: asyncio.Task[None],
+        disconnected: asyncio.Event,
+    ) -> None:
+        self._messages = messages
+        self._task = task
+        self._disconnected = disconnected
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            message = await self._messages.get()
+            if message is None:
+                return
+            if isinstance(message, BaseException):
+                raise message
+            if message.get("type") != "http.response.body":
+                continue
+            if chunk := message.get("body", b""):
+                yield chunk
+            if not message.get("more_body", False):
+                return
+
+    async def aclose(self) -> None:
+        self._disconnected.set()
+        if not self._task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 5.0)
+            except TimeoutError:
+                self._task.cancel()
+
+
+def in_process_client(app: Any, *, base_url: str = "http://gpu.in-process") -> httpx.AsyncClient:
+    """An httpx client that serves every request with `app` in this process (live streaming)."""
+    return httpx.AsyncClient(transport=InProcessTransport(app), base_url=base_url)

@@ -1,0 +1,53 @@
+"""Engines by kind: build one from its `[engines.NAME]` table, or all of them from Settings."""
+
+from __future__ import annotations
+
+import importlib
+
+import httpx
+
+from gateway.config import EngineConfig, Settings
+from gateway.engines.aithriving import AithrivingEngine
+from gateway.engines.api2convert import Api2ConvertEngine
+from gateway.engines.base import Engine
+from gateway.engines.qolaba import QolabaEngine
+
+
+def build_engine(name: str, config: EngineConfig, client: httpx.AsyncClient) -> Engine:
+    """The engine of `config.kind`, owning `client` from now on (its `aclose` closes it)."""
+    if config.kind == "api2convert":
+        return Api2ConvertEngine(name, config, client)
+    if config.kind == "qolaba":
+        return QolabaEngine(name, config, client)
+    if config.kind == "aithriving":
+        return AithrivingEngine(name, config, client)
+    # Imported lazily, by name: the diffusion client is only needed where an engine of that
+    # kind is configured, and it is built separately from the vendor engines.
+    diffusion = importlib.import_module("gateway.engines.diffusion")
+    engine: Engine = diffusion.DiffusionEngine(name, config, client)
+    return engine
+
+
+def build_client(config: EngineConfig, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """The HTTP client of one engine: its timeouts, a pool sized to its concurrency, no env proxies."""
+    return httpx.AsyncClient(
+        base_url=config.base_url,
+        transport=transport,
+        timeout=httpx.Timeout(config.request_timeout_s, connect=config.connect_timeout_s),
+        limits=httpx.Limits(
+            max_connections=config.max_concurrency * 2,  # job creation and polling overlap
+            max_keepalive_connections=config.max_concurrency,
+        ),
+        # Vendor calls carry secrets; they go where the config says, not via environment proxies.
+        trust_env=False,
+        follow_redirects=False,
+    )
+
+
+def build_engines(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> dict[str, Engine]:
+    """One engine per `[engines.NAME]`, each with its own client; `transport` replaces the network in tests."""
+    # A bad engine table (ConfigError) stops startup. The clients built so far have never
+    # opened a connection, so there is nothing to close when that happens.
+    return {
+        name: build_engine(name, config, build_client(config, transport)) for name, config in settings.engines.items()
+    }

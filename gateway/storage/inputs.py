@@ -1,0 +1,129 @@
+"""Turning a client's image reference into checked bytes.
+
+A reference is an https URL (fetched only from public addresses, re-checked on every redirect),
+a data: URI, or plain base64. Images are decoded with a pixel limit (no decompression bombs)
+and must be PNG, JPEG or WebP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+from PIL import Image
+
+from gateway.errors import PayloadTooLarge, ValidationFailed
+
+FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+_MAX_REDIRECTS = 3
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    data: bytes
+    media_type: str
+    width: int
+    height: int
+    mode: str
+
+
+def decode_image(data: bytes, field: str, *, max_pixels: int) -> CheckedImage:
+    """Check format and size from the header, then decode fully, refusing oversized images."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = img.format or ""
+            if fmt not in FORMATS:
+                raise ValidationFailed.field(field, f"unsupported image format {fmt or 'unknown'}; use PNG, JPEG or WebP")
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ValidationFailed.field(field, f"image has {width * height} pixels; the limit is {max_pixels}")
+            img.load()
+            mode = img.mode
+    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, ValidationFailed):
+            raise
+        raise ValidationFailed.field(field, "not a decodable image") from exc
+    return CheckedImage(data=data, media_type=FORMATS[fmt], width=width, height=height, mode=mode)
+
+
+def _is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_link_local or ip.is_loopback)
+
+
+async def _check_host(url: str, field: str, allow_hosts: frozenset[str]) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValidationFailed.field(field, "must be an https URL, a data: URI or base64")
+    host = parts.hostname
+    if host in allow_hosts:
+        return
+    if parts.scheme != "https":
+        raise ValidationFailed.field(field, "remote images must use https")
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ValidationFailed.field(field, f"cannot resolve {host}") from exc
+    for info in infos:
+        if not _is_public(str(info[4][0])):
+            raise ValidationFailed.field(field, f"{host} resolves to a non-public address; refused")
+
+
+async def fetch_remote(
+    url: str, field: str, *, client: httpx.AsyncClient, max_bytes: int, allow_hosts: frozenset[str]
+) -> bytes:
+    """GET `url` following at most 3 redirects, checking every hop's resolved addresses."""
+    for _ in range(_MAX_REDIRECTS + 1):
+        await _check_host(url, field, allow_hosts)
+        try:
+            async with client.stream("GET", url, follow_redirects=False) as response:
+                if response.is_redirect:
+                    url = urljoin(url, response.headers.get("location", ""))
+                    continue
+                if response.status_code != 200:
+                    raise ValidationFailed.field(field, f"fetching the image returned HTTP {response.status_code}")
+                chunks, size = [], 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise PayloadTooLarge(f"{field}: the image is larger than {max_bytes} bytes")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except httpx.HTTPError as exc:
+            raise ValidationFailed.field(field, f"fetching the image failed ({type(exc).__name__})") from exc
+    raise ValidationFailed.field(field, "too many redirects")
+
+
+def decode_inline(ref: str, field: str, max_bytes: int) -> bytes:
+    """A data: URI or plain base64."""
+    payload = ref
+    if ref.startswith("data:"):
+        header, _, payload = ref.partition(",")
+        if ";base64" not in header:
+            raise ValidationFailed.field(field, "data: URIs must be base64-encoded")
+    if len(payload) * 3 // 4 > max_bytes:
+        raise PayloadTooLarge(f"{field}: the image is larger than {max_bytes} bytes")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValidationFailed.field(field, "must be an https URL, a data: URI or valid base64") from exc
+
+
+async def load_image(
+    ref: str, field: str, *, client: httpx.AsyncClient, max_bytes: int, max_pixels: int, allow_hosts: frozenset[str]
+) -> CheckedImage:
+    """Resolve and check one image reference from a request."""
+    if ref.startswith(("https://", "http://")):
+        data = await fetch_remote(ref, field, client=client, max_bytes=max_bytes, allow_hosts=allow_hosts)
+    else:
+        data = decode_inline(ref, field, max_bytes)
+    return await asyncio.to_thread(decode_image, data, field, max_pixels=max_pixels)

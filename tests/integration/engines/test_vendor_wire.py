@@ -1,0 +1,113 @@
+"""Vendor specifics on the wire, against the fakes: auth headers, passwords, seeds, cancellation."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.engines.base import EngineTimeout, EngineUnavailable
+from gateway.engines.registry import build_client, build_engine
+from tests.fakes.aithriving import FakeAithriving
+from tests.fakes.api2convert import FakeApi2Convert
+from tests.fakes.qolaba import FakeQolaba
+from tests.fakes.samples import engine_config, sample_request
+
+
+def _nothing(fraction: float) -> None:
+    del fraction
+
+
+async def test_api2convert_sends_the_download_password_and_reports_spend(fake_api2convert: FakeApi2Convert) -> None:
+    config = engine_config("api2convert", fake_api2convert.base_url)
+    engine = build_engine("a2c", config, build_client(config))
+    try:
+        result = await engine.generate(sample_request("text-to-image", 2, download_password="hunter2"), _nothing)
+    finally:
+        await engine.aclose()
+    assert len(result.images) == 2
+    assert result.spend.vendor_credits == 2
+    downloads = [c for c in fake_api2convert.calls if c.path.startswith("/dl/")]
+    assert [c.headers.get("x-oc-download-password") for c in downloads] == ["hunter2", "hunter2"]
+    assert all("x-oc-api-key" not in c.headers for c in downloads)
+
+
+async def test_api2convert_invalid_key_is_the_engine_failing_not_the_request(fake_api2convert: FakeApi2Convert) -> None:
+    config = engine_config("api2convert", fake_api2convert.base_url, api_key="wrong")
+    engine = build_engine("a2c", config, build_client(config))
+    with pytest.raises(EngineUnavailable, match="HTTP 401"):
+        await engine.generate(sample_request(), _nothing)
+    await engine.aclose()
+
+
+async def test_api2convert_payment_required_falls_back(fake_api2convert: FakeApi2Convert) -> None:
+    fake_api2convert.fail_with_status(402)
+    config = engine_config("api2convert", fake_api2convert.base_url)
+    engine = build_engine("a2c", config, build_client(config))
+    with pytest.raises(EngineUnavailable, match="HTTP 402") as caught:
+        await engine.generate(sample_request(), _nothing)
+    assert caught.value.retryable
+    await engine.aclose()
+
+
+async def test_api2convert_cancels_the_job_when_its_budget_runs_out(fake_api2convert: FakeApi2Convert) -> None:
+    fake_api2convert.slow_job(10_000)
+    config = engine_config("api2convert", fake_api2convert.base_url, timeout_s=0.2)
+    engine = build_engine("a2c", config, build_client(config))
+    with pytest.raises(EngineTimeout):
+        await engine.generate(sample_request(), _nothing)
+    await engine.aclose()  # waits for the cancellation it sent
+    (job,) = fake_api2convert.jobs.values()
+    assert job.status == "canceled"
+    assert any(c.method == "DELETE" for c in fake_api2convert.calls)
+
+
+async def test_qolaba_polls_through_unknown_statuses_with_bearer_auth(fake_qolaba: FakeQolaba) -> None:
+    fake_qolaba.slow_job(5)
+    config = engine_config("qolaba", fake_qolaba.base_url)
+    engine = build_engine("q", config, build_client(config))
+    result = await engine.generate(sample_request("image-to-image", 2), _nothing)
+    await engine.aclose()
+    assert len(result.images) == 2
+    statuses = [c for c in fake_qolaba.calls if c.path == "/getImage"]
+    assert len(statuses) == 5
+    assert all(c.headers["authorization"] == "Bearer test-key" for c in fake_qolaba.calls if c.method == "POST")
+    assert all("authorization" not in c.headers for c in fake_qolaba.calls if c.method == "GET")
+
+
+async def test_qolaba_inpaint_goes_to_the_inpainting_path_with_the_mask_url(fake_qolaba: FakeQolaba) -> None:
+    config = engine_config("qolaba", fake_qolaba.base_url)
+    engine = build_engine("q", config, build_client(config))
+    await engine.generate(sample_request("inpaint"), _nothing)
+    await engine.aclose()
+    submit = fake_qolaba.calls[0]
+    assert submit.path == "/getImagetoImage"
+    assert submit.body["mask_url"] == "https://gateway.example/v1/inputs/mask.png"
+
+
+async def test_aithriving_sends_inverted_strength_under_the_authentication_header(
+    fake_aithriving: FakeAithriving,
+) -> None:
+    config = engine_config("aithriving", fake_aithriving.base_url)
+    engine = build_engine("ai", config, build_client(config))
+    request = sample_request("image-to-image", 2, strength=0.7, seed=100, sampler="euler_ancestral")
+    result = await engine.generate(request, _nothing)
+    await engine.aclose()
+    assert [image.seed for image in result.images] == [100, 101]
+    forms = [c.body for c in fake_aithriving.calls]
+    assert [f["image_strength"] for f in forms] == ["0.3", "0.3"]
+    assert {f["sampler"] for f in forms} == {"K_EULER_ANCESTRAL"}
+    assert all(c.headers["authentication"] == "test-key" for c in fake_aithriving.calls)
+
+
+async def test_aithriving_keeps_the_images_made_before_the_engine_failed(fake_aithriving: FakeAithriving) -> None:
+    config = engine_config("aithriving", fake_aithriving.base_url)
+    engine = build_engine("ai", config, build_client(config))
+
+    def break_after_first(fraction: float) -> None:
+        # Progress is reported after each image: from the second request on, the vendor is down.
+        del fraction
+        fake_aithriving.fail_with_status(503)
+
+    result = await engine.generate(sample_request("image-to-image", 3), break_after_first)
+    await engine.aclose()
+    assert [image.index for image in result.images] == [0]
+    assert set(result.failed) == {1, 2}

@@ -1,0 +1,65 @@
+"""A real S3-compatible server for the storage tests, started once per session on 127.0.0.1."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import boto3
+import pytest
+from botocore.config import Config
+from mypy_boto3_s3 import S3Client
+
+from gateway.storage.s3 import S3BlobStore
+from tests.integration.storage.verifying_s3 import VerifyingS3Server
+
+ACCESS_KEY = "AKIDGATEWAYTEST0001"
+SECRET_KEY = "gateway/test+secret/key"  # slashes and plus exercise the signer's key handling
+REGION = "us-east-1"
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[VerifyingS3Server]:
+    server = VerifyingS3Server({ACCESS_KEY: SECRET_KEY})
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def boto_s3(s3_server: VerifyingS3Server) -> S3Client:
+    """boto3 against the same server: the reference client our store must interoperate with."""
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_server.endpoint_url,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name=REGION,
+        # Plain signed payloads: aws-chunked trailers are a boto3 upload detail we do not speak.
+        config=Config(
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
+
+
+@pytest.fixture
+def bucket(boto_s3: S3Client) -> str:
+    """A fresh bucket per test, so tests share the server but not their objects."""
+    name = f"gateway-{uuid.uuid4().hex[:16]}"
+    boto_s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+async def store(s3_server: VerifyingS3Server, bucket: str) -> AsyncIterator[S3BlobStore]:
+    store = S3BlobStore(
+        endpoint_url=s3_server.endpoint_url,
+        bucket=bucket,
+        access_key=ACCESS_KEY,
+        secret_key=SECRET_KEY,
+        region=REGION,
+    )
+    yield store
+    await store.aclose()

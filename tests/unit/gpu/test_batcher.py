@@ -1,0 +1,178 @@
+"""The batcher's grouping, splitting and failure handling, with a fake runner (no torch)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from gateway.gpu.batcher import Batcher
+from gateway.gpu.work import Batch, BatchKey, DeviceOutOfMemory, ImageWork, StepCallback
+
+KEY = BatchKey("text-to-image", 64, 64, 4, "euler", 7.0, None, False)
+
+
+def works(n: int, seed: int = 0, prompt: str = "p") -> list[ImageWork]:
+    return [ImageWork(prompt=prompt, negative_prompt=None, seed=seed + i, output_format="png") for i in range(n)]
+
+
+class FakeRunner:
+    """Encodes each image as "prompt/seed"; records batch sizes; can fail above a size."""
+
+    def __init__(self, *, oom_above: int | None = None, delay_s: float = 0.0, steps: int = 4) -> None:
+        self.calls: list[list[ImageWork]] = []
+        self.oom_above = oom_above
+        self.delay_s = delay_s
+        self.steps = steps
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def run(self, batch: Batch, on_step: StepCallback) -> list[bytes]:
+        self.gate.wait(5)
+        if self.oom_above is not None and len(batch.works) > self.oom_above:
+            raise DeviceOutOfMemory("fake")
+        self.calls.append(list(batch.works))
+        for step in range(1, self.steps + 1):
+            threading.Event().wait(self.delay_s / self.steps)
+            on_step(step, self.steps)
+        return [f"{w.prompt}/{w.seed}".encode() for w in batch.works]
+
+
+def decoded(images: dict[int, bytes]) -> list[str]:
+    return [images[i].decode() for i in sorted(images)]
+
+
+async def test_concurrent_compatible_requests_share_one_pipeline_call() -> None:
+    runner = FakeRunner()
+    batcher = Batcher(runner, max_batch=8, window_s=0.05)
+    outcomes = await asyncio.gather(*(batcher.submit(KEY, works(2, seed=10 * r, prompt=f"r{r}"), lambda f: None) for r in range(3)))
+    assert batcher.stats.pipeline_calls == 1
+    assert batcher.stats.images == 6
+    assert [decoded(o.images) for o in outcomes] == [["r0/0", "r0/1"], ["r1/10", "r1/11"], ["r2/20", "r2/21"]]
+    await batcher.aclose()
+
+
+async def test_incompatible_requests_run_in_separate_calls() -> None:
+    runner = FakeRunner()
+    batcher = Batcher(runner, max_batch=8, window_s=0.05)
+    other_steps = BatchKey("text-to-image", 64, 64, 8, "euler", 7.0, None, False)
+    other_size = BatchKey("text-to-image", 64, 128, 4, "euler", 7.0, None, False)
+    await asyncio.gather(
+        batcher.submit(KEY, works(1), lambda f: None),
+        batcher.submit(other_steps, works(1), lambda f: None),
+        batcher.submit(other_size, works(1), lambda f: None),
+        batcher.submit(KEY, works(1, seed=5), lambda f: None),
+    )
+    assert sorted(len(c) for c in runner.calls) == [1, 1, 2]
+    await batcher.aclose()
+
+
+async def test_requests_larger_than_max_batch_are_spread_over_calls() -> None:
+    runner = FakeRunner()
+    batcher = Batcher(runner, max_batch=3, window_s=0.0)
+    outcome = await batcher.submit(KEY, works(7), lambda f: None)
+    assert [len(c) for c in runner.calls] == [3, 3, 1]
+    assert decoded(outcome.images) == [f"p/{i}" for i in range(7)]
+    await batcher.aclose()
+
+
+async def test_requests_arriving_during_a_batch_form_the_next_batch() -> None:
+    runner = FakeRunner()
+    runner.gate.clear()
+    batcher = Batcher(runner, max_batch=8, window_s=0.0)
+    first = asyncio.create_task(batcher.submit(KEY, works(1), lambda f: None))
+    await asyncio.sleep(0.05)  # the first batch is now blocked inside the runner
+    rest = [asyncio.create_task(batcher.submit(KEY, works(1, seed=s), lambda f: None)) for s in (1, 2, 3)]
+    await asyncio.sleep(0.05)
+    assert batcher.queue_depth == 3 and batcher.in_flight == 1
+    runner.gate.set()
+    await asyncio.gather(first, *rest)
+    assert [len(c) for c in runner.calls] == [1, 3]
+    await batcher.aclose()
+
+
+async def test_out_of_memory_splits_the_batch_in_halves_until_it_fits() -> None:
+    runner = FakeRunner(oom_above=2)
+    batcher = Batcher(runner, max_batch=8, window_s=0.05)
+    a, b = await asyncio.gather(
+        batcher.submit(KEY, works(3, prompt="a"), lambda f: None),
+        batcher.submit(KEY, works(3, seed=100, prompt="b"), lambda f: None),
+    )
+    assert all(len(c) <= 2 for c in runner.calls)
+    assert batcher.stats.oom_splits >= 1
+    assert decoded(a.images) == ["a/0", "a/1", "a/2"]
+    assert decoded(b.images) == ["b/100", "b/101", "b/102"]
+    await batcher.aclose()
+
+
+async def test_a_single_image_that_does_not_fit_fails_alone() -> None:
+    runner = FakeRunner(oom_above=0)
+    batcher = Batcher(runner, max_batch=8, window_s=0.0)
+    outcome = await batcher.submit(KEY, works(2), lambda f: None)
+    assert outcome.images == {}
+    assert outcome.failed == {0: "out of device memory", 1: "out of device memory"}
+    await batcher.aclose()
+
+
+async def test_progress_is_reported_per_request_and_reaches_one() -> None:
+    runner = FakeRunner(steps=4)
+    batcher = Batcher(runner, max_batch=2, window_s=0.0)
+    seen: list[float] = []
+    await batcher.submit(KEY, works(4), seen.append)
+    await asyncio.sleep(0)  # let the last call_soon_threadsafe callback run
+    assert seen == sorted(seen)
+    assert seen[0] == pytest.approx(0.125)
+    assert seen[-1] == pytest.approx(1.0)
+    await batcher.aclose()
+
+
+async def test_device_time_is_shared_by_image_count() -> None:
+    runner = FakeRunner(delay_s=0.08)
+    batcher = Batcher(runner, max_batch=8, window_s=0.05)
+    one, three = await asyncio.gather(
+        batcher.submit(KEY, works(1), lambda f: None), batcher.submit(KEY, works(3, seed=9), lambda f: None)
+    )
+    assert three.gpu_seconds == pytest.approx(3 * one.gpu_seconds)
+    assert one.gpu_seconds > 0
+    await batcher.aclose()
+
+
+async def test_a_cancelled_request_is_not_generated() -> None:
+    runner = FakeRunner()
+    runner.gate.clear()
+    batcher = Batcher(runner, max_batch=1, window_s=0.0)
+    running = asyncio.create_task(batcher.submit(KEY, works(1), lambda f: None))
+    await asyncio.sleep(0.05)
+    abandoned = asyncio.create_task(batcher.submit(KEY, works(1, seed=7), lambda f: None))
+    await asyncio.sleep(0.01)
+    abandoned.cancel()
+    runner.gate.set()
+    await running
+    await asyncio.sleep(0.05)
+    assert [w.seed for call in runner.calls for w in call] == [0]
+    assert batcher.idle
+    await batcher.aclose()
+
+
+async def test_a_runner_crash_fails_the_batch_and_the_batcher_lives_on() -> None:
+    class Crashing(FakeRunner):
+        def run(self, batch: Batch, on_step: StepCallback) -> list[bytes]:
+            if batch.works[0].prompt == "boom":
+                raise RuntimeError("device fault")
+            return super().run(batch, on_step)
+
+    batcher = Batcher(Crashing(), max_batch=8, window_s=0.0)
+    failed = await batcher.submit(KEY, works(1, prompt="boom"), lambda f: None)
+    assert failed.failed == {0: "generation failed (RuntimeError)"}
+    ok = await batcher.submit(KEY, works(1), lambda f: None)
+    assert decoded(ok.images) == ["p/0"]
+    await batcher.aclose()
+
+
+async def test_empty_requests_need_no_device() -> None:
+    runner = FakeRunner()
+    batcher = Batcher(runner, max_batch=8, window_s=0.0)
+    outcome = await batcher.submit(KEY, [], lambda f: None)
+    assert outcome.images == {} and outcome.failed == {}
+    assert runner.calls == []
