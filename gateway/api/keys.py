@@ -65,6 +65,8 @@ class KeyView(msgspec.Struct, kw_only=True):
 
 
 class KeyList(msgspec.Struct, kw_only=True):
+    """Keys, oldest first."""
+
     data: list[KeyView]
 
 
@@ -148,7 +150,7 @@ async def list_keys(services: Services, principal: Principal) -> KeyList:
       status_code=200)
 async def rotate_key(services: Services, principal: Principal, key_id: UUID, data: KeyRotate) -> CreatedKey:
     """A new secret for the key (same id, name, scopes and limits). The old secret keeps working for
-    `grace_period_s` seconds, so clients can switch over without downtime."""
+    `grace_period_s` seconds, so clients can switch over without downtime. Send `{}` for no grace."""
     async with services.pool.acquire() as conn, conn.transaction():
         issued = await service.rotate(conn, tenant_id=_tenant(principal), key_id=key_id,
                                       grace_period_s=data.grace_period_s)

@@ -65,10 +65,11 @@ async def test_revoked_key_is_unauthenticated(gateway: Gateway) -> None:
 async def test_suspended_tenants_key_is_unauthenticated(gateway: Gateway) -> None:
     tenant_id, key = await gateway.tenant()
     assert (await gateway.client.get("/v1/keys", headers=bearer(key))).status_code == 200
-    suspended = await gateway.client.post(f"/v1/admin/tenants/{tenant_id}/suspend", headers=bearer(gateway.operator_key))
+    admin = bearer(gateway.operator_key)
+    suspended = await gateway.client.post(f"/v1/admin/tenants/{tenant_id}/suspend", headers=admin)
     assert suspended.json()["status"] == "suspended"
     assert_unauthenticated(await gateway.client.get("/v1/keys", headers=bearer(key)))
-    await gateway.client.post(f"/v1/admin/tenants/{tenant_id}/resume", headers=bearer(gateway.operator_key))
+    await gateway.client.post(f"/v1/admin/tenants/{tenant_id}/resume", headers=admin)
     assert (await gateway.client.get("/v1/keys", headers=bearer(key))).status_code == 200
 
 

@@ -87,6 +87,7 @@ async def test_demo_tenant_is_created_once_with_a_private_key_file(
             "SELECT t.name, w.balance FROM tenants t JOIN wallets w ON w.tenant_id = t.id WHERE t.id = $1",
             principal.tenant_id,
         )
+    assert tenant is not None
     assert tuple(tenant) == ("demo", 100_000)
     assert await commands.ensure_demo_tenant(auth_pool, data_dir) is None
     assert path.read_text().strip() == key
@@ -106,3 +107,16 @@ async def test_no_demo_tenant_when_tenants_exist(auth_pool: Pool, data_dir: Path
     await commands.create_tenant_cmd(auth_pool, "acme", 0)
     assert await commands.ensure_demo_tenant(auth_pool, data_dir) is None
     assert not (data_dir / "demo-key.txt").exists()
+
+
+async def test_secret_scan_would_catch_a_key_stored_in_plaintext(auth_pool: Pool) -> None:
+    tenant = await commands.create_tenant_cmd(auth_pool, "acme", 0)
+    async with auth_pool.acquire() as conn:
+        # Planted where a careless change might put it: a text column and a bytea column.
+        await conn.execute("UPDATE tenants SET name = $1", "leak " + tenant["key"][4:])
+        with pytest.raises(AssertionError):
+            assert_no_secret(await dump_values(conn), [tenant["key"]])
+        await conn.execute("UPDATE tenants SET name = 'acme'")
+        await conn.execute("UPDATE api_key_secrets SET secret_hash = $1", tenant["key"].encode())
+        with pytest.raises(AssertionError):
+            assert_no_secret(await dump_values(conn), [tenant["key"]])
