@@ -28,12 +28,16 @@ _MAX_CREDITS = 1e12
 
 
 class TenantCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A new tenant: its name, initial credits and how many jobs it may run at once."""
+
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     credits: Annotated[float, msgspec.Meta(ge=0, le=_MAX_CREDITS, description="Initial top-up, in credits.")] = 0.0
     max_concurrent_jobs: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = service.DEFAULT_MAX_CONCURRENT_JOBS
 
 
 class TenantView(msgspec.Struct, kw_only=True):
+    """A tenant with its wallet, in credits (`available` = `balance` - `held`)."""
+
     id: UUID
     object: str = "tenant"
     name: str
@@ -54,11 +58,15 @@ class CreatedTenant(msgspec.Struct, kw_only=True):
 
 
 class TenantPage(msgspec.Struct, kw_only=True):
+    """One page of tenants, newest first; `next_cursor` is null on the last page."""
+
     data: list[TenantView]
     next_cursor: str | None
 
 
 class CreditChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A top-up or an adjustment of a tenant's credits, with the reason kept in the ledger."""
+
     amount: Annotated[
         float,
         msgspec.Meta(ge=-_MAX_CREDITS, le=_MAX_CREDITS,
@@ -69,6 +77,8 @@ class CreditChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class LedgerEntryView(msgspec.Struct, kw_only=True):
+    """The ledger entry a credit change wrote, naming the operator key that made it."""
+
     id: int
     object: str = "ledger_entry"
     tenant_id: UUID

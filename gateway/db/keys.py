@@ -25,10 +25,12 @@ SELECT id, secret_hash, revoked_at FROM operator_keys WHERE secret_hash = $1
 
 
 async def tenant_key_by_hash(conn: Conn, secret_hash: bytes) -> asyncpg.Record | None:
+    """The key, its secret's retirement and its tenant's status, for authentication."""
     return await conn.fetchrow(TENANT_KEY_BY_HASH, secret_hash)
 
 
 async def operator_key_by_hash(conn: Conn, secret_hash: bytes) -> asyncpg.Record | None:
+    """The operator key with this secret, for authentication."""
     return await conn.fetchrow(OPERATOR_KEY_BY_HASH, secret_hash)
 
 
@@ -41,6 +43,7 @@ async def touch_keys(conn: Conn, tenant_key_ids: list[UUID], operator_key_ids: l
 
 
 async def insert_tenant(conn: Conn, tenant_id: UUID, name: str, webhook_secret: str, max_concurrent_jobs: int) -> None:
+    """A tenant and its empty wallet."""
     await conn.execute(
         "INSERT INTO tenants (id, name, webhook_secret, max_concurrent_jobs) VALUES ($1, $2, $3, $4)",
         tenant_id, name, webhook_secret, max_concurrent_jobs,
@@ -62,6 +65,7 @@ async def insert_tenant_key(
     monthly_cap: int | None = None,
     created_by_key_id: UUID | None = None,
 ) -> None:
+    """A key and its first secret (stored as a hash only)."""
     await conn.execute(
         """INSERT INTO api_keys (id, tenant_id, name, scopes, expires_at, rate_limit_per_minute, monthly_cap,
                                  created_by_key_id)
@@ -74,6 +78,7 @@ async def insert_tenant_key(
 
 
 async def insert_operator_key(conn: Conn, *, key_id: UUID, name: str, secret_hash: bytes, hint: str) -> None:
+    """An operator key (stored as a hash only)."""
     await conn.execute(
         "INSERT INTO operator_keys (id, name, secret_hash, hint) VALUES ($1, $2, $3, $4)",
         key_id, name, secret_hash, hint,
