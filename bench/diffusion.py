@@ -26,16 +26,16 @@ from typing import Literal
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from gateway.config import EngineConfig, GpuConfig  # noqa: E402
-from gateway.domain.generation import EngineRequest  # noqa: E402
-from gateway.engines.diffusion import DiffusionEngine, in_process_client  # noqa: E402
-from gateway.gpu.architectures import build_random_pipeline  # noqa: E402
-from gateway.gpu.demo_model import make_demo_model  # noqa: E402
-from gateway.gpu.pipelines import LoadedModel, load_model, prepare_pipeline, resolve_device, resolve_dtype  # noqa: E402
-from gateway.gpu.server import create_gpu_app  # noqa: E402
-from gateway.gpu.service import GpuService  # noqa: E402
+from gateway.config import EngineConfig, GpuConfig
+from gateway.domain.generation import EngineRequest
+from gateway.engines.diffusion import DiffusionEngine, in_process_client
+from gateway.gpu.architectures import build_random_pipeline
+from gateway.gpu.demo_model import make_demo_model
+from gateway.gpu.pipelines import LoadedModel, load_model, prepare_pipeline, resolve_device, resolve_dtype
+from gateway.gpu.server import create_gpu_app
+from gateway.gpu.service import GpuService
 
 PROMPTS = ["a lighthouse at dusk", "a red fox in snow", "an isometric city", "a bowl of ramen", "a sailing ship"]
 
@@ -145,8 +145,11 @@ async def run_plain(model: LoadedModel, args: argparse.Namespace) -> Run:
 async def run_batched(model: LoadedModel, config: GpuConfig, args: argparse.Namespace) -> Run:
     """The service: engine client, in-process HTTP, batcher, pipeline."""
     service = GpuService(config, None, model=model)
-    engine = DiffusionEngine("bench", EngineConfig(kind="diffusion", timeout_s=3600, request_timeout_s=600),
-                             in_process_client(create_gpu_app(config, None, service=service)))
+    engine = DiffusionEngine(
+        "bench",
+        EngineConfig(kind="diffusion", timeout_s=3600, request_timeout_s=600),
+        in_process_client(create_gpu_app(config, None, service=service)),
+    )
 
     async def one(i: int) -> None:
         result = await engine.generate(make_request(i, args), lambda fraction: None)
@@ -167,10 +170,14 @@ def print_table(runs: list[Run], args: argparse.Namespace, model: LoadedModel) -
     header = ["mode", "images/s", "p50 ms", "p99 ms", "pipeline calls", "images/call"]
     rows = [header, *(r.row() for r in runs)]
     widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
-    print(f"model {args.arch} ({model.family}) on {model.device} {model.dtype}; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, torch {torch.__version__}")
-    print(f"{args.requests} requests x n={args.n}, {args.size}x{args.size}, {args.steps} steps, "
-          f"concurrency {args.concurrency}\n")
+    print(
+        f"model {args.arch} ({model.family}) on {model.device} {model.dtype}; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    )
+    print(
+        f"{args.requests} requests x n={args.n}, {args.size}x{args.size}, {args.steps} steps, "
+        f"concurrency {args.concurrency}\n"
+    )
     for i, row in enumerate(rows):
         print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |")
         if i == 0:
@@ -184,8 +191,12 @@ def print_table(runs: list[Run], args: argparse.Namespace, model: LoadedModel) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo", help='a local diffusers folder, or "demo" (built in a temp dir)')
-    parser.add_argument("--arch", choices=["demo", "sd15", "sdxl"], default="demo",
-                        help="demo: --model; sd15/sdxl: full-size random weights built on the device")
+    parser.add_argument(
+        "--arch",
+        choices=["demo", "sd15", "sdxl"],
+        default="demo",
+        help="demo: --model; sd15/sdxl: full-size random weights built on the device",
+    )
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--requests", type=int, default=48)
@@ -197,8 +208,13 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
-    config = GpuConfig(device=args.device, dtype=args.dtype, compile=args.compile, max_batch=args.max_batch,
-                       batch_window_ms=args.window_ms)
+    config = GpuConfig(
+        device=args.device,
+        dtype=args.dtype,
+        compile=args.compile,
+        max_batch=args.max_batch,
+        batch_window_ms=args.window_ms,
+    )
     model = build_model(args, config)
 
     async def both() -> list[Run]:

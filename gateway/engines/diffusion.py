@@ -150,7 +150,9 @@ class DiffusionEngine:
 
     async def _exchange(self, body: bytes, progress: ProgressCallback) -> EngineResult:
         headers = {**self._headers, "Content-Type": "application/json", "Accept": "application/x-ndjson"}
-        async with self._client.stream("POST", self._url, content=body, headers=headers, timeout=self._timeout) as reply:
+        async with self._client.stream(
+            "POST", self._url, content=body, headers=headers, timeout=self._timeout
+        ) as reply:
             if reply.status_code != 200:
                 raw = await reply.aread()
                 try:
@@ -224,7 +226,7 @@ class InProcessTransport(httpx.AsyncBaseTransport):
         async def run() -> None:
             try:
                 await self.app(scope, receive, send)
-            except Exception as exc:  # handed to the reader, which raises it as httpx does
+            except Exception as exc:  # handed to the reader, which turns it into an httpx error
                 await messages.put(exc)
             finally:
                 await messages.put(None)
@@ -234,9 +236,9 @@ class InProcessTransport(httpx.AsyncBaseTransport):
         if not isinstance(first, MutableMapping) or first.get("type") != "http.response.start":
             disconnected.set()
             await task
-            if isinstance(first, BaseException):
-                raise first
-            raise httpx.RemoteProtocolError("ASGI app ended without starting a response", request=request)
+            reason = f" ({type(first).__name__})" if isinstance(first, BaseException) else ""
+            # Typed like a broken connection, so the engine translates it like one.
+            raise httpx.RemoteProtocolError(f"in-process app failed before answering{reason}", request=request)
         stream = _AppStream(messages, task, disconnected)
         return httpx.Response(first["status"], headers=first.get("headers", []), stream=stream, request=request)
 
@@ -258,7 +260,7 @@ class _AppStream(httpx.AsyncByteStream):
             if message is None:
                 return
             if isinstance(message, BaseException):
-                raise message
+                raise httpx.ReadError(f"in-process app failed mid-answer ({type(message).__name__})") from message
             if message.get("type") != "http.response.body":
                 continue
             if chunk := message.get("body", b""):

@@ -210,6 +210,6 @@ def build_random_pipeline(arch: Arch, *, seed: int = 0, device: str = "cpu", dty
             image_encoder=None,
             requires_safety_checker=False,
         )
-    if dtype is not None:
+    if dtype is not None and dtype != torch.float32:
         pipe.to(dtype=dtype)
     return pipe

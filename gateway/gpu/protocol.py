@@ -49,10 +49,13 @@ class Failed(msgspec.Struct, frozen=True, kw_only=True, tag="error", tag_field="
 GenerateEvent = Accepted | Progress | Result | Failed
 
 
-class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
-    """The body of a non-200 answer."""
+ErrorKind = Literal["rejected", "unavailable", "draining", "unsupported"]
 
-    kind: Literal["rejected", "unavailable", "unauthorized", "draining", "unsupported"]
+
+class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
+    """The body of a non-200 answer (401s are litestar's own body)."""
+
+    kind: ErrorKind
     detail: str
 
 

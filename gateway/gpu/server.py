@@ -36,6 +36,7 @@ from gateway.gpu.protocol import (
     Accepted,
     Capacity,
     ErrorBody,
+    ErrorKind,
     Failed,
     GenerateEvent,
     Health,
@@ -70,7 +71,7 @@ def _require_secret(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRoute
         raise NotAuthorizedException("missing or wrong shared secret")
 
 
-def _error(status: int, kind: Any, detail: str, headers: dict[str, str] | None = None) -> Response[ErrorBody]:
+def _error(status: int, kind: ErrorKind, detail: str, headers: dict[str, str] | None = None) -> Response[ErrorBody]:
     return Response(ErrorBody(kind=kind, detail=detail), status_code=status, headers=headers)
 
 
@@ -105,6 +106,7 @@ async def _events(
     progress: asyncio.Queue[float] = asyncio.Queue()
     depth = service.batcher.queue_depth if service.batcher is not None else 0
     task = asyncio.create_task(service.run(key, works, progress.put_nowait))
+    getter: asyncio.Future[float] | None = None
     try:
         yield line(Accepted(queue_depth=depth))
         last = 0.0
@@ -115,13 +117,14 @@ async def _events(
                 last = getter.result()
                 yield line(Progress(fraction=last))
                 continue
-            getter.cancel()
             if task in done:
                 break
-            yield line(Progress(fraction=last))
+            yield line(Progress(fraction=last))  # heartbeat while queued
         outcome = task.result()
     finally:
-        # The client went away (or we failed): images not started yet are dropped.
+        # Normal end, or the client went away: images not started yet are dropped.
+        if getter is not None:
+            getter.cancel()
         task.cancel()
     images = [
         GeneratedImage(
@@ -147,7 +150,7 @@ async def health(request: Request[Any, Any, Any]) -> Response[Health]:
     service = _service(request)
     status = service.status
     device = service.model.device if service.model is not None else None
-    return Response(Health(status=status, device=device), status_code=200 if status == "ok" else 503)  # type: ignore[arg-type]
+    return Response(Health(status=status, device=device), status_code=200 if status == "ok" else 503)
 
 
 @get("/v1/capacity", guards=[_require_secret])
@@ -156,7 +159,7 @@ async def capacity(request: Request[Any, Any, Any]) -> Capacity:
     service = _service(request)
     model, batcher = service.model, service.batcher
     return Capacity(
-        status=service.status,  # type: ignore[arg-type]
+        status=service.status,
         queue_depth=batcher.queue_depth if batcher else 0,
         in_flight=batcher.in_flight if batcher else 0,
         max_batch=service.config.max_batch,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from gateway.config import GpuConfig
 from gateway.domain.generation import EngineRequest
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ServiceStatus = Literal["ok", "loading", "draining"]
 DEFAULT_STRENGTH = {"image-to-image": 0.8, "inpaint": 1.0}
 MAX_SEED = 2**63 - 1 - 8  # torch seeds are 64-bit; image i uses seed + i
 
@@ -42,7 +43,8 @@ class GpuService:
 
     def __init__(self, config: GpuConfig, model_path: str | Path | None, *, model: LoadedModel | None = None) -> None:
         self.config = config
-        self.model_path = Path(model_path) if model_path is not None else None
+        path = model_path if model_path is not None else config.model_path
+        self.model_path = Path(path) if path is not None else None
         self.model: LoadedModel | None = model
         self.batcher: Batcher | None = None
         self.draining = False
@@ -53,7 +55,7 @@ class GpuService:
             self._make_batcher(model)
 
     @property
-    def status(self) -> str:
+    def status(self) -> ServiceStatus:
         """ "draining", "ok" or "loading"."""
         if self.draining:
             return "draining"
@@ -78,8 +80,11 @@ class GpuService:
             if self.model_path is None:
                 raise NotAccepting("no model configured")
             # Deferred: importing torch and diffusers costs seconds; only a loading service pays it.
-            from gateway.gpu.pipelines import UnsupportedModel, load_model  # noqa: PLC0415
-
+            try:
+                from gateway.gpu.pipelines import UnsupportedModel, load_model  # noqa: PLC0415
+            except ImportError as exc:
+                self._load_error = f"the diffusion backend is not installed (pip install 'gateway[gpu]'): {exc}"
+                raise NotAccepting(self._load_error) from exc
             try:
                 model = await asyncio.to_thread(load_model, self.model_path, self.config)
             except (UnsupportedModel, OSError, ValueError) as exc:

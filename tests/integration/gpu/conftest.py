@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
+import httpx
+import msgspec
 import pytest
+from litestar import Litestar
 
 from gateway.config import GpuConfig, Secret
 from gateway.gpu.demo_model import make_demo_model
@@ -16,16 +19,16 @@ if TYPE_CHECKING:
 SECRET = "test-shared-secret"
 
 
-def gpu_config(**overrides: object) -> GpuConfig:
+def gpu_config(**overrides: Any) -> GpuConfig:
     """CPU, a short batching window, and a shared secret."""
-    values: dict[str, object] = {
-        "device": "cpu",
-        "max_batch": 8,
-        "batch_window_ms": 50.0,
-        "shared_secret": Secret(SECRET),
-    }
-    values.update(overrides)
-    return GpuConfig(**values)  # type: ignore[arg-type]
+    base = GpuConfig(device="cpu", max_batch=8, batch_window_ms=50.0, shared_secret=Secret(SECRET))
+    return msgspec.structs.replace(base, **overrides)
+
+
+def asgi_client(app: Litestar) -> httpx.AsyncClient:
+    """A client over httpx's own (buffering) ASGI transport, as a plain embedding would use."""
+    # Litestar's precise ASGI types do not match httpx's loose callable signature.
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=cast(Any, app)), base_url="http://gpu")
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ pipeline call, so the service's own error paths produce what the engine sees.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -20,8 +21,6 @@ from gateway.gpu.service import GpuService
 from tests.fakes.base import Faults, Stage
 from tests.fakes.server import ServerThread
 from tests.integration.gpu.conftest import gpu_config
-
-ASGIMessage = dict[str, Any]
 
 
 class FaultInjectingModel(LoadedModel):
@@ -53,6 +52,7 @@ class FaultyGpuService:
 
     def __init__(self, model: LoadedModel, *, first_seed: int) -> None:
         self.faults = Faults()
+        self._released = threading.Event()
         faulty = FaultInjectingModel(model.pipelines["text-to-image"], self, first_seed)
         config = gpu_config(batch_window_ms=5.0)
         self.service = GpuService(config, None, model=faulty)
@@ -68,11 +68,13 @@ class FaultyGpuService:
 
     def reset(self) -> None:
         self.faults = Faults()
+        self._released.set()
 
     def fail_with_status(self, status: int, *, retry_after: str | None = None, on: Stage = "submit") -> None:
         self.faults.status, self.faults.retry_after, self.faults.stage = status, retry_after, on
 
     def hang(self, seconds: float, *, on: Stage = "submit") -> None:
+        self._released.clear()
         self.faults.hang_s, self.faults.stage = seconds, on
 
     def malformed(self, *, on: Stage = "submit") -> None:
@@ -87,13 +89,12 @@ class FaultyGpuService:
     def fewer_outputs(self, count: int) -> None:
         self.faults.outputs = count
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         faults = self.faults
         if scope["type"] == "http" and scope["path"] == "/v1/generate" and faults.stage == "submit":
-            deadline = time.monotonic() + faults.hang_s
-            # Polled, so that a reset by the next test ends the hang instead of stalling shutdown.
-            while faults is self.faults and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+            if faults.hang_s:
+                # Waits on an event that reset() sets, so the next test ends the hang at once.
+                await asyncio.to_thread(self._released.wait, faults.hang_s)
             if faults.status is not None:
                 headers = [(b"content-type", b"application/json")]
                 if faults.retry_after is not None:

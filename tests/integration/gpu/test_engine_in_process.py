@@ -6,7 +6,6 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import msgspec
 import pytest
 
@@ -17,7 +16,7 @@ from gateway.engines.diffusion import DiffusionEngine, in_process_client
 from gateway.gpu.pipelines import LoadedModel
 from gateway.gpu.server import create_gpu_app, gpu_service
 from gateway.gpu.service import GpuService
-from tests.integration.gpu.conftest import SECRET, gpu_config
+from tests.integration.gpu.conftest import SECRET, asgi_client, gpu_config
 from tests.integration.gpu.images import half_mask, png, size_of
 
 CONFIG = EngineConfig(kind="diffusion", api_key=Secret(SECRET), timeout_s=30.0)
@@ -42,7 +41,7 @@ def request(**overrides: Any) -> EngineRequest:
 @pytest.fixture
 async def engine(demo_model: LoadedModel) -> AsyncIterator[DiffusionEngine]:
     app = create_gpu_app(gpu_config(), None, service=GpuService(gpu_config(), None, model=demo_model))
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gpu")
+    client = asgi_client(app)
     eng = DiffusionEngine("local", CONFIG, client)
     yield eng
     await eng.aclose()
@@ -61,7 +60,8 @@ async def test_engine_generates_every_operation_in_process(engine: DiffusionEngi
     result = await engine.generate(request(operation=operation, n=2, output_format="jpeg", **inputs), seen.append)
     assert [(i.index, i.seed, i.media_type) for i in result.images] == [(0, 11, "image/jpeg"), (1, 12, "image/jpeg")]
     assert all(size_of(i.data) == (64, 64) for i in result.images)
-    assert seen and seen[-1] == pytest.approx(1.0)
+    assert seen
+    assert seen[-1] == pytest.approx(1.0)
     assert result.spend.gpu_seconds > 0
 
 

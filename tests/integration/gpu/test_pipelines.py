@@ -57,8 +57,10 @@ async def generate(service: GpuService, req: EngineRequest) -> dict[int, bytes]:
 
 def test_demo_model_is_deterministic_and_built_once(tmp_path: Path, demo_model_path: Path) -> None:
     again = make_demo_model(tmp_path / "copy")
-    digest = [hashlib.sha256((d / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()).digest()
-              for d in (again, demo_model_path)]
+    digest = [
+        hashlib.sha256((d / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()).digest()
+        for d in (again, demo_model_path)
+    ]
     assert digest[0] == digest[1]
     stamp = (again / "model_index.json").stat().st_mtime_ns
     assert main_make_demo_model(str(again)) == 0
@@ -105,7 +107,8 @@ async def test_batched_requests_match_unbatched_ones_and_take_fewer_calls(demo_m
         for index, data in alone.items():
             difference = abs(pixels(data) - pixels(images[index])).max()
             assert difference <= PIXEL_TOLERANCE, (req.prompt, index, difference)
-    assert alone_service.batcher is not None and alone_service.batcher.stats.pipeline_calls == 4
+    assert alone_service.batcher is not None
+    assert alone_service.batcher.stats.pipeline_calls == 4
     await batched_service.aclose()
     await alone_service.aclose()
 
@@ -137,14 +140,14 @@ async def test_torch_out_of_memory_splits_the_batch_and_still_delivers(demo_mode
     await service.aclose()
 
 
-def test_sdxl_demo_model_serves_every_operation(tmp_path: Path) -> None:
+async def test_sdxl_demo_model_serves_every_operation(tmp_path: Path) -> None:
     path = make_demo_model(tmp_path / "xl", family="sdxl")
     assert detect_family(path) == "sdxl"
     model = load_model(path, gpu_config())
     assert model.operations == {"text-to-image", "image-to-image", "inpaint"}
     assert model.zeroes_empty_negative
     service = GpuService(gpu_config(), None, model=model)
-    key, works = asyncio.run(service.admit(request(operation="inpaint", strength=0.9, **inputs())))
+    key, works = await service.admit(request(operation="inpaint", strength=0.9, **inputs()))
     steps: list[tuple[int, int]] = []
     images = model.run(Batch(key, works), lambda done, total: steps.append((done, total)))
     assert size_of(images[0]) == (64, 64)
@@ -155,8 +158,31 @@ def test_sdxl_demo_model_serves_every_operation(tmp_path: Path) -> None:
 # project-wide "ignore diffusers deprecations" rule does not match it.
 @pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning")
 @pytest.mark.parametrize("sampler", sorted(SUPPORTED_SAMPLERS))
-def test_every_supported_sampler_runs(demo_model: LoadedModel, sampler: str) -> None:
-    key, _ = asyncio.run(GpuService(gpu_config(), None, model=demo_model).admit(request(sampler=sampler)))
+async def test_every_supported_sampler_runs(demo_model: LoadedModel, sampler: str) -> None:
+    key, _ = await GpuService(gpu_config(), None, model=demo_model).admit(request(sampler=sampler))
     work = ImageWork(prompt="x", negative_prompt=None, seed=3, output_format="jpeg")
     (image,) = demo_model.run(Batch(key, [work]), lambda done, total: None)
     assert image[:2] == b"\xff\xd8"  # a JPEG
+
+
+class RecordingModel(LoadedModel):
+    """Remembers the batch size of each pipeline call."""
+
+    calls: list[int]
+
+    def call_pipeline(self, pipe: Any, kwargs: dict[str, Any]) -> list[Any]:
+        self.calls.append(len(kwargs["prompt"]))
+        return super().call_pipeline(pipe, kwargs)
+
+
+async def test_padding_batches_for_compiled_graphs_leaves_the_images_unchanged(demo_model: LoadedModel) -> None:
+    padded = RecordingModel(demo_model.pipelines["text-to-image"], family="sd15", device="cpu", max_batch=8)
+    padded.calls = []
+    padded.pad_batches = True  # what compile=True turns on; compiling itself only pays on a GPU
+    key, works = await GpuService(gpu_config(), None, model=demo_model).admit(request(n=3))
+    images = padded.run(Batch(key, works), lambda done, total: None)
+    plain = demo_model.run(Batch(key, works), lambda done, total: None)
+    assert padded.calls == [4]  # 3 images padded to the next power of two
+    assert len(images) == 3
+    for mine, reference in zip(images, plain, strict=True):
+        assert abs(pixels(mine) - pixels(reference)).max() <= PIXEL_TOLERANCE

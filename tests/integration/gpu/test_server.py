@@ -18,7 +18,7 @@ from gateway.gpu import protocol
 from gateway.gpu.pipelines import LoadedModel
 from gateway.gpu.server import DrainingServer, create_gpu_app, gpu_service, run_gpu_worker
 from gateway.gpu.service import GpuService
-from tests.integration.gpu.conftest import SECRET, gpu_config
+from tests.integration.gpu.conftest import SECRET, asgi_client, gpu_config
 from tests.integration.gpu.images import png, size_of
 
 AUTH = {"Authorization": f"Bearer {SECRET}"}
@@ -44,7 +44,7 @@ def body(**overrides: Any) -> dict[str, Any]:
 @pytest.fixture
 async def client(demo_model: LoadedModel) -> AsyncIterator[httpx.AsyncClient]:
     app = create_gpu_app(gpu_config(), None, service=GpuService(gpu_config(), None, model=demo_model))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gpu") as c:
+    async with asgi_client(app) as c:
         yield c
     await gpu_service(app).aclose()
 
@@ -60,7 +60,8 @@ async def test_generate_streams_acceptance_progress_then_the_result(client: http
     stream = events(response)
     assert isinstance(stream[0], protocol.Accepted)
     fractions = [e.fraction for e in stream if isinstance(e, protocol.Progress)]
-    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    assert fractions == sorted(fractions)
+    assert fractions[-1] == pytest.approx(1.0)
     result = stream[-1]
     assert isinstance(result, protocol.Result)
     assert [(i.index, i.seed, i.media_type) for i in result.images] == [(0, 3, "image/png"), (1, 4, "image/png")]
@@ -69,8 +70,12 @@ async def test_generate_streams_acceptance_progress_then_the_result(client: http
 
 
 async def test_image_to_image_accepts_base64_inputs(client: httpx.AsyncClient) -> None:
-    image = {"data": base64.b64encode(png(64, 64, (10, 200, 10))).decode(), "media_type": "image/png",
-             "width": 64, "height": 64}
+    image = {
+        "data": base64.b64encode(png(64, 64, (10, 200, 10))).decode(),
+        "media_type": "image/png",
+        "width": 64,
+        "height": 64,
+    }
     response = await client.post(
         "/v1/generate", json=body(operation="image-to-image", image=image, strength=0.5, steps=4), headers=AUTH
     )
@@ -92,7 +97,7 @@ async def test_health_needs_no_secret(client: httpx.AsyncClient) -> None:
 async def test_without_a_configured_secret_in_process_calls_need_none(demo_model: LoadedModel) -> None:
     config = GpuConfig(device="cpu", batch_window_ms=0.0)
     app = create_gpu_app(config, None, service=GpuService(config, None, model=demo_model))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gpu") as c:
+    async with asgi_client(app) as c:
         assert (await c.get("/v1/capacity")).status_code == 200
     await gpu_service(app).aclose()
 
@@ -105,11 +110,29 @@ async def test_without_a_configured_secret_in_process_calls_need_none(demo_model
         ({"n": 9}, 422, "n"),
         ({"sampler": "dpmpp_2s_ancestral"}, 422, "sampler"),
         ({"operation": "inpaint"}, 422, "image"),
-        ({"operation": "image-to-image", "steps": 2, "strength": 0.3,
-          "image": {"data": "", "media_type": "image/png", "width": 1, "height": 1}}, 422, "strength"),
-        ({"operation": "image-to-image",
-          "image": {"data": base64.b64encode(b"not an image").decode(), "media_type": "image/png",
-                    "width": 1, "height": 1}}, 422, "image"),
+        (
+            {
+                "operation": "image-to-image",
+                "steps": 2,
+                "strength": 0.3,
+                "image": {"data": "", "media_type": "image/png", "width": 1, "height": 1},
+            },
+            422,
+            "strength",
+        ),
+        (
+            {
+                "operation": "image-to-image",
+                "image": {
+                    "data": base64.b64encode(b"not an image").decode(),
+                    "media_type": "image/png",
+                    "width": 1,
+                    "height": 1,
+                },
+            },
+            422,
+            "image",
+        ),
         ({"prompt": 5}, 422, "prompt"),
     ],
 )
@@ -127,17 +150,21 @@ async def test_capacity_reports_device_limits_and_counters(client: httpx.AsyncCl
     await client.post("/v1/generate", json=body(), headers=AUTH)
     capacity = msgspec.json.decode((await client.get("/v1/capacity", headers=AUTH)).content, type=protocol.Capacity)
     assert (capacity.device, capacity.dtype, capacity.family) == ("cpu", "float32", "sd15")
-    assert capacity.max_batch == 8 and capacity.queue_depth == 0
-    assert capacity.pipeline_calls >= 1 and capacity.images >= 1
+    assert capacity.max_batch == 8
+    assert capacity.queue_depth == 0
+    assert capacity.pipeline_calls >= 1
+    assert capacity.images >= 1
     assert "dpmpp_2s_ancestral" not in capacity.samplers
 
 
 async def test_draining_refuses_new_work_and_finishes_admitted_work(demo_model: LoadedModel) -> None:
     service = GpuService(gpu_config(batch_window_ms=300.0), None, model=demo_model)
     app = create_gpu_app(gpu_config(), None, service=service)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gpu") as c:
+    async with asgi_client(app) as c:
         admitted = asyncio.create_task(c.post("/v1/generate", json=body(), headers=AUTH))
-        while service.idle:  # wait until the request is queued inside the batching window
+        for _ in range(100):  # until the request waits inside the batching window
+            if not service.idle:
+                break
             await asyncio.sleep(0.01)
         service.begin_drain()
         refused = await c.post("/v1/generate", json=body(), headers=AUTH)
@@ -159,7 +186,8 @@ async def test_sigterm_starts_a_drain_and_the_server_exits_once_idle(demo_model:
     running = asyncio.create_task(service.run(key, works, lambda f: None))
     await asyncio.sleep(0)
     server.handle_exit(signal.SIGTERM, None)
-    assert service.draining and not server.should_exit
+    assert service.draining
+    assert not server.should_exit
     await server.on_tick(1)
     assert not server.should_exit  # the admitted request is still waiting for its batch
     await running

@@ -46,7 +46,9 @@ def decoded(images: dict[int, bytes]) -> list[str]:
 async def test_concurrent_compatible_requests_share_one_pipeline_call() -> None:
     runner = FakeRunner()
     batcher = Batcher(runner, max_batch=8, window_s=0.05)
-    outcomes = await asyncio.gather(*(batcher.submit(KEY, works(2, seed=10 * r, prompt=f"r{r}"), lambda f: None) for r in range(3)))
+    outcomes = await asyncio.gather(
+        *(batcher.submit(KEY, works(2, seed=10 * r, prompt=f"r{r}"), lambda f: None) for r in range(3))
+    )
     assert batcher.stats.pipeline_calls == 1
     assert batcher.stats.images == 6
     assert [decoded(o.images) for o in outcomes] == [["r0/0", "r0/1"], ["r1/10", "r1/11"], ["r2/20", "r2/21"]]
@@ -85,7 +87,8 @@ async def test_requests_arriving_during_a_batch_form_the_next_batch() -> None:
     await asyncio.sleep(0.05)  # the first batch is now blocked inside the runner
     rest = [asyncio.create_task(batcher.submit(KEY, works(1, seed=s), lambda f: None)) for s in (1, 2, 3)]
     await asyncio.sleep(0.05)
-    assert batcher.queue_depth == 3 and batcher.in_flight == 1
+    assert batcher.queue_depth == 3
+    assert batcher.in_flight == 1
     runner.gate.set()
     await asyncio.gather(first, *rest)
     assert [len(c) for c in runner.calls] == [1, 3]
@@ -174,5 +177,6 @@ async def test_empty_requests_need_no_device() -> None:
     runner = FakeRunner()
     batcher = Batcher(runner, max_batch=8, window_s=0.0)
     outcome = await batcher.submit(KEY, [], lambda f: None)
-    assert outcome.images == {} and outcome.failed == {}
+    assert outcome.images == {}
+    assert outcome.failed == {}
     assert runner.calls == []

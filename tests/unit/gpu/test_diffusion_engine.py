@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import msgspec
@@ -13,7 +14,7 @@ import pytest
 from gateway.config import EngineConfig, Secret
 from gateway.domain.generation import EngineRequest, GeneratedImage
 from gateway.engines.base import EngineRateLimited, EngineRejected, EngineTimeout, EngineUnavailable
-from gateway.engines.diffusion import DIFFUSION_SAMPLERS, DiffusionEngine
+from gateway.engines.diffusion import DIFFUSION_SAMPLERS, DiffusionEngine, in_process_client
 from gateway.gpu import protocol
 from gateway.gpu.samplers import SUPPORTED_SAMPLERS
 
@@ -184,4 +185,39 @@ def test_engine_module_does_not_import_the_gpu_package() -> None:
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
         a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
     }
-    assert not {m for m in imported if m and (m.startswith("gateway.gpu") or m.startswith("torch"))}
+    assert not {m for m in imported if m and m.startswith(("gateway.gpu", "torch"))}
+
+
+async def crash_before_answering(scope: Any, receive: Any, send: Any) -> None:
+    raise RuntimeError("bug in the app")
+
+
+async def crash_mid_answer(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/x-ndjson")]})
+    await send({"type": "http.response.body", "body": ndjson(protocol.Accepted(queue_depth=0)), "more_body": True})
+    raise RuntimeError("bug in the app")
+
+
+@pytest.mark.parametrize("app", [crash_before_answering, crash_mid_answer])
+async def test_an_in_process_app_crash_is_an_unavailable_engine(app: Any) -> None:
+    cfg = EngineConfig(kind="diffusion")
+    eng = DiffusionEngine("local", cfg, in_process_client(app))
+    with pytest.raises(EngineUnavailable):
+        await eng.generate(REQUEST, lambda f: None)
+    await eng.aclose()
+
+
+async def test_in_process_transport_streams_chunks_as_the_app_sends_them() -> None:
+    release = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first\n", "more_body": True})
+        await release.wait()
+        await send({"type": "http.response.body", "body": b"second\n", "more_body": False})
+
+    async with in_process_client(app) as client, client.stream("GET", "/") as response:
+        lines = response.aiter_lines()
+        assert await anext(lines) == "first"  # arrives while the app still waits
+        release.set()
+        assert await anext(lines) == "second"
