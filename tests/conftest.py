@@ -5,6 +5,7 @@ Set GATEWAY_TEST_DATABASE_URL to use an existing server instead of the embedded 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -55,38 +56,38 @@ async def template_database(pg_server_url: str) -> str:
     return TEMPLATE
 
 
+@contextlib.asynccontextmanager
+async def _scratch_database(server_url: str, prefix: str, template: str | None) -> AsyncIterator[str]:
+    """A new database on the test server (a copy of `template`, or empty), dropped afterwards."""
+    name = f"{prefix}_{uuid4().hex[:16]}"
+    clause = f" TEMPLATE {template}" if template else ""
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}{clause}")
+    finally:
+        await admin.close()
+    try:
+        yield with_database(server_url, name)
+    finally:
+        admin = await asyncpg.connect(server_url)
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await admin.close()
+
+
 @pytest.fixture
 async def database_url(pg_server_url: str, template_database: str) -> AsyncIterator[str]:
     """A fresh, migrated database for one test."""
-    name = f"gw_{uuid4().hex[:16]}"
-    admin = await asyncpg.connect(pg_server_url)
-    try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template_database}")
-    finally:
-        await admin.close()
-    yield with_database(pg_server_url, name)
-    admin = await asyncpg.connect(pg_server_url)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    async with _scratch_database(pg_server_url, "gw", template_database) as url:
+        yield url
 
 
 @pytest.fixture
 async def empty_database_url(pg_server_url: str) -> AsyncIterator[str]:
     """A fresh database with no migrations applied."""
-    name = f"gw_empty_{uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server_url)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    yield with_database(pg_server_url, name)
-    admin = await asyncpg.connect(pg_server_url)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    async with _scratch_database(pg_server_url, "gw_empty", None) as url:
+        yield url
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ Every credit change is a ledger entry that names the operator key that made it.
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -14,6 +13,7 @@ import msgspec
 from litestar import get, post
 from litestar.params import Parameter
 
+from gateway.api.cursors import decode_cursor, encode_cursor
 from gateway.api.keys import CreatedKey, KeyCreate, KeyList, created_key, key_spec, key_view
 from gateway.auth import service
 from gateway.auth.keys import Principal
@@ -104,16 +104,6 @@ def _tenant_view(row: Any) -> TenantView:
     )
 
 
-def _encode_cursor(created_at: datetime, tenant_id: UUID) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{tenant_id}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
-    try:
-        stamp, _, ident = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        return datetime.fromisoformat(stamp), UUID(ident)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationFailed.field("cursor", "not a cursor this API returned") from exc
 
 
 def _millicredits(credits: float, field: str) -> int:
@@ -152,12 +142,12 @@ async def list_tenants(
     limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
 ) -> TenantPage:
     """Newest first; pass `next_cursor` back as `cursor` for the next page."""
-    before = _decode_cursor(cursor) if cursor else None
+    before = decode_cursor(cursor) if cursor else None
     async with services.pool.acquire() as conn:
         rows = await q.list_tenants(conn, before=before, limit=limit + 1)
     last = rows[limit - 1] if len(rows) > limit else None
     return TenantPage(data=[_tenant_view(r) for r in rows[:limit]],
-                      next_cursor=_encode_cursor(last["created_at"], last["id"]) if last else None)
+                      next_cursor=encode_cursor(last["created_at"], last["id"]) if last else None)
 
 
 @get("/v1/admin/tenants/{tenant_id:uuid}", tags=["admin"], summary="Get a tenant", opt=_ADMIN)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -12,12 +10,13 @@ from litestar import get, post
 from litestar.di import NamedDependency
 from litestar.params import Parameter, QueryParameter
 
+from gateway.api.cursors import decode_cursor, encode_cursor
 from gateway.api.views import JobView, job_view, load_job_view
 from gateway.auth.keys import Principal
 from gateway.billing.settlement import Outcome, settle
 from gateway.db import jobs as jq
 from gateway.domain.jobs import JobState
-from gateway.errors import NotFound, ValidationFailed
+from gateway.errors import NotFound
 from gateway.state import Services
 
 
@@ -26,16 +25,6 @@ class JobPage(msgspec.Struct, kw_only=True):
     next_cursor: str | None
 
 
-def _encode_cursor(created_at: datetime, job_id: UUID) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{job_id}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
-    try:
-        stamp, _, ident = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        return datetime.fromisoformat(stamp), UUID(ident)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationFailed.field("cursor", "not a cursor this API returned") from exc
 
 
 @get("/v1/jobs/{job_id:uuid}", tags=["jobs"], opt={"scope": "jobs:read"})
@@ -59,7 +48,7 @@ async def list_jobs(
 ) -> JobPage:
     """Newest first; pass `next_cursor` back as `cursor` for the next page."""
     assert principal.tenant_id is not None
-    before = _decode_cursor(cursor) if cursor else None
+    before = decode_cursor(cursor) if cursor else None
     async with services.pool.acquire() as conn:
         rows = await jq.list_jobs(conn, principal.tenant_id, before=before, state=job_state, operation=operation,
                                   limit=limit + 1)
@@ -67,7 +56,7 @@ async def list_jobs(
                  for r in rows[:limit]]
     more = len(rows) > limit
     last = rows[limit - 1] if more else None
-    return JobPage(data=views, next_cursor=_encode_cursor(last["created_at"], last["id"]) if last else None)
+    return JobPage(data=views, next_cursor=encode_cursor(last["created_at"], last["id"]) if last else None)
 
 
 @post("/v1/jobs/{job_id:uuid}/cancel", tags=["jobs"], opt={"scope": "generate"}, status_code=200)

@@ -47,8 +47,7 @@ def webhook_message_id(job_id: UUID, event: str) -> str:
 
 
 async def settle(
-    pool: Pool, job_id: UUID, unit_price: int, n: int, outcome: Outcome, *, file_ttl_s: int,
-    tenant_webhook: tuple[str | None, UUID] | None = None,
+    pool: Pool, job_id: UUID, unit_price: int, n: int, outcome: Outcome, *, file_ttl_s: int
 ) -> bool:
     """Close the job's books exactly once. Returns False when someone else already did."""
     succeeded = len(outcome.images) if outcome.state == "succeeded" else 0
@@ -88,8 +87,8 @@ async def settle(
             key_id=job["api_key_id"], images=succeeded, failed_images=n - succeeded, charged=charge,
             vendor_credits=outcome.spend.vendor_credits, gpu_seconds=outcome.spend.gpu_seconds,
         )
-        url = job["webhook_url"] or (await conn.fetchval("SELECT webhook_url FROM tenants WHERE id = $1",
-                                                         job["tenant_id"]))
+        tenant_url = await conn.fetchval("SELECT webhook_url FROM tenants WHERE id = $1", job["tenant_id"])
+        url = job["webhook_url"] or tenant_url
         if url:
             event = f"job.{outcome.state}"
             await jq.enqueue_webhook(
@@ -102,7 +101,6 @@ async def settle(
         available = wallet["balance"] - wallet["held"]
         if threshold is not None and available < threshold and not wallet["low_balance_notified"]:
             await bq.mark_low_balance_notified(conn, wallet["tenant_id"])
-            tenant_url = await conn.fetchval("SELECT webhook_url FROM tenants WHERE id = $1", wallet["tenant_id"])
             if tenant_url:
                 await jq.enqueue_webhook(
                     conn, tenant_id=wallet["tenant_id"], message_id=f"msg_low_{secrets.token_hex(8)}",

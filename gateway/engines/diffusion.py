@@ -20,7 +20,15 @@ import httpx
 import msgspec
 
 from gateway.config import EngineConfig
-from gateway.domain.generation import OPERATIONS, EngineRequest, EngineResult, EngineSpend, GeneratedImage, Sampler
+from gateway.domain.generation import (
+    OPERATIONS,
+    SAMPLERS,
+    EngineRequest,
+    EngineResult,
+    EngineSpend,
+    GeneratedImage,
+    Sampler,
+)
 from gateway.engines.base import (
     Capabilities,
     EngineError,
@@ -32,20 +40,7 @@ from gateway.engines.base import (
 )
 
 # Every sampler diffusers has a scheduler for (gateway/gpu/samplers.py); dpmpp_2s_ancestral has none.
-DIFFUSION_SAMPLERS: frozenset[Sampler] = frozenset(
-    {
-        "euler",
-        "euler_ancestral",
-        "heun",
-        "lms",
-        "ddim",
-        "ddpm",
-        "pndm",
-        "dpm_2",
-        "dpm_2_ancestral",
-        "dpmpp_2m",
-    }
-)
+DIFFUSION_SAMPLERS: frozenset[Sampler] = frozenset(SAMPLERS) - {"dpmpp_2s_ancestral"}
 
 CAPABILITIES = Capabilities(
     operations=frozenset(OPERATIONS),

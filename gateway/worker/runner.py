@@ -8,7 +8,6 @@ A job claimed more than `MAX_RUNS` times (it keeps killing runners) fails and is
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import logging
@@ -231,7 +230,3 @@ class JobRunner:
             url = self.signer(blob_key)
         return url
 
-
-def encode_b64(data: bytes) -> str:
-    """Base64 for JSON answers (b64_json)."""
-    return base64.b64encode(data).decode()
