@@ -7,7 +7,7 @@ from uuid import uuid4
 
 import pytest
 
-from gateway.api.admin import _decode_cursor, _encode_cursor
+from gateway.api.cursors import decode_cursor, encode_cursor
 from gateway.api.keys import KeyCreate, key_spec
 from gateway.auth import service, tokens
 from gateway.auth.keys import SCOPES
@@ -66,9 +66,9 @@ def test_key_request_cap_with_more_than_three_decimals_is_refused() -> None:
 def test_tenant_cursor_round_trips_and_rejects_garbage() -> None:
     stamp = datetime(2026, 1, 2, 3, 4, 5, 678_000, tzinfo=UTC)
     ident = uuid4()
-    assert _decode_cursor(_encode_cursor(stamp, ident)) == (stamp, ident)
+    assert decode_cursor(encode_cursor(stamp, ident)) == (stamp, ident)
     with pytest.raises(ValidationFailed):
-        _decode_cursor("bm90IGEgY3Vyc29y")
+        decode_cursor("bm90IGEgY3Vyc29y")
 
 
 @pytest.mark.parametrize("kind", ["tenant", "operator"])
