@@ -57,9 +57,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
             await apply_migrations(conn)
         metrics = Metrics()
         auth = KeyAuthenticator(pool=pool, ttl_s=settings.key_cache_ttl_s)
-        services = await build_services(
-            settings, pool=pool, metrics=metrics, auth=auth, embedded=embedded, dsn=dsn
-        )
+        services = await build_services(settings, pool=pool, metrics=metrics, auth=auth, embedded=embedded, dsn=dsn)
         app.state.services = services
         try:
             yield

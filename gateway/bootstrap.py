@@ -34,9 +34,10 @@ LOCAL_ENGINE = "local-diffusion"
 async def _in_process_diffusion(settings: Settings, extras: dict[str, Any]) -> dict[str, Engine]:
     # Imported here: torch and diffusers load only when the in-process backend is used.
     from gateway.engines.diffusion import DiffusionEngine, in_process_client  # noqa: PLC0415
-    from gateway.gpu.server import GpuService, _model_path, create_gpu_app  # noqa: PLC0415
+    from gateway.gpu.server import create_gpu_app, model_path  # noqa: PLC0415
+    from gateway.gpu.service import GpuService  # noqa: PLC0415
 
-    model = await asyncio.to_thread(_model_path, settings)
+    model = await asyncio.to_thread(model_path, settings)
     service = GpuService(settings.gpu, model)
     await service.start()
     app = create_gpu_app(settings.gpu, None, service=service)
@@ -46,7 +47,12 @@ async def _in_process_diffusion(settings: Settings, extras: dict[str, Any]) -> d
 
 
 async def build_services(
-    settings: Settings, *, pool: Pool, metrics: Metrics, auth: KeyAuthenticator, embedded: EmbeddedPostgres | None,
+    settings: Settings,
+    *,
+    pool: Pool,
+    metrics: Metrics,
+    auth: KeyAuthenticator,
+    embedded: EmbeddedPostgres | None,
     dsn: str,
 ) -> Services:
     """Everything the app needs, in dependency order."""
@@ -60,8 +66,17 @@ async def build_services(
         router = Router(engines, {op: [LOCAL_ENGINE] for op in OPERATIONS}, settings.routing, metrics)
     extras["fetch_client"] = httpx.AsyncClient(timeout=settings.fetch_timeout_s, follow_redirects=False)
     runner = JobRunner(pool=pool, router=router, blobs=blobs, settings=settings, metrics=metrics, dsn=dsn)
-    services = Services(settings=settings, pool=pool, metrics=metrics, blobs=blobs, auth=auth, router=router,
-                        runner=runner, embedded=embedded, extras=extras)
+    services = Services(
+        settings=settings,
+        pool=pool,
+        metrics=metrics,
+        blobs=blobs,
+        auth=auth,
+        router=router,
+        runner=runner,
+        embedded=embedded,
+        extras=extras,
+    )
     if settings.run_worker:
         await runner.start()
         extras["runner_started"] = True
@@ -86,8 +101,10 @@ async def _demo_tenant(services: Services) -> None:
     key = await ensure_demo_tenant(services.pool, services.settings.data_path)
     if key is not None:
         # Printed once, on first start, for the person who just ran the gateway.
-        print(f"\nDemo tenant created. Its API key (also in {services.settings.data_path / 'demo-key.txt'}):\n"
-              f"  {key}\n", flush=True)
+        print(
+            f"\nDemo tenant created. Its API key (also in {services.settings.data_path / 'demo-key.txt'}):\n  {key}\n",
+            flush=True,
+        )
 
 
 async def close_services(services: Services) -> None:

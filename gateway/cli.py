@@ -36,8 +36,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # uvicorn's SIGTERM handling is the graceful shutdown: stop accepting, finish in-flight
     # requests, then the lifespan drains the runner and closes the pool.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=30, loop="uvloop", http="httptools", access_log=False)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+    )
     return 0
 
 
@@ -193,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     billing = sub.add_parser("billing").add_subparsers(dest="action", required=True)
     billing.add_parser("audit", help="check every ledger invariant; exit 0 only if all hold").set_defaults(
-        fn=cmd_billing_audit)
+        fn=cmd_billing_audit
+    )
 
     gpu = sub.add_parser("gpu").add_subparsers(dest="action", required=True)
     demo = gpu.add_parser("make-demo-model", help="build the small random-weight demo model offline")

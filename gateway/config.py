@@ -128,7 +128,11 @@ _ENV_SCALARS = {
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in environ.items():
-        if not key.startswith("GATEWAY_") or key in {"GATEWAY_CONFIG", "GATEWAY_TEST_DATABASE_URL", "GATEWAY_BLOB_SIGNING_KEY"}:
+        if not key.startswith("GATEWAY_") or key in {
+            "GATEWAY_CONFIG",
+            "GATEWAY_TEST_DATABASE_URL",
+            "GATEWAY_BLOB_SIGNING_KEY",
+        }:
             continue
         name = key.removeprefix("GATEWAY_").lower()
         if name == "fetch_allow_hosts":

@@ -16,18 +16,26 @@ class Metrics:
             "gateway_http_requests", "HTTP requests answered", ["method", "route", "status"], registry=self.registry
         )
         self.http_latency = Histogram(
-            "gateway_http_request_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS,
+            "gateway_http_request_seconds",
+            "HTTP request latency",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.engine_latency = Histogram(
-            "gateway_engine_attempt_seconds", "Latency of one engine attempt", ["engine", "outcome"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "gateway_engine_attempt_seconds",
+            "Latency of one engine attempt",
+            ["engine", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.engine_attempts = Counter(
             "gateway_engine_attempts", "Engine attempts by outcome", ["engine", "outcome"], registry=self.registry
         )
         self.engine_breaker_open = Gauge(
-            "gateway_engine_breaker_open", "1 while the engine's circuit breaker is open", ["engine"],
+            "gateway_engine_breaker_open",
+            "1 while the engine's circuit breaker is open",
+            ["engine"],
             registry=self.registry,
         )
         self.engine_in_flight = Gauge(

@@ -35,4 +35,3 @@ class Services:
     extras: dict[str, Any] = field(default_factory=dict)
     # Database errors as one tuple, so handlers can catch them without importing asyncpg.
     db_errors: tuple[type[BaseException], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError)
-

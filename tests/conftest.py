@@ -136,32 +136,67 @@ class Gateway:
         """A tenant with `credits` (as a top-up ledger entry) and one key; returns (id, key)."""
         tenant_id, key = uuid4(), tokens.new_key("tenant")
         async with self.pool.acquire() as conn, conn.transaction():
-            await kq.insert_tenant(conn, tenant_id, f"tenant-{tenant_id.hex[:6]}", "whsec_dGVzdA==",
-                                   max_concurrent_jobs)
+            await kq.insert_tenant(
+                conn, tenant_id, f"tenant-{tenant_id.hex[:6]}", "whsec_dGVzdA==", max_concurrent_jobs
+            )
             if credits:
-                await bq.credit(conn, tenant_id=tenant_id, kind="topup", amount=round(credits * 1000),
-                                reason="test", operator_key_id=None)
-            await kq.insert_tenant_key(conn, key_id=uuid4(), tenant_id=tenant_id, name="test",
-                                       scopes=scopes or list(SCOPES), secret_hash=tokens.hash_key(key),
-                                       hint=tokens.hint(key), rate_limit_per_minute=100_000)
+                await bq.credit(
+                    conn,
+                    tenant_id=tenant_id,
+                    kind="topup",
+                    amount=round(credits * 1000),
+                    reason="test",
+                    operator_key_id=None,
+                )
+            await kq.insert_tenant_key(
+                conn,
+                key_id=uuid4(),
+                tenant_id=tenant_id,
+                name="test",
+                scopes=scopes or list(SCOPES),
+                secret_hash=tokens.hash_key(key),
+                hint=tokens.hint(key),
+                rate_limit_per_minute=100_000,
+            )
         return tenant_id, key
 
 
 def gateway_settings(database_url: str, data_dir: Path, vendors: dict[str, str], **overrides: Any) -> Any:
     engines = {
-        "a2c": {"kind": "api2convert", "base_url": vendors["api2convert"], "api_key_env": "A2C_KEY",
-                "poll_interval_s": 0.01, "max_poll_interval_s": 0.05, "timeout_s": 10},
-        "qolaba": {"kind": "qolaba", "base_url": vendors["qolaba"], "api_key_env": "QOLABA_KEY",
-                   "poll_interval_s": 0.01, "max_poll_interval_s": 0.05, "timeout_s": 10},
-        "ait": {"kind": "aithriving", "base_url": vendors["aithriving"], "api_key_env": "AITHRIVING_KEY",
-                "timeout_s": 10},
+        "a2c": {
+            "kind": "api2convert",
+            "base_url": vendors["api2convert"],
+            "api_key_env": "A2C_KEY",
+            "poll_interval_s": 0.01,
+            "max_poll_interval_s": 0.05,
+            "timeout_s": 10,
+        },
+        "qolaba": {
+            "kind": "qolaba",
+            "base_url": vendors["qolaba"],
+            "api_key_env": "QOLABA_KEY",
+            "poll_interval_s": 0.01,
+            "max_poll_interval_s": 0.05,
+            "timeout_s": 10,
+        },
+        "ait": {
+            "kind": "aithriving",
+            "base_url": vendors["aithriving"],
+            "api_key_env": "AITHRIVING_KEY",
+            "timeout_s": 10,
+        },
     }
     base: dict[str, Any] = {
-        "database_url": database_url, "data_dir": str(data_dir), "demo_tenant": False,
+        "database_url": database_url,
+        "data_dir": str(data_dir),
+        "demo_tenant": False,
         "engines": engines,
         "routes": {"text-to-image": ["a2c", "qolaba"], "image-to-image": ["ait"], "inpaint": ["a2c"]},
         "routing": {"backoff_base_s": 0.0, "backoff_max_s": 0.01},
-        "fetch_allow_hosts": ["127.0.0.1"], "sync_wait_s": 20, "lease_s": 5, "db_pool_max": 30,
+        "fetch_allow_hosts": ["127.0.0.1"],
+        "sync_wait_s": 20,
+        "lease_s": 5,
+        "db_pool_max": 30,
     }
     base.update(overrides)
     return load_settings(VENDOR_ENV, overrides=base)
@@ -175,8 +210,11 @@ async def make_gateway(
     started: list[AsyncTestClient[Litestar]] = []
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=10)
     assert pool is not None
-    vendors = {"api2convert": fake_api2convert.base_url, "qolaba": fake_qolaba.base_url,
-               "aithriving": fake_aithriving.base_url}
+    vendors = {
+        "api2convert": fake_api2convert.base_url,
+        "qolaba": fake_qolaba.base_url,
+        "aithriving": fake_aithriving.base_url,
+    }
 
     async def start(**overrides: Any) -> Gateway:
         app = create_app(gateway_settings(database_url, data_dir, vendors, **overrides))
@@ -185,10 +223,20 @@ async def make_gateway(
         started.append(client)
         operator_key = tokens.new_key("operator")
         async with pool.acquire() as conn:
-            await kq.insert_operator_key(conn, key_id=uuid4(), name="test-operator",
-                                         secret_hash=tokens.hash_key(operator_key), hint=tokens.hint(operator_key))
-        return Gateway(app=app, client=client, operator_key=operator_key, pool=pool,
-                       extra={"a2c": fake_api2convert, "qolaba": fake_qolaba, "ait": fake_aithriving})
+            await kq.insert_operator_key(
+                conn,
+                key_id=uuid4(),
+                name="test-operator",
+                secret_hash=tokens.hash_key(operator_key),
+                hint=tokens.hint(operator_key),
+            )
+        return Gateway(
+            app=app,
+            client=client,
+            operator_key=operator_key,
+            pool=pool,
+            extra={"a2c": fake_api2convert, "qolaba": fake_qolaba, "ait": fake_aithriving},
+        )
 
     yield start
     for client in reversed(started):

@@ -69,8 +69,11 @@ class CreditChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     amount: Annotated[
         float,
-        msgspec.Meta(ge=-_MAX_CREDITS, le=_MAX_CREDITS,
-                     description="Credits (up to 3 decimals). A top-up is positive; an adjustment may be negative."),
+        msgspec.Meta(
+            ge=-_MAX_CREDITS,
+            le=_MAX_CREDITS,
+            description="Credits (up to 3 decimals). A top-up is positive; an adjustment may be negative.",
+        ),
     ]
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=1000, description="Why; kept in the ledger.")]
     kind: service.CreditKind = "topup"
@@ -104,8 +107,6 @@ def _tenant_view(row: Any) -> TenantView:
     )
 
 
-
-
 def _millicredits(credits: float, field: str) -> int:
     try:
         return from_credits(credits)
@@ -128,7 +129,10 @@ async def create_tenant(services: Services, principal: Principal, data: TenantCr
     credits = _millicredits(data.credits, "credits")
     async with services.pool.acquire() as conn, conn.transaction():
         tenant_id, issued = await service.create_tenant(
-            conn, name=data.name, credits=credits, max_concurrent_jobs=data.max_concurrent_jobs,
+            conn,
+            name=data.name,
+            credits=credits,
+            max_concurrent_jobs=data.max_concurrent_jobs,
             operator_key_id=principal.key_id,
         )
         row = await q.get_tenant(conn, tenant_id)
@@ -146,8 +150,10 @@ async def list_tenants(
     async with services.pool.acquire() as conn:
         rows = await q.list_tenants(conn, before=before, limit=limit + 1)
     last = rows[limit - 1] if len(rows) > limit else None
-    return TenantPage(data=[_tenant_view(r) for r in rows[:limit]],
-                      next_cursor=encode_cursor(last["created_at"], last["id"]) if last else None)
+    return TenantPage(
+        data=[_tenant_view(r) for r in rows[:limit]],
+        next_cursor=encode_cursor(last["created_at"], last["id"]) if last else None,
+    )
 
 
 @get("/v1/admin/tenants/{tenant_id:uuid}", tags=["admin"], summary="Get a tenant", opt=_ADMIN)
@@ -156,8 +162,13 @@ async def get_tenant(services: Services, tenant_id: UUID) -> TenantView:
     return await _load_tenant(services, tenant_id)
 
 
-@post("/v1/admin/tenants/{tenant_id:uuid}/suspend", tags=["admin"], summary="Suspend a tenant", opt=_ADMIN,
-      status_code=200)
+@post(
+    "/v1/admin/tenants/{tenant_id:uuid}/suspend",
+    tags=["admin"],
+    summary="Suspend a tenant",
+    opt=_ADMIN,
+    status_code=200,
+)
 async def suspend_tenant(services: Services, tenant_id: UUID) -> TenantView:
     """Every key of the tenant stops authenticating (on other replicas within 2 s); running jobs finish."""
     async with services.pool.acquire() as conn, conn.transaction():
@@ -166,8 +177,9 @@ async def suspend_tenant(services: Services, tenant_id: UUID) -> TenantView:
     return await _load_tenant(services, tenant_id)
 
 
-@post("/v1/admin/tenants/{tenant_id:uuid}/resume", tags=["admin"], summary="Resume a tenant", opt=_ADMIN,
-      status_code=200)
+@post(
+    "/v1/admin/tenants/{tenant_id:uuid}/resume", tags=["admin"], summary="Resume a tenant", opt=_ADMIN, status_code=200
+)
 async def resume_tenant(services: Services, tenant_id: UUID) -> TenantView:
     """The tenant's keys work again (those not revoked or expired meanwhile)."""
     async with services.pool.acquire() as conn, conn.transaction():
@@ -186,8 +198,13 @@ async def list_tenant_keys(services: Services, tenant_id: UUID) -> KeyList:
     return KeyList(data=[key_view(r) for r in rows])
 
 
-@post("/v1/admin/tenants/{tenant_id:uuid}/keys", tags=["admin"], summary="Create a key for a tenant", opt=_ADMIN,
-      status_code=201)
+@post(
+    "/v1/admin/tenants/{tenant_id:uuid}/keys",
+    tags=["admin"],
+    summary="Create a key for a tenant",
+    opt=_ADMIN,
+    status_code=201,
+)
 async def create_tenant_key(services: Services, tenant_id: UUID, data: KeyCreate) -> CreatedKey:
     """A key with any scopes for the tenant; the secret is in `key`, shown this once."""
     async with services.pool.acquire() as conn, conn.transaction():
@@ -195,8 +212,13 @@ async def create_tenant_key(services: Services, tenant_id: UUID, data: KeyCreate
     return created_key(issued)
 
 
-@post("/v1/admin/tenants/{tenant_id:uuid}/credits", tags=["admin"], summary="Top up or adjust credits",
-      opt=_ADMIN, status_code=201)
+@post(
+    "/v1/admin/tenants/{tenant_id:uuid}/credits",
+    tags=["admin"],
+    summary="Top up or adjust credits",
+    opt=_ADMIN,
+    status_code=201,
+)
 async def change_credits(
     services: Services, principal: Principal, tenant_id: UUID, data: CreditChange
 ) -> LedgerEntryView:
@@ -205,7 +227,11 @@ async def change_credits(
     amount = _millicredits(data.amount, "amount")
     async with services.pool.acquire() as conn, conn.transaction():
         entry = await service.adjust_credits(
-            conn, tenant_id=tenant_id, amount=amount, kind=data.kind, reason=data.reason,
+            conn,
+            tenant_id=tenant_id,
+            amount=amount,
+            kind=data.kind,
+            reason=data.reason,
             operator_key_id=principal.key_id,
         )
     return LedgerEntryView(

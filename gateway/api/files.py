@@ -45,7 +45,9 @@ def _passwords(request: Request[Any, Any, Any]) -> list[str] | None:
 
 
 @get("/v1/files/{file_id:str}", tags=["files"], exclude_from_auth=True, media_type="application/octet-stream")
-async def download(services: NamedDependency[Services], request: Request[Any, Any, Any], file_id: str) -> Response[bytes]:
+async def download(
+    services: NamedDependency[Services], request: Request[Any, Any, Any], file_id: str
+) -> Response[bytes]:
     """Download one output image."""
     async with services.pool.acquire() as conn:
         row = await conn.fetchrow(_FILE, file_id, WINDOW_S)
@@ -57,12 +59,15 @@ async def download(services: NamedDependency[Services], request: Request[Any, An
     if stored is not None:
         if row["recent"] >= MAX_FAILURES:
             wait = max(1, row["lock_left"] or 1)
-            raise RateLimited("Too many wrong passwords for this file; try again later.",
-                              headers={"Retry-After": str(wait)})
+            raise RateLimited(
+                "Too many wrong passwords for this file; try again later.", headers={"Retry-After": str(wait)}
+            )
         candidates = _passwords(request)
         if not candidates:
-            raise Unauthenticated("This file is protected: send X-Download-Password or a download_password cookie.",
-                                  headers={"WWW-Authenticate": 'Password realm="download"'})
+            raise Unauthenticated(
+                "This file is protected: send X-Download-Password or a download_password cookie.",
+                headers={"WWW-Authenticate": 'Password realm="download"'},
+            )
         if not await verify_any(stored, candidates):
             async with services.pool.acquire() as conn:
                 await conn.execute(_FAIL, file_id, WINDOW_S)

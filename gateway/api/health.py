@@ -32,10 +32,11 @@ async def healthz() -> Health:
 @get("/readyz", tags=["operations"], summary="Readiness", exclude_from_auth=True)
 async def readyz(services: NamedDependency[Services]) -> Readiness:
     """The database answers and every migration is applied."""
+    unreachable: tuple[type[BaseException], ...] = (OSError, *services.db_errors)
     try:
         async with services.pool.acquire() as conn:
             pending = await pending_migrations(conn)
-    except (OSError, services.db_errors) as exc:
+    except unreachable as exc:
         raise ServiceUnavailable(f"database unreachable: {type(exc).__name__}") from exc
     if pending:
         raise ServiceUnavailable("migrations pending", pending_migrations=pending)

@@ -26,8 +26,12 @@ from gateway.storage.passwords import hash_password
 
 IdempotencyKey = Annotated[
     str | None,
-    HeaderParameter(name="Idempotency-Key", required=False, max_length=255,
-                    description="Same key and body replays the first answer; another body gets 409."),
+    HeaderParameter(
+        name="Idempotency-Key",
+        required=False,
+        max_length=255,
+        description="Same key and body replays the first answer; another body gets 409.",
+    ),
 ]
 Prefer = Annotated[
     str | None, HeaderParameter(name="Prefer", required=False, description="`respond-async` answers 202 at once.")
@@ -36,9 +40,19 @@ Prefer = Annotated[
 
 def _engine_params(operation: str, body: GenerationRequest, seed: int, width: int, height: int) -> dict[str, Any]:
     params: dict[str, Any] = {
-        "operation": operation, "prompt": body.prompt, "negative_prompt": body.negative_prompt, "width": width,
-        "height": height, "steps": body.steps, "guidance_scale": body.guidance_scale, "seed": seed, "n": body.n,
-        "style": body.style, "sampler": body.sampler, "model": body.model, "output_format": body.output_format,
+        "operation": operation,
+        "prompt": body.prompt,
+        "negative_prompt": body.negative_prompt,
+        "width": width,
+        "height": height,
+        "steps": body.steps,
+        "guidance_scale": body.guidance_scale,
+        "seed": seed,
+        "n": body.n,
+        "style": body.style,
+        "sampler": body.sampler,
+        "model": body.model,
+        "output_format": body.output_format,
         "engine_options": body.engine_options or {},
     }
     if isinstance(body, ImageToImageRequest | InpaintRequest):
@@ -52,15 +66,21 @@ async def _inputs(services: Services, body: GenerationRequest) -> dict[str, Chec
         return {}
     s = services.settings
     client = services.extras["fetch_client"]
-    load = {"client": client, "max_bytes": s.max_input_bytes, "max_pixels": s.max_input_pixels,
-            "allow_hosts": frozenset(s.fetch_allow_hosts)}
+    load = {
+        "client": client,
+        "max_bytes": s.max_input_bytes,
+        "max_pixels": s.max_input_pixels,
+        "allow_hosts": frozenset(s.fetch_allow_hosts),
+    }
     images = {"image": await load_image(body.image, "image", **load)}
     if isinstance(body, InpaintRequest):
         mask = await load_image(body.mask, "mask", **load)
         if (mask.width, mask.height) != (images["image"].width, images["image"].height):
             raise ValidationFailed.field(
-                "mask", f"mask is {mask.width}x{mask.height}; it must match the image ({images['image'].width}x"
-                f"{images['image'].height})")
+                "mask",
+                f"mask is {mask.width}x{mask.height}; it must match the image ({images['image'].width}x"
+                f"{images['image'].height})",
+            )
         images["mask"] = mask
     return images
 
@@ -75,7 +95,9 @@ async def _replay(services: Services, principal: Principal, key: str, digest: by
         row = await conn.fetchrow(
             """SELECT request_hash, job_id FROM idempotency_keys
                WHERE tenant_id = $1 AND key = $2 AND created_at > now() - make_interval(secs => $3)""",
-            principal.tenant_id, key, services.settings.idempotency_ttl_s,
+            principal.tenant_id,
+            key,
+            services.settings.idempotency_ttl_s,
         )
         if row is None:
             return None
@@ -98,15 +120,24 @@ async def _claim_key(services: Services, principal: Principal, key: str, digest:
                    created_at = now(), job_id = NULL
                WHERE idempotency_keys.created_at <= now() - make_interval(secs => $4)
                RETURNING true""",
-            principal.tenant_id, key, digest, services.settings.idempotency_ttl_s,
+            principal.tenant_id,
+            key,
+            digest,
+            services.settings.idempotency_ttl_s,
         )
     if not inserted:
         raise Conflict("A request with this Idempotency-Key is still being processed.")
 
 
 async def submit(
-    services: Services, principal: Principal, request: Request[Any, Any, Any], operation: str,
-    body: GenerationRequest, idempotency_key: str | None, prefer: str | None,
+    *,
+    services: Services,
+    principal: Principal,
+    request: Request[Any, Any, Any],
+    operation: str,
+    body: GenerationRequest,
+    idempotency_key: str | None,
+    prefer: str | None,
 ) -> Response[JobView]:
     """Validate, price, reserve, and run (sync, bounded wait) or queue (async) one generation."""
     digest = _request_hash(await request.body(), operation)
@@ -122,9 +153,16 @@ async def submit(
     probe = msgspec.convert({**params, "job_id": str(job_id)}, EngineRequest)
     images = await _inputs(services, body)
     if images:
-        probe = msgspec.structs.replace(probe, image=ImageInput(
-            data=b"", media_type=images["image"].media_type, width=images["image"].width,
-            height=images["image"].height, url="https://signed.invalid" if services.extras.get("signs_inputs") else None))
+        probe = msgspec.structs.replace(
+            probe,
+            image=ImageInput(
+                data=b"",
+                media_type=images["image"].media_type,
+                width=images["image"].width,
+                height=images["image"].height,
+                url="https://signed.invalid" if services.extras.get("signs_inputs") else None,
+            ),
+        )
     try:
         services.router.check(probe, body.engines)
     except NoEngineCanServe as exc:
@@ -141,27 +179,49 @@ async def submit(
     runner = services.runner
     try:
         await admit(
-            services.pool, principal, job_id=job_id, operation=operation, params=params, width=width, height=height,
-            steps=body.steps, n=body.n, model=body.model, allowed_engines=body.engines, password_hash=password_hash,
-            webhook_url=body.webhook_url, inputs=blobs, deadline_s=max(services.settings.sync_wait_s, 600.0),
-            lease_owner=None if run_async else runner.owner, lease_s=services.settings.lease_s,
+            services.pool,
+            principal,
+            job_id=job_id,
+            operation=operation,
+            params=params,
+            width=width,
+            height=height,
+            steps=body.steps,
+            n=body.n,
+            model=body.model,
+            allowed_engines=body.engines,
+            password_hash=password_hash,
+            webhook_url=body.webhook_url,
+            inputs=blobs,
+            deadline_s=max(services.settings.sync_wait_s, 600.0),
+            lease_owner=None if run_async else runner.owner,
+            lease_s=services.settings.lease_s,
         )
     except GatewayError:
         # Nothing was admitted: free the key so a retry (after a top-up, say) can go through.
         if idempotency_key:
             async with services.pool.acquire() as conn:
-                await conn.execute("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 AND job_id IS NULL",
-                                   principal.tenant_id, idempotency_key)
+                await conn.execute(
+                    "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 AND job_id IS NULL",
+                    principal.tenant_id,
+                    idempotency_key,
+                )
         for blob in blobs:
             await services.blobs.delete(blob.blob_key)
         raise
     if idempotency_key:
         async with services.pool.acquire() as conn:
-            await conn.execute("UPDATE idempotency_keys SET job_id = $3 WHERE tenant_id = $1 AND key = $2",
-                               principal.tenant_id, idempotency_key, job_id)
+            await conn.execute(
+                "UPDATE idempotency_keys SET job_id = $3 WHERE tenant_id = $1 AND key = $2",
+                principal.tenant_id,
+                idempotency_key,
+                job_id,
+            )
     if not run_async:
         async with services.pool.acquire() as conn:
             row = await conn.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+        if row is None:  # admitted in a committed transaction a moment ago; absence is a bug, not a user error
+            raise RuntimeError(f"job {job_id} vanished right after admission")
         task = runner.spawn(row)
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout=services.settings.sync_wait_s)
@@ -186,29 +246,68 @@ def _failure_status(view: JobView) -> int:
 
 @post("/v1/text-to-image", tags=["images"], opt={"scope": "generate"}, status_code=200)
 async def text_to_image(
-    services: NamedDependency[Services], principal: NamedDependency[Principal], request: Request[Any, Any, Any], data: TextToImageRequest,
-    idempotency_key: IdempotencyKey = None, prefer: Prefer = None,
+    *,
+    services: NamedDependency[Services],
+    principal: NamedDependency[Principal],
+    request: Request[Any, Any, Any],
+    data: TextToImageRequest,
+    idempotency_key: IdempotencyKey = None,
+    prefer: Prefer = None,
 ) -> Response[JobView]:
     """Make images from a prompt."""
-    return await submit(services, principal, request, "text-to-image", data, idempotency_key, prefer)
+    return await submit(
+        services=services,
+        principal=principal,
+        request=request,
+        operation="text-to-image",
+        body=data,
+        idempotency_key=idempotency_key,
+        prefer=prefer,
+    )
 
 
 @post("/v1/image-to-image", tags=["images"], opt={"scope": "generate"}, status_code=200)
 async def image_to_image(
-    services: NamedDependency[Services], principal: NamedDependency[Principal], request: Request[Any, Any, Any], data: ImageToImageRequest,
-    idempotency_key: IdempotencyKey = None, prefer: Prefer = None,
+    *,
+    services: NamedDependency[Services],
+    principal: NamedDependency[Principal],
+    request: Request[Any, Any, Any],
+    data: ImageToImageRequest,
+    idempotency_key: IdempotencyKey = None,
+    prefer: Prefer = None,
 ) -> Response[JobView]:
     """Make images from a prompt and an input image (`strength`: 0 keeps it, 1 ignores it)."""
-    return await submit(services, principal, request, "image-to-image", data, idempotency_key, prefer)
+    return await submit(
+        services=services,
+        principal=principal,
+        request=request,
+        operation="image-to-image",
+        body=data,
+        idempotency_key=idempotency_key,
+        prefer=prefer,
+    )
 
 
 @post("/v1/inpaint", tags=["images"], opt={"scope": "generate"}, status_code=200)
 async def inpaint(
-    services: NamedDependency[Services], principal: NamedDependency[Principal], request: Request[Any, Any, Any], data: InpaintRequest,
-    idempotency_key: IdempotencyKey = None, prefer: Prefer = None,
+    *,
+    services: NamedDependency[Services],
+    principal: NamedDependency[Principal],
+    request: Request[Any, Any, Any],
+    data: InpaintRequest,
+    idempotency_key: IdempotencyKey = None,
+    prefer: Prefer = None,
 ) -> Response[JobView]:
     """Repaint the white area of `mask` in `image`."""
-    return await submit(services, principal, request, "inpaint", data, idempotency_key, prefer)
+    return await submit(
+        services=services,
+        principal=principal,
+        request=request,
+        operation="inpaint",
+        body=data,
+        idempotency_key=idempotency_key,
+        prefer=prefer,
+    )
 
 
 routes = [text_to_image, image_to_image, inpaint]

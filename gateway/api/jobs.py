@@ -25,8 +25,6 @@ class JobPage(msgspec.Struct, kw_only=True):
     next_cursor: str | None
 
 
-
-
 @get("/v1/jobs/{job_id:uuid}", tags=["jobs"], opt={"scope": "jobs:read"})
 async def get_job(services: NamedDependency[Services], principal: NamedDependency[Principal], job_id: UUID) -> JobView:
     """One job with its per-image results and engine attempts."""
@@ -39,6 +37,7 @@ async def get_job(services: NamedDependency[Services], principal: NamedDependenc
 
 @get("/v1/jobs", tags=["jobs"], opt={"scope": "jobs:read"})
 async def list_jobs(
+    *,
     services: NamedDependency[Services],
     principal: NamedDependency[Principal],
     job_state: Annotated[JobState | None, QueryParameter(name="state")] = None,
@@ -50,17 +49,21 @@ async def list_jobs(
     assert principal.tenant_id is not None
     before = decode_cursor(cursor) if cursor else None
     async with services.pool.acquire() as conn:
-        rows = await jq.list_jobs(conn, principal.tenant_id, before=before, state=job_state, operation=operation,
-                                  limit=limit + 1)
-        views = [job_view(r, await jq.job_results(conn, r["id"]), await jq.job_attempts(conn, r["id"]))
-                 for r in rows[:limit]]
+        rows = await jq.list_jobs(
+            conn, principal.tenant_id, before=before, state=job_state, operation=operation, limit=limit + 1
+        )
+        views = [
+            job_view(r, await jq.job_results(conn, r["id"]), await jq.job_attempts(conn, r["id"])) for r in rows[:limit]
+        ]
     more = len(rows) > limit
     last = rows[limit - 1] if more else None
     return JobPage(data=views, next_cursor=encode_cursor(last["created_at"], last["id"]) if last else None)
 
 
 @post("/v1/jobs/{job_id:uuid}/cancel", tags=["jobs"], opt={"scope": "generate"}, status_code=200)
-async def cancel_job(services: NamedDependency[Services], principal: NamedDependency[Principal], job_id: UUID) -> JobView:
+async def cancel_job(
+    services: NamedDependency[Services], principal: NamedDependency[Principal], job_id: UUID
+) -> JobView:
     """Cancel a job. A queued job is canceled at once; a running one when its engine returns.
     A canceled job costs nothing. Canceling a finished job changes nothing."""
     assert principal.tenant_id is not None
@@ -71,11 +74,22 @@ async def cancel_job(services: NamedDependency[Services], principal: NamedDepend
         job = await jq.get_job(conn, job_id, principal.tenant_id)
     assert job is not None
     if job["state"] == "queued" or (job["state"] == "running" and job["lease_expires_at"] is None):
-        await settle(services.pool, job_id, job["unit_price"], job["n"],
-                     Outcome(state="canceled", error={"type": "https://gateway.invalid/problems/canceled",
-                                                      "title": "Canceled", "status": 409,
-                                                      "detail": "The job was canceled."}),
-                     file_ttl_s=services.settings.file_ttl_s)
+        await settle(
+            services.pool,
+            job_id,
+            job["unit_price"],
+            job["n"],
+            Outcome(
+                state="canceled",
+                error={
+                    "type": "https://gateway.invalid/problems/canceled",
+                    "title": "Canceled",
+                    "status": 409,
+                    "detail": "The job was canceled.",
+                },
+            ),
+            file_ttl_s=services.settings.file_ttl_s,
+        )
     async with services.pool.acquire() as conn:
         view = await load_job_view(conn, job_id, principal.tenant_id)
     assert view is not None

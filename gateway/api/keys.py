@@ -43,8 +43,11 @@ class KeyRotate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     grace_period_s: Annotated[
         int,
-        msgspec.Meta(ge=0, le=service.MAX_GRACE_PERIOD_S,
-                     description="Seconds the old secret keeps working (0: it stops at once; at most 30 days)."),
+        msgspec.Meta(
+            ge=0,
+            le=service.MAX_GRACE_PERIOD_S,
+            description="Seconds the old secret keeps working (0: it stops at once; at most 30 days).",
+        ),
     ] = 0
 
 
@@ -101,8 +104,14 @@ def key_view(row: Any) -> KeyView:
 def created_key(issued: service.IssuedKey) -> CreatedKey:
     """The once-only answer for a new or rotated key."""
     assert issued.tenant_id is not None
-    return CreatedKey(id=issued.id, tenant_id=issued.tenant_id, name=issued.name, scopes=issued.scopes,
-                      key=issued.key, hint=issued.hint)
+    return CreatedKey(
+        id=issued.id,
+        tenant_id=issued.tenant_id,
+        name=issued.name,
+        scopes=issued.scopes,
+        key=issued.key,
+        hint=issued.hint,
+    )
 
 
 def key_spec(data: KeyCreate) -> service.KeySpec:
@@ -132,7 +141,10 @@ async def create_key(services: Services, principal: Principal, data: KeyCreate) 
     shown this once."""
     async with services.pool.acquire() as conn, conn.transaction():
         issued = await service.create_tenant_key(
-            conn, tenant_id=_tenant(principal), spec=key_spec(data), created_by_key_id=principal.key_id,
+            conn,
+            tenant_id=_tenant(principal),
+            spec=key_spec(data),
+            created_by_key_id=principal.key_id,
             grantable=principal.scopes,
         )
     return created_key(issued)
@@ -146,20 +158,25 @@ async def list_keys(services: Services, principal: Principal) -> KeyList:
     return KeyList(data=[key_view(r) for r in rows])
 
 
-@post("/v1/keys/{key_id:uuid}/rotate", tags=["keys"], summary="Rotate a key", opt={"scope": "keys:manage"},
-      status_code=200)
+@post(
+    "/v1/keys/{key_id:uuid}/rotate",
+    tags=["keys"],
+    summary="Rotate a key",
+    opt={"scope": "keys:manage"},
+    status_code=200,
+)
 async def rotate_key(services: Services, principal: Principal, key_id: UUID, data: KeyRotate) -> CreatedKey:
     """A new secret for the key (same id, name, scopes and limits). The old secret keeps working for
     `grace_period_s` seconds, so clients can switch over without downtime. Send `{}` for no grace."""
     async with services.pool.acquire() as conn, conn.transaction():
-        issued = await service.rotate(conn, tenant_id=_tenant(principal), key_id=key_id,
-                                      grace_period_s=data.grace_period_s)
+        issued = await service.rotate(
+            conn, tenant_id=_tenant(principal), key_id=key_id, grace_period_s=data.grace_period_s
+        )
     services.auth.invalidate()
     return created_key(issued)
 
 
-@delete("/v1/keys/{key_id:uuid}", tags=["keys"], summary="Revoke a key", opt={"scope": "keys:manage"},
-        status_code=200)
+@delete("/v1/keys/{key_id:uuid}", tags=["keys"], summary="Revoke a key", opt={"scope": "keys:manage"}, status_code=200)
 async def revoke_key(services: Services, principal: Principal, key_id: UUID) -> KeyView:
     """Revoke the key: every secret of it stops working (on other replicas within 2 s). Returns the
     revoked key; revoking again changes nothing."""

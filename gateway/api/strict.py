@@ -36,7 +36,8 @@ async def decode_strictly(request: Request[Any, Any, Any]) -> None:
         _decoder(annotation).decode(body)
     except msgspec.ValidationError as exc:
         errors = field_errors_from_msgspec(str(exc))
-        raise ValidationFailed("; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in errors),
-                               errors=errors) from exc
+        raise ValidationFailed(
+            "; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in errors), errors=errors
+        ) from exc
     except msgspec.DecodeError as exc:
         raise MalformedBody(f"The body is not valid JSON: {exc}") from exc

@@ -66,9 +66,7 @@ GroupBy = Literal["day", "operation", "engine", "key"]
 _COLUMNS = {"day": "day", "operation": "operation", "engine": "engine", "key": "api_key_id"}
 
 
-async def usage_rows(
-    conn: Any, tenant_id: UUID | None, start: date, end: date, group_by: list[str]
-) -> list[UsageRow]:
+async def usage_rows(conn: Any, tenant_id: UUID | None, start: date, end: date, group_by: list[str]) -> list[UsageRow]:
     """Usage from the daily rollup; `tenant_id=None` is the whole platform (operators)."""
     cols = [_COLUMNS[g] for g in group_by]
     select = ", ".join(cols)
@@ -78,12 +76,21 @@ async def usage_rows(
             FROM usage_daily
             WHERE ($1::uuid IS NULL OR tenant_id = $1) AND day BETWEEN $2 AND $3
             {"GROUP BY " + select if cols else ""} {"ORDER BY " + select if cols else ""}""",  # noqa: S608 - whitelisted
-        tenant_id, start, end,
+        tenant_id,
+        start,
+        end,
     )
     return [
-        UsageRow(day=r.get("day"), operation=r.get("operation"), engine=r.get("engine"), key_id=r.get("api_key_id"),
-                 jobs=r["jobs"] or 0, images=r["images"] or 0, failed_images=r["failed_images"] or 0,
-                 credits=to_credits(r["charged"] or 0))
+        UsageRow(
+            day=r.get("day"),
+            operation=r.get("operation"),
+            engine=r.get("engine"),
+            key_id=r.get("api_key_id"),
+            jobs=r["jobs"] or 0,
+            images=r["images"] or 0,
+            failed_images=r["failed_images"] or 0,
+            credits=to_credits(r["charged"] or 0),
+        )
         for r in (dict(x) for x in rows)
         if r["jobs"]
     ]
@@ -96,13 +103,20 @@ async def balance(services: NamedDependency[Services], principal: NamedDependenc
     async with services.pool.acquire() as conn:
         w = await bq.wallet(conn, principal.tenant_id)
     assert w is not None
-    return Balance(balance=to_credits(w["balance"]), held=to_credits(w["held"]),
-                   available=to_credits(w["balance"] - w["held"]), active_jobs=w["active_jobs"])
+    return Balance(
+        balance=to_credits(w["balance"]),
+        held=to_credits(w["held"]),
+        available=to_credits(w["balance"] - w["held"]),
+        active_jobs=w["active_jobs"],
+    )
 
 
 @get("/v1/ledger", tags=["billing"], opt={"scope": "usage:read"})
 async def ledger(
-    services: NamedDependency[Services], principal: NamedDependency[Principal], cursor: str | None = None,
+    *,
+    services: NamedDependency[Services],
+    principal: NamedDependency[Principal],
+    cursor: str | None = None,
     limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
 ) -> LedgerPage:
     """Every balance change, newest first."""
@@ -113,14 +127,24 @@ async def ledger(
         raise ValidationFailed.field("cursor", "not a cursor this API returned") from exc
     async with services.pool.acquire() as conn:
         rows = await bq.ledger_page(conn, principal.tenant_id, before, limit + 1)
-    entries = [LedgerEntry(id=r["id"], kind=r["kind"], amount=to_credits(r["amount"]),
-                           balance_after=to_credits(r["balance_after"]), job_id=r["job_id"], reason=r["reason"],
-                           created_at=r["created_at"]) for r in rows[:limit]]
+    entries = [
+        LedgerEntry(
+            id=r["id"],
+            kind=r["kind"],
+            amount=to_credits(r["amount"]),
+            balance_after=to_credits(r["balance_after"]),
+            job_id=r["job_id"],
+            reason=r["reason"],
+            created_at=r["created_at"],
+        )
+        for r in rows[:limit]
+    ]
     return LedgerPage(data=entries, next_cursor=str(entries[-1].id) if len(rows) > limit else None)
 
 
 @get("/v1/usage", tags=["billing"], opt={"scope": "usage:read"}, media_type="application/json")
 async def usage(
+    *,
     services: NamedDependency[Services],
     principal: NamedDependency[Principal],
     request: Request[Any, Any, Any],
@@ -138,11 +162,21 @@ async def usage(
     async with services.pool.acquire() as conn:
         rows = await usage_rows(conn, principal.tenant_id, start, end, groups)
     if "text/csv" in request.headers.get("accept", ""):
-        return Response(usage_csv(rows, groups), media_type="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="usage-{start}-{end}.csv"'})
-    return Response(Usage(start=start, end=end, group_by=groups, data=rows,
-                          total_images=sum(r.images for r in rows),
-                          total_credits=to_credits(sum(round(r.credits * 1000) for r in rows))))
+        return Response(
+            usage_csv(rows, groups),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="usage-{start}-{end}.csv"'},
+        )
+    return Response(
+        Usage(
+            start=start,
+            end=end,
+            group_by=groups,
+            data=rows,
+            total_images=sum(r.images for r in rows),
+            total_credits=to_credits(sum(round(r.credits * 1000) for r in rows)),
+        )
+    )
 
 
 def usage_csv(rows: list[UsageRow], groups: list[str]) -> str:

@@ -8,8 +8,8 @@ from uuid import UUID
 
 import msgspec
 
+from gateway.db import Conn
 from gateway.db import jobs as jq
-from gateway.db.jobs import Conn
 from gateway.domain.jobs import JobState
 from gateway.domain.money import to_credits
 
@@ -66,13 +66,25 @@ def job_view(job: Any, results: list[Any], attempts: list[Any]) -> JobView:
         engine=job["engine"],
         download_protected=job["download_password_hash"] is not None,
         results=[
-            ResultView(index=r["index"], status=r["status"], file_id=r["file_id"],
-                       url=f"/v1/files/{r['file_id']}" if r["file_id"] else None, seed=r["seed"], error=r["error"])
+            ResultView(
+                index=r["index"],
+                status=r["status"],
+                file_id=r["file_id"],
+                url=f"/v1/files/{r['file_id']}" if r["file_id"] else None,
+                seed=r["seed"],
+                error=r["error"],
+            )
             for r in results
         ],
         attempts=[
-            AttemptView(engine=a["engine"], outcome=a["outcome"], latency_ms=a["latency_ms"], images=a["images"],
-                        error_class=a["error_class"], error=a["error"])
+            AttemptView(
+                engine=a["engine"],
+                outcome=a["outcome"],
+                latency_ms=a["latency_ms"],
+                images=a["images"],
+                error_class=a["error_class"],
+                error=a["error"],
+            )
             for a in attempts
         ],
         error=job["error"],

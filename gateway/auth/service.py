@@ -21,9 +21,9 @@ import msgspec
 
 from gateway.auth import tokens
 from gateway.auth.keys import SCOPES
+from gateway.db import Conn
 from gateway.db import billing as bq
 from gateway.db import keys as q
-from gateway.db.keys import Conn
 from gateway.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 
 MAX_GRACE_PERIOD_S = 30 * 24 * 3600
@@ -108,7 +108,11 @@ async def create_tenant(
     await q.insert_tenant(conn, tenant_id, name, webhook_secret, max_concurrent_jobs)
     if credits > 0:
         await bq.credit(
-            conn, tenant_id=tenant_id, kind="topup", amount=credits, reason="initial credits",
+            conn,
+            tenant_id=tenant_id,
+            kind="topup",
+            amount=credits,
+            reason="initial credits",
             operator_key_id=operator_key_id,
         )
     key = await create_tenant_key(conn, tenant_id=tenant_id, spec=KeySpec(name=FIRST_KEY_NAME, scopes=list(SCOPES)))
@@ -148,8 +152,7 @@ async def create_tenant_key(
         monthly_cap=spec.monthly_cap,
         created_by_key_id=created_by_key_id,
     )
-    return IssuedKey(id=key_id, tenant_id=tenant_id, name=name, scopes=scopes, key=secret,
-                     hint=tokens.hint(secret))
+    return IssuedKey(id=key_id, tenant_id=tenant_id, name=name, scopes=scopes, key=secret, hint=tokens.hint(secret))
 
 
 async def create_operator_key(conn: Conn, *, name: str = "operator") -> IssuedKey:
@@ -157,8 +160,9 @@ async def create_operator_key(conn: Conn, *, name: str = "operator") -> IssuedKe
     name = check_name(name)
     secret = tokens.new_key("operator")
     key_id = uuid4()
-    await q.insert_operator_key(conn, key_id=key_id, name=name, secret_hash=tokens.hash_key(secret),
-                                hint=tokens.hint(secret))
+    await q.insert_operator_key(
+        conn, key_id=key_id, name=name, secret_hash=tokens.hash_key(secret), hint=tokens.hint(secret)
+    )
     return IssuedKey(id=key_id, tenant_id=None, name=name, scopes=[], key=secret, hint=tokens.hint(secret))
 
 
@@ -179,8 +183,14 @@ async def rotate(conn: Conn, *, tenant_id: UUID, key_id: UUID, grace_period_s: i
     await q.retire_secrets(conn, key_id, grace_period_s)
     secret = tokens.new_key("tenant")
     await q.insert_secret(conn, key_id=key_id, secret_hash=tokens.hash_key(secret), hint=tokens.hint(secret))
-    return IssuedKey(id=key_id, tenant_id=tenant_id, name=row["name"], scopes=list(row["scopes"]), key=secret,
-                     hint=tokens.hint(secret))
+    return IssuedKey(
+        id=key_id,
+        tenant_id=tenant_id,
+        name=row["name"],
+        scopes=list(row["scopes"]),
+        key=secret,
+        hint=tokens.hint(secret),
+    )
 
 
 async def revoke(conn: Conn, *, tenant_id: UUID, key_id: UUID) -> None:
@@ -209,8 +219,9 @@ async def adjust_credits(
     if kind == "topup" and amount < 0:
         raise ValidationFailed.field("amount", "a top-up must be positive; use kind 'adjustment' to take credits away")
     try:
-        await bq.credit(conn, tenant_id=tenant_id, kind=kind, amount=amount, reason=reason.strip(),
-                        operator_key_id=operator_key_id)
+        await bq.credit(
+            conn, tenant_id=tenant_id, kind=kind, amount=amount, reason=reason.strip(), operator_key_id=operator_key_id
+        )
     except LookupError as exc:
         raise NotFound("No such tenant.") from exc
     except asyncpg.CheckViolationError as exc:

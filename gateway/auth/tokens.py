@@ -57,7 +57,7 @@ def parse_kind(key: str) -> KeyKind | None:
     rest = key[len(prefix) :]
     if len(rest) != _RANDOM_LEN + _CHECK_LEN or any(c not in _ALPHABET for c in rest):
         return None
-    body, check = key[: -_CHECK_LEN], key[-_CHECK_LEN:]
+    body, check = key[:-_CHECK_LEN], key[-_CHECK_LEN:]
     if not secrets.compare_digest(_checksum(body), check):
         return None
     return kind

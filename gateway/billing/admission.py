@@ -61,7 +61,8 @@ async def admit(
         wallet = await bq.lock_wallet(conn, tenant_id)
         if wallet["active_jobs"] >= wallet["max_concurrent_jobs"]:
             raise RateLimited(
-                f"The tenant already has {wallet['active_jobs']} unfinished jobs (limit {wallet['max_concurrent_jobs']}).",
+                f"The tenant already has {wallet['active_jobs']} unfinished jobs"
+                f" (limit {wallet['max_concurrent_jobs']}).",
                 headers={"Retry-After": "1"},
                 limit="concurrent_jobs",
             )
@@ -102,6 +103,14 @@ async def admit(
             lease_s=lease_s,
         )
         for blob in inputs:
-            await jq.insert_input(conn, job_id, blob.role, blob.blob_key, blob.content_type, blob.width, blob.height)
+            await jq.insert_input(
+                conn,
+                job_id=job_id,
+                role=blob.role,
+                blob_key=blob.blob_key,
+                content_type=blob.content_type,
+                width=blob.width,
+                height=blob.height,
+            )
         await bq.hold(conn, job_id=job_id, tenant_id=tenant_id, key_id=principal.key_id, amount=amount)
     return Admission(job_id=job_id, unit_price=unit, reserved=amount)

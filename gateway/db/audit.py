@@ -51,14 +51,16 @@ CHECKS: dict[str, str] = {
 }
 
 
-async def run_audit(conn: "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]") -> dict[str, list[dict[str, Any]]]:
+async def run_audit(
+    conn: asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any],
+) -> dict[str, list[dict[str, Any]]]:
     """Every broken invariant with (up to 20 of) its offending rows; empty when all hold.
 
     Runs in one REPEATABLE READ snapshot so concurrent writes cannot produce false alarms."""
     problems: dict[str, list[dict[str, Any]]] = {}
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         for name, sql in CHECKS.items():
-            rows = await conn.fetch(f"{sql} LIMIT 20")  # noqa: S608 - constant SQL from this module
+            rows = await conn.fetch(f"{sql} LIMIT 20")
             if rows:
                 problems[name] = [dict(r) for r in rows]
     return problems

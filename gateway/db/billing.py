@@ -5,14 +5,12 @@ Functions here never open their own transaction: the caller's unit of work owns 
 
 from __future__ import annotations
 
-from typing import Any, Union
 from uuid import UUID
 
 import asyncpg
 
+from gateway.db import Conn
 from gateway.domain.money import PriceRule
-
-Conn = Union["asyncpg.Connection[Any]", "asyncpg.pool.PoolConnectionProxy[Any]"]
 
 
 async def current_price_rules(conn: Conn) -> tuple[int, list[PriceRule]]:
@@ -23,8 +21,14 @@ async def current_price_rules(conn: Conn) -> tuple[int, list[PriceRule]]:
     )
     version = rows[0]["version_id"]
     return version, [
-        PriceRule(operation=r["operation"], model=r["model"], base=r["base"], ref_pixels=r["ref_pixels"],
-                  ref_steps=r["ref_steps"], cap=r["cap"])
+        PriceRule(
+            operation=r["operation"],
+            model=r["model"],
+            base=r["base"],
+            ref_pixels=r["ref_pixels"],
+            ref_steps=r["ref_steps"],
+            cap=r["cap"],
+        )
         for r in rows
     ]
 
@@ -68,11 +72,15 @@ async def hold(conn: Conn, *, job_id: UUID, tenant_id: UUID, key_id: UUID | None
     """Reserve `amount` for a job and count it as active. Caller holds the wallet lock."""
     await conn.execute(
         "UPDATE wallets SET held = held + $2, active_jobs = active_jobs + 1, updated_at = now() WHERE tenant_id = $1",
-        tenant_id, amount,
+        tenant_id,
+        amount,
     )
     await conn.execute(
         "INSERT INTO reservations (job_id, tenant_id, api_key_id, amount) VALUES ($1, $2, $3, $4)",
-        job_id, tenant_id, key_id, amount,
+        job_id,
+        tenant_id,
+        key_id,
+        amount,
     )
 
 
@@ -88,7 +96,8 @@ async def close_reservation(conn: Conn, job_id: UUID, charge: int) -> asyncpg.Re
                charged = $2, released = amount - $2, closed_at = now()
            WHERE job_id = $1 AND state = 'held' AND $2 <= amount
            RETURNING tenant_id, api_key_id, amount""",
-        job_id, charge,
+        job_id,
+        charge,
     )
     if res is None:
         return None
@@ -97,14 +106,20 @@ async def close_reservation(conn: Conn, job_id: UUID, charge: int) -> asyncpg.Re
                               updated_at = now()
            WHERE tenant_id = $1
            RETURNING tenant_id, balance, held, low_balance_threshold, low_balance_notified""",
-        res["tenant_id"], charge, res["amount"],
+        res["tenant_id"],
+        charge,
+        res["amount"],
     )
     assert wallet is not None
     if charge > 0:
         await conn.execute(
             """INSERT INTO ledger_entries (tenant_id, kind, amount, balance_after, job_id, api_key_id, reason)
                VALUES ($1, 'charge', $2, $3, $4, $5, 'images produced')""",
-            res["tenant_id"], -charge, wallet["balance"], job_id, res["api_key_id"],
+            res["tenant_id"],
+            -charge,
+            wallet["balance"],
+            job_id,
+            res["api_key_id"],
         )
     return wallet
 
@@ -117,14 +132,20 @@ async def credit(
         """UPDATE wallets SET balance = balance + $2, updated_at = now(),
                               low_balance_notified = CASE WHEN $2 > 0 THEN false ELSE low_balance_notified END
            WHERE tenant_id = $1 RETURNING balance, held""",
-        tenant_id, amount,
+        tenant_id,
+        amount,
     )
     if wallet is None:
         raise LookupError("no such tenant")
     await conn.execute(
         """INSERT INTO ledger_entries (tenant_id, kind, amount, balance_after, operator_key_id, reason)
            VALUES ($1, $2, $3, $4, $5, $6)""",
-        tenant_id, kind, amount, wallet["balance"], operator_key_id, reason,
+        tenant_id,
+        kind,
+        amount,
+        wallet["balance"],
+        operator_key_id,
+        reason,
     )
     return wallet
 
@@ -142,7 +163,9 @@ async def ledger_page(conn: Conn, tenant_id: UUID, before_id: int | None, limit:
            FROM ledger_entries
            WHERE tenant_id = $1 AND ($2::bigint IS NULL OR id < $2)
            ORDER BY id DESC LIMIT $3""",
-        tenant_id, before_id, limit,
+        tenant_id,
+        before_id,
+        limit,
     )
 
 
@@ -153,5 +176,6 @@ async def mark_low_balance_notified(conn: Conn, tenant_id: UUID) -> None:
 async def set_low_balance_threshold(conn: Conn, tenant_id: UUID, threshold: int | None) -> None:
     await conn.execute(
         "UPDATE wallets SET low_balance_threshold = $2, low_balance_notified = false WHERE tenant_id = $1",
-        tenant_id, threshold,
+        tenant_id,
+        threshold,
     )

@@ -47,18 +47,14 @@ class EmbeddedPostgres:
             # The package keeps the pids of the processes using the server; drop ours and any
             # that died without cleaning up (kill -9), then stop only if nobody is left.
             pids = server.global_process_id_list.get()
-            alive = [
-                pid
-                for pid in pids
-                if pid != os.getpid() and module.utils.process_is_running(pid)
-            ]
+            alive = [pid for pid in pids if pid != os.getpid() and module.utils.process_is_running(pid)]
             server.global_process_id_list.put(alive)
             if alive:
                 log.info("embedded postgres left running for processes %s", alive)
                 return
             try:
                 module.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=server.system_user, timeout=30)
-            except Exception as exc:  # noqa: BLE001 - the server may already be gone; report, don't mask shutdown
+            except Exception as exc:
                 log.warning("stopping embedded postgres failed: %s", exc)
             else:
                 log.info("embedded postgres stopped")

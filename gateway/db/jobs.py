@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Union
+from typing import Any
 from uuid import UUID
 
 import asyncpg
 
+from gateway.db import Conn
 from gateway.domain.generation import EngineAttempt
-
-Conn = Union["asyncpg.Connection[Any]", "asyncpg.pool.PoolConnectionProxy[Any]"]
 
 NOTIFY_CHANNEL = "gateway_jobs"
 
@@ -48,30 +47,49 @@ async def insert_job(
                    $13, CASE WHEN $13::text IS NULL THEN NULL ELSE now() + make_interval(secs => $14) END,
                    CASE WHEN $13::text IS NULL THEN NULL ELSE now() END,
                    CASE WHEN $13::text IS NULL THEN 0 ELSE 1 END)""",
-        job_id, tenant_id, key_id, operation, params, n, unit_price, price_version_id, allowed_engines,
-        password_hash, webhook_url, deadline_s, lease_owner, lease_s,
+        job_id,
+        tenant_id,
+        key_id,
+        operation,
+        params,
+        n,
+        unit_price,
+        price_version_id,
+        allowed_engines,
+        password_hash,
+        webhook_url,
+        deadline_s,
+        lease_owner,
+        lease_s,
     )
     await conn.execute(
         """INSERT INTO job_results (job_id, index, status)
            SELECT $1, i, 'pending' FROM generate_series(0, $2 - 1) AS i""",
-        job_id, n,
+        job_id,
+        n,
     )
     if lease_owner is None:
         await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(job_id))
 
 
 async def insert_input(
-    conn: Conn, job_id: UUID, role: str, blob_key: str, content_type: str, width: int, height: int
+    conn: Conn, *, job_id: UUID, role: str, blob_key: str, content_type: str, width: int, height: int
 ) -> None:
     await conn.execute(
         "INSERT INTO job_inputs (job_id, role, blob_key, content_type, width, height) VALUES ($1, $2, $3, $4, $5, $6)",
-        job_id, role, blob_key, content_type, width, height,
+        job_id,
+        role,
+        blob_key,
+        content_type,
+        width,
+        height,
     )
 
 
 async def inputs(conn: Conn, job_id: UUID) -> list[asyncpg.Record]:
-    return await conn.fetch("SELECT role, blob_key, content_type, width, height FROM job_inputs WHERE job_id = $1",
-                            job_id)
+    return await conn.fetch(
+        "SELECT role, blob_key, content_type, width, height FROM job_inputs WHERE job_id = $1", job_id
+    )
 
 
 async def claim_jobs(conn: Conn, owner: str, lease_s: float, limit: int) -> list[asyncpg.Record]:
@@ -86,7 +104,9 @@ async def claim_jobs(conn: Conn, owner: str, lease_s: float, limit: int) -> list
                LIMIT $3
                FOR UPDATE SKIP LOCKED)
            RETURNING {JOB_COLUMNS}""",  # noqa: S608 - column list is a constant
-        owner, lease_s, limit,
+        owner,
+        lease_s,
+        limit,
     )
 
 
@@ -95,7 +115,9 @@ async def renew_lease(conn: Conn, job_id: UUID, owner: str, lease_s: float) -> b
     row = await conn.fetchval(
         """UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
            WHERE id = $1 AND lease_owner = $2 AND state = 'running' RETURNING true""",
-        job_id, owner, lease_s,
+        job_id,
+        owner,
+        lease_s,
     )
     return bool(row)
 
@@ -110,7 +132,12 @@ async def insert_attempt(conn: Conn, job_id: UUID, attempt: EngineAttempt) -> No
     await conn.execute(
         """INSERT INTO job_attempts (job_id, engine, outcome, latency_ms, error_class, error, images)
            VALUES ($1, $2, $3, $4, $5, $6, $7)""",
-        job_id, attempt.engine, attempt.outcome, attempt.latency_ms, attempt.error_class, attempt.error,
+        job_id,
+        attempt.engine,
+        attempt.outcome,
+        attempt.latency_ms,
+        attempt.error_class,
+        attempt.error,
         attempt.images,
     )
 
@@ -119,7 +146,8 @@ async def get_job(conn: Conn, job_id: UUID, tenant_id: UUID | None = None) -> as
     """A job; with `tenant_id`, only when it belongs to that tenant (others get None, so 404)."""
     return await conn.fetchrow(
         f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)",  # noqa: S608
-        job_id, tenant_id,
+        job_id,
+        tenant_id,
     )
 
 
@@ -154,7 +182,12 @@ async def list_jobs(
               AND ($4::text IS NULL OR state = $4)
               AND ($5::text IS NULL OR operation = $5)
             ORDER BY created_at DESC, id DESC LIMIT $6""",  # noqa: S608
-        tenant_id, before[0] if before else None, before[1] if before else None, state, operation, limit,
+        tenant_id,
+        before[0] if before else None,
+        before[1] if before else None,
+        state,
+        operation,
+        limit,
     )
 
 
@@ -162,7 +195,8 @@ async def request_cancel(conn: Conn, job_id: UUID, tenant_id: UUID) -> asyncpg.R
     return await conn.fetchrow(
         """UPDATE jobs SET cancel_requested = true, updated_at = now()
            WHERE id = $1 AND tenant_id = $2 RETURNING state""",
-        job_id, tenant_id,
+        job_id,
+        tenant_id,
     )
 
 
@@ -185,17 +219,36 @@ async def finish_job(
                            finished_at = now(), updated_at = now(), lease_owner = NULL, lease_expires_at = NULL
            WHERE id = $1 AND state IN ('queued', 'running')
            RETURNING tenant_id, api_key_id, operation, webhook_url, n, unit_price, created_at, finished_at""",
-        job_id, state, engine, images_succeeded, charged, vendor_credits, gpu_seconds, error,
+        job_id,
+        state,
+        engine,
+        images_succeeded,
+        charged,
+        vendor_credits,
+        gpu_seconds,
+        error,
     )
 
 
 async def record_result(
-    conn: Conn, job_id: UUID, index: int, status: str, file_id: str | None, seed: int | None, error: str | None
+    conn: Conn,
+    job_id: UUID,
+    *,
+    index: int,
+    status: str,
+    file_id: str | None,
+    seed: int | None,
+    error: str | None,
 ) -> None:
     await conn.execute(
         """UPDATE job_results SET status = $3, file_id = $4, seed = $5, error = $6
            WHERE job_id = $1 AND index = $2""",
-        job_id, index, status, file_id, seed, error,
+        job_id,
+        index,
+        status,
+        file_id,
+        seed,
+        error,
     )
 
 
@@ -216,7 +269,16 @@ async def insert_file(
     await conn.execute(
         """INSERT INTO files (id, tenant_id, job_id, kind, blob_key, content_type, size, etag, filename, expires_at)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + make_interval(secs => $10))""",
-        file_id, tenant_id, job_id, kind, blob_key, content_type, size, etag, filename, ttl_s,
+        file_id,
+        tenant_id,
+        job_id,
+        kind,
+        blob_key,
+        content_type,
+        size,
+        etag,
+        filename,
+        ttl_s,
     )
 
 
@@ -237,12 +299,20 @@ async def add_usage(
     await conn.execute(
         """INSERT INTO usage_daily AS u (tenant_id, day, operation, engine, api_key_id, jobs, images, failed_images,
                                          charged, vendor_credits, gpu_seconds)
-           VALUES ($1, (now() AT TIME ZONE 'UTC')::date, $2, $3, coalesce($4::uuid, '00000000-0000-0000-0000-000000000000'::uuid),
-                   1, $5, $6, $7, $8, $9)
+           VALUES ($1, (now() AT TIME ZONE 'UTC')::date, $2, $3,
+                   coalesce($4::uuid, '00000000-0000-0000-0000-000000000000'::uuid), 1, $5, $6, $7, $8, $9)
            ON CONFLICT (tenant_id, day, operation, engine, api_key_id) DO UPDATE
            SET jobs = u.jobs + 1, images = u.images + $5, failed_images = u.failed_images + $6,
                charged = u.charged + $7, vendor_credits = u.vendor_credits + $8, gpu_seconds = u.gpu_seconds + $9""",
-        tenant_id, operation, engine, key_id, images, failed_images, charged, vendor_credits, gpu_seconds,
+        tenant_id,
+        operation,
+        engine,
+        key_id,
+        images,
+        failed_images,
+        charged,
+        vendor_credits,
+        gpu_seconds,
     )
 
 
@@ -252,5 +322,9 @@ async def enqueue_webhook(
     await conn.execute(
         """INSERT INTO webhook_outbox (tenant_id, message_id, url, event_type, payload)
            VALUES ($1, $2, $3, $4, $5) ON CONFLICT (message_id) DO NOTHING""",
-        tenant_id, message_id, url, event_type, payload,
+        tenant_id,
+        message_id,
+        url,
+        event_type,
+        payload,
     )

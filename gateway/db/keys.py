@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Union
+from typing import Any
 from uuid import UUID
 
 import asyncpg
 
-Conn = Union["asyncpg.Connection[Any]", "asyncpg.pool.PoolConnectionProxy[Any]"]
+from gateway.db import Conn
 
 TENANT_KEY_BY_HASH = """
 SELECT k.id, k.tenant_id, k.scopes, k.expires_at, k.revoked_at, k.rate_limit_per_minute, k.monthly_cap,
@@ -46,7 +46,10 @@ async def insert_tenant(conn: Conn, tenant_id: UUID, name: str, webhook_secret: 
     """A tenant and its empty wallet."""
     await conn.execute(
         "INSERT INTO tenants (id, name, webhook_secret, max_concurrent_jobs) VALUES ($1, $2, $3, $4)",
-        tenant_id, name, webhook_secret, max_concurrent_jobs,
+        tenant_id,
+        name,
+        webhook_secret,
+        max_concurrent_jobs,
     )
     await conn.execute("INSERT INTO wallets (tenant_id) VALUES ($1)", tenant_id)
 
@@ -70,7 +73,14 @@ async def insert_tenant_key(
         """INSERT INTO api_keys (id, tenant_id, name, scopes, expires_at, rate_limit_per_minute, monthly_cap,
                                  created_by_key_id)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
-        key_id, tenant_id, name, scopes, expires_at, rate_limit_per_minute, monthly_cap, created_by_key_id,
+        key_id,
+        tenant_id,
+        name,
+        scopes,
+        expires_at,
+        rate_limit_per_minute,
+        monthly_cap,
+        created_by_key_id,
     )
     await conn.execute(
         "INSERT INTO api_key_secrets (secret_hash, key_id, hint) VALUES ($1, $2, $3)", secret_hash, key_id, hint
@@ -81,7 +91,10 @@ async def insert_operator_key(conn: Conn, *, key_id: UUID, name: str, secret_has
     """An operator key (stored as a hash only)."""
     await conn.execute(
         "INSERT INTO operator_keys (id, name, secret_hash, hint) VALUES ($1, $2, $3, $4)",
-        key_id, name, secret_hash, hint,
+        key_id,
+        name,
+        secret_hash,
+        hint,
     )
 
 
@@ -110,15 +123,15 @@ async def get_tenant(conn: Conn, tenant_id: UUID) -> asyncpg.Record | None:
     )
 
 
-async def list_tenants(
-    conn: Conn, *, before: tuple[datetime, UUID] | None, limit: int
-) -> list[asyncpg.Record]:
+async def list_tenants(conn: Conn, *, before: tuple[datetime, UUID] | None, limit: int) -> list[asyncpg.Record]:
     """Newest first; `before` is the (created_at, id) of the last row of the previous page."""
     return await conn.fetch(
         f"""SELECT {_TENANT_COLUMNS} FROM tenants t JOIN wallets w ON w.tenant_id = t.id
             WHERE $1::timestamptz IS NULL OR (t.created_at, t.id) < ($1, $2)
             ORDER BY t.created_at DESC, t.id DESC LIMIT $3""",  # noqa: S608 - constant
-        before[0] if before else None, before[1] if before else None, limit,
+        before[0] if before else None,
+        before[1] if before else None,
+        limit,
     )
 
 
@@ -164,7 +177,8 @@ async def get_tenant_key(conn: Conn, key_id: UUID, tenant_id: UUID, *, lock: boo
     row: asyncpg.Record | None = await conn.fetchrow(
         f"""SELECT {_KEY_COLUMNS} FROM api_keys k WHERE k.id = $1 AND k.tenant_id = $2
             {"FOR UPDATE OF k" if lock else ""}""",  # noqa: S608 - constant
-        key_id, tenant_id,
+        key_id,
+        tenant_id,
     )
     return row
 
@@ -177,7 +191,8 @@ async def retire_secrets(conn: Conn, key_id: UUID, grace_period_s: int) -> None:
         """UPDATE api_key_secrets
            SET retires_at = least(coalesce(retires_at, 'infinity'), now() + make_interval(secs => $2))
            WHERE key_id = $1 AND (retires_at IS NULL OR retires_at > now())""",
-        key_id, float(grace_period_s),
+        key_id,
+        float(grace_period_s),
     )
 
 
@@ -193,6 +208,7 @@ async def revoke_tenant_key(conn: Conn, key_id: UUID, tenant_id: UUID) -> bool:
     row = await conn.fetchrow(
         """UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
            WHERE id = $1 AND tenant_id = $2 RETURNING id""",
-        key_id, tenant_id,
+        key_id,
+        tenant_id,
     )
     return row is not None

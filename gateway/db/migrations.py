@@ -11,9 +11,8 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import asyncpg
+from gateway.db import Conn
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-async def apply_migrations(conn: asyncpg.Connection[Any], directory: Path = MIGRATIONS_DIR) -> list[str]:
+async def apply_migrations(conn: Conn, directory: Path = MIGRATIONS_DIR) -> list[str]:
     """Apply what is pending; return the names applied. Safe to call from many replicas at once."""
     migrations = discover(directory)
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
@@ -91,7 +90,7 @@ async def apply_migrations(conn: asyncpg.Connection[Any], directory: Path = MIGR
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
 
 
-async def pending_migrations(conn: asyncpg.Connection[Any], directory: Path = MIGRATIONS_DIR) -> list[str]:
+async def pending_migrations(conn: Conn, directory: Path = MIGRATIONS_DIR) -> list[str]:
     """Names of migrations on disk that the database has not applied (for /readyz)."""
     exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     applied: set[str] = set()

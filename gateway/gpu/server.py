@@ -207,7 +207,7 @@ def gpu_service(app: Litestar) -> GpuService:
     return service
 
 
-def _model_path(settings: Settings) -> Path:
+def model_path(settings: Settings) -> Path:
     if settings.gpu.model_path is not None:
         return Path(settings.gpu.model_path)
     return make_demo_model(settings.data_path / "demo-model")
@@ -218,7 +218,7 @@ def run_gpu_worker(settings: Settings) -> int:
     if settings.gpu.shared_secret is None:
         print("gpu-worker needs a shared secret: set gpu.secret_env and that variable", file=sys.stderr)
         return 2
-    service = GpuService(settings.gpu, _model_path(settings))
+    service = GpuService(settings.gpu, model_path(settings))
     app = create_gpu_app(settings.gpu, None, service=service)
     config = uvicorn.Config(app, host=settings.gpu.host, port=settings.gpu.port, log_level=settings.log_level)
     server = DrainingServer(config, service)

@@ -40,7 +40,9 @@ def decode_image(data: bytes, field: str, *, max_pixels: int) -> CheckedImage:
         with Image.open(io.BytesIO(data)) as img:
             fmt = img.format or ""
             if fmt not in FORMATS:
-                raise ValidationFailed.field(field, f"unsupported image format {fmt or 'unknown'}; use PNG, JPEG or WebP")
+                raise ValidationFailed.field(
+                    field, f"unsupported image format {fmt or 'unknown'}; use PNG, JPEG or WebP"
+                )
             width, height = img.size
             if width * height > max_pixels:
                 raise ValidationFailed.field(field, f"image has {width * height} pixels; the limit is {max_pixels}")

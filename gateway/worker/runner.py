@@ -43,8 +43,15 @@ class JobRunner:
     """Runs jobs for one process. `owner` identifies this process in leases."""
 
     def __init__(
-        self, *, pool: Pool, router: Router, blobs: BlobStore, settings: Settings, metrics: Metrics,
-        dsn: str, signer: Any = None,
+        self,
+        *,
+        pool: Pool,
+        router: Router,
+        blobs: BlobStore,
+        settings: Settings,
+        metrics: Metrics,
+        dsn: str,
+        signer: Any = None,
     ) -> None:
         self.pool = pool
         self.router = router
@@ -137,10 +144,15 @@ class JobRunner:
             cancel = await conn.fetchval("SELECT cancel_requested FROM jobs WHERE id = $1", job_id)
         if cancel:
             await self._discard(outcome)
-            outcome = Outcome(state="canceled", engine=outcome.engine, spend=outcome.spend,
-                              error=_problem("canceled", "Canceled", 409, "The job was canceled."))
-        settled = await settle(self.pool, job_id, job["unit_price"], job["n"], outcome,
-                               file_ttl_s=self.settings.file_ttl_s)
+            outcome = Outcome(
+                state="canceled",
+                engine=outcome.engine,
+                spend=outcome.spend,
+                error=_problem("canceled", "Canceled", 409, "The job was canceled."),
+            )
+        settled = await settle(
+            self.pool, job_id, job["unit_price"], job["n"], outcome, file_ttl_s=self.settings.file_ttl_s
+        )
         if not settled:
             await self._discard(outcome)
             return
@@ -168,12 +180,20 @@ class JobRunner:
     async def _run(self, job: asyncpg.Record, progress: dict[str, float], lost: asyncio.Event) -> Outcome:
         job_id: UUID = job["id"]
         if job["runs"] > MAX_RUNS:
-            return Outcome(state="failed", error=_problem(
-                "job-abandoned", "Job abandoned", 500, f"The job was started {MAX_RUNS} times without finishing."))
-        remaining = (job["deadline_at"].timestamp() - time.time())
+            return Outcome(
+                state="failed",
+                error=_problem(
+                    "job-abandoned", "Job abandoned", 500, f"The job was started {MAX_RUNS} times without finishing."
+                ),
+            )
+        remaining = job["deadline_at"].timestamp() - time.time()
         if remaining <= 0:
-            return Outcome(state="failed", error=_problem("deadline-exceeded", "Deadline exceeded", 504,
-                                                          "The job did not finish before its deadline."))
+            return Outcome(
+                state="failed",
+                error=_problem(
+                    "deadline-exceeded", "Deadline exceeded", 504, "The job did not finish before its deadline."
+                ),
+            )
         request = await self._engine_request(job)
 
         async def on_attempt(attempt: EngineAttempt) -> None:
@@ -185,18 +205,25 @@ class JobRunner:
 
         try:
             routed = await self.router.run(
-                request, deadline=time.monotonic() + remaining, allow=job["allowed_engines"],
-                on_attempt=on_attempt, progress=on_progress,
+                request,
+                deadline=time.monotonic() + remaining,
+                allow=job["allowed_engines"],
+                on_attempt=on_attempt,
+                progress=on_progress,
             )
         except RequestRejected as exc:
-            return Outcome(state="failed", error=_problem("engine-rejected-request", "The request was rejected", 422,
-                                                          str(exc)))
+            return Outcome(
+                state="failed", error=_problem("engine-rejected-request", "The request was rejected", 422, str(exc))
+            )
         except NoEngineCanServe as exc:
-            return Outcome(state="failed", error=_problem("no-engine-can-serve", "No engine can serve this request",
-                                                          422, str(exc)))
+            return Outcome(
+                state="failed", error=_problem("no-engine-can-serve", "No engine can serve this request", 422, str(exc))
+            )
         except AllEnginesFailed as exc:
-            return Outcome(state="failed", error=_problem("engines-unavailable", "No engine could produce the images",
-                                                          503, str(exc)))
+            return Outcome(
+                state="failed",
+                error=_problem("engines-unavailable", "No engine could produce the images", 503, str(exc)),
+            )
         images = []
         ext_format = job["params"].get("output_format", "png")
         for image in routed.result.images[: job["n"]]:
@@ -204,13 +231,25 @@ class JobRunner:
             ext = _EXTENSIONS.get(image.media_type, ext_format)
             key = f"outputs/{job_id}/{image.index}.{ext}"
             await self.blobs.put(key, data, image.media_type)
-            images.append(StoredImage(
-                index=image.index, file_id=secrets.token_urlsafe(32), blob_key=key, content_type=image.media_type,
-                size=len(data), etag=hashlib.sha256(data).hexdigest()[:32], filename=f"{job_id}-{image.index}.{ext}",
-                seed=image.seed,
-            ))
-        return Outcome(state="succeeded", engine=routed.engine, images=images, failed=dict(routed.result.failed),
-                       spend=routed.result.spend)
+            images.append(
+                StoredImage(
+                    index=image.index,
+                    file_id=secrets.token_urlsafe(32),
+                    blob_key=key,
+                    content_type=image.media_type,
+                    size=len(data),
+                    etag=hashlib.sha256(data).hexdigest()[:32],
+                    filename=f"{job_id}-{image.index}.{ext}",
+                    seed=image.seed,
+                )
+            )
+        return Outcome(
+            state="succeeded",
+            engine=routed.engine,
+            images=images,
+            failed=dict(routed.result.failed),
+            spend=routed.result.spend,
+        )
 
     async def _engine_request(self, job: asyncpg.Record) -> EngineRequest:
         params = dict(job["params"])
@@ -219,8 +258,9 @@ class JobRunner:
         for row in rows:
             data = await self.blobs.get(row["blob_key"])
             url = await self._input_url(row["blob_key"])
-            params[row["role"]] = ImageInput(data=data, media_type=row["content_type"], width=row["width"],
-                                             height=row["height"], url=url)
+            params[row["role"]] = ImageInput(
+                data=data, media_type=row["content_type"], width=row["width"], height=row["height"], url=url
+            )
         params["job_id"] = str(job["id"])
         return msgspec.convert(params, EngineRequest, from_attributes=True)
 
@@ -229,4 +269,3 @@ class JobRunner:
         if url is None and self.signer is not None:
             url = self.signer(blob_key)
         return url
-

@@ -13,14 +13,16 @@ from tests.integration.auth.test_authentication_api import bearer
 
 async def _operator_key_id(gateway: Gateway) -> UUID:
     async with gateway.pool.acquire() as conn:
-        key_id: UUID = await conn.fetchval("SELECT id FROM operator_keys WHERE secret_hash = $1",
-                                           tokens.hash_key(gateway.operator_key))
+        key_id: UUID = await conn.fetchval(
+            "SELECT id FROM operator_keys WHERE secret_hash = $1", tokens.hash_key(gateway.operator_key)
+        )
     return key_id
 
 
 async def _new_tenant(gateway: Gateway, **body: Any) -> dict[str, Any]:
-    response = await gateway.client.post("/v1/admin/tenants", headers=bearer(gateway.operator_key),
-                                         json={"name": "acme", **body})
+    response = await gateway.client.post(
+        "/v1/admin/tenants", headers=bearer(gateway.operator_key), json={"name": "acme", **body}
+    )
     assert response.status_code == 201, response.text
     created: dict[str, Any] = response.json()
     return created
@@ -34,8 +36,9 @@ async def test_new_tenant_gets_wallet_topup_entry_and_first_key(gateway: Gateway
     assert key["scopes"] == list(SCOPES)
     assert key["tenant_id"] == tenant["id"]
     async with gateway.pool.acquire() as conn:
-        entries = await conn.fetch("SELECT kind, amount, operator_key_id FROM ledger_entries WHERE tenant_id = $1",
-                                   UUID(tenant["id"]))
+        entries = await conn.fetch(
+            "SELECT kind, amount, operator_key_id FROM ledger_entries WHERE tenant_id = $1", UUID(tenant["id"])
+        )
     assert [tuple(e) for e in entries] == [("topup", 12_345, await _operator_key_id(gateway))]
     balance = await gateway.client.get("/v1/keys", headers=bearer(key["key"]))
     assert balance.status_code == 200
@@ -47,8 +50,9 @@ async def test_tenants_are_listed_in_cursor_pages(gateway: Gateway) -> None:
     cursor: str | None = None
     while True:
         params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
-        page = (await gateway.client.get("/v1/admin/tenants", params=params,
-                                         headers=bearer(gateway.operator_key))).json()
+        page = (
+            await gateway.client.get("/v1/admin/tenants", params=params, headers=bearer(gateway.operator_key))
+        ).json()
         assert len(page["data"]) <= 2
         seen.extend(t["id"] for t in page["data"])
         cursor = page["next_cursor"]
@@ -56,8 +60,7 @@ async def test_tenants_are_listed_in_cursor_pages(gateway: Gateway) -> None:
             break
     assert len(seen) == len(set(seen)) == 5
     assert set(seen) == made
-    bad = await gateway.client.get("/v1/admin/tenants", params={"cursor": "nope"},
-                                   headers=bearer(gateway.operator_key))
+    bad = await gateway.client.get("/v1/admin/tenants", params={"cursor": "nope"}, headers=bearer(gateway.operator_key))
     assert bad.status_code == 422
 
 
@@ -68,10 +71,12 @@ async def test_unknown_tenant_is_not_found(gateway: Gateway) -> None:
         await gateway.client.get(f"/v1/admin/tenants/{missing}", headers=headers),
         await gateway.client.post(f"/v1/admin/tenants/{missing}/suspend", headers=headers),
         await gateway.client.get(f"/v1/admin/tenants/{missing}/keys", headers=headers),
-        await gateway.client.post(f"/v1/admin/tenants/{missing}/keys", headers=headers,
-                                  json={"name": "x", "scopes": ["generate"]}),
-        await gateway.client.post(f"/v1/admin/tenants/{missing}/credits", headers=headers,
-                                  json={"amount": 1, "reason": "x"}),
+        await gateway.client.post(
+            f"/v1/admin/tenants/{missing}/keys", headers=headers, json={"name": "x", "scopes": ["generate"]}
+        ),
+        await gateway.client.post(
+            f"/v1/admin/tenants/{missing}/credits", headers=headers, json={"amount": 1, "reason": "x"}
+        ),
     ):
         assert response.status_code == 404, response.text
 
@@ -80,8 +85,11 @@ async def test_operator_lists_and_creates_a_tenants_keys(gateway: Gateway) -> No
     created = await _new_tenant(gateway)
     tenant_id = created["tenant"]["id"]
     headers = bearer(gateway.operator_key)
-    made = await gateway.client.post(f"/v1/admin/tenants/{tenant_id}/keys", headers=headers,
-                                     json={"name": "batch", "scopes": ["generate"], "monthly_cap": 10})
+    made = await gateway.client.post(
+        f"/v1/admin/tenants/{tenant_id}/keys",
+        headers=headers,
+        json={"name": "batch", "scopes": ["generate"], "monthly_cap": 10},
+    )
     assert made.status_code == 201, made.text
     listing = await gateway.client.get(f"/v1/admin/tenants/{tenant_id}/keys", headers=headers)
     assert [k["name"] for k in listing.json()["data"]] == ["default", "batch"]
@@ -102,18 +110,29 @@ async def test_topup_and_adjustment_are_ledger_entries_naming_the_operator_key(g
     url, headers = f"/v1/admin/tenants/{tenant_id}/credits", bearer(gateway.operator_key)
     topup = await gateway.client.post(url, headers=headers, json={"amount": 5.5, "reason": "invoice 42"})
     assert topup.status_code == 201, topup.text
-    adjust = await gateway.client.post(url, headers=headers,
-                                       json={"amount": -2.25, "reason": "goodwill reversal", "kind": "adjustment"})
+    adjust = await gateway.client.post(
+        url, headers=headers, json={"amount": -2.25, "reason": "goodwill reversal", "kind": "adjustment"}
+    )
     assert adjust.status_code == 201, adjust.text
     operator_id = str(await _operator_key_id(gateway))
     assert {k: topup.json()[k] for k in ("kind", "amount", "balance_after", "reason", "operator_key_id")} == {
-        "kind": "topup", "amount": 5.5, "balance_after": 6.5, "reason": "invoice 42", "operator_key_id": operator_id}
+        "kind": "topup",
+        "amount": 5.5,
+        "balance_after": 6.5,
+        "reason": "invoice 42",
+        "operator_key_id": operator_id,
+    }
     assert (adjust.json()["kind"], adjust.json()["amount"], adjust.json()["balance_after"]) == (
-        "adjustment", -2.25, 4.25)
+        "adjustment",
+        -2.25,
+        4.25,
+    )
     async with gateway.pool.acquire() as conn:
         balance, total = await conn.fetchrow(
             """SELECT w.balance, (SELECT sum(amount) FROM ledger_entries l WHERE l.tenant_id = w.tenant_id)
-               FROM wallets w WHERE w.tenant_id = $1""", UUID(tenant_id))
+               FROM wallets w WHERE w.tenant_id = $1""",
+            UUID(tenant_id),
+        )
     assert balance == total == 4_250
 
 
@@ -123,13 +142,15 @@ async def test_adjustment_below_held_credits_is_refused_with_409(gateway: Gatewa
         # As if a running job held 4 credits.
         await conn.execute("UPDATE wallets SET held = 4000 WHERE tenant_id = $1", UUID(tenant_id))
     url, headers = f"/v1/admin/tenants/{tenant_id}/credits", bearer(gateway.operator_key)
-    refused = await gateway.client.post(url, headers=headers,
-                                        json={"amount": -1.001, "reason": "chargeback", "kind": "adjustment"})
+    refused = await gateway.client.post(
+        url, headers=headers, json={"amount": -1.001, "reason": "chargeback", "kind": "adjustment"}
+    )
     assert refused.status_code == 409
     assert refused.headers["content-type"].startswith("application/problem+json")
     assert refused.json()["type"].endswith("/conflict")
-    allowed = await gateway.client.post(url, headers=headers,
-                                        json={"amount": -1, "reason": "chargeback", "kind": "adjustment"})
+    allowed = await gateway.client.post(
+        url, headers=headers, json={"amount": -1, "reason": "chargeback", "kind": "adjustment"}
+    )
     assert allowed.status_code == 201
     tenant = (await gateway.client.get(f"/v1/admin/tenants/{tenant_id}", headers=headers)).json()
     assert (tenant["balance"], tenant["held"], tenant["available"]) == (4.0, 4.0, 0.0)
@@ -158,7 +179,11 @@ async def test_invalid_credit_changes_name_the_field(gateway: Gateway) -> None:
 
 async def test_invalid_tenant_requests_are_refused(gateway: Gateway) -> None:
     headers = bearer(gateway.operator_key)
-    for body in ({"name": ""}, {"name": "x", "credits": -1}, {"name": "x", "credits": 0.0001},
-                 {"name": "x", "max_concurrent_jobs": 0}):
+    for body in (
+        {"name": ""},
+        {"name": "x", "credits": -1},
+        {"name": "x", "credits": 0.0001},
+        {"name": "x", "max_concurrent_jobs": 0},
+    ):
         response = await gateway.client.post("/v1/admin/tenants", headers=headers, json=body)
         assert response.status_code == 422, (body, response.text)

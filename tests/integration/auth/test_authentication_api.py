@@ -48,8 +48,11 @@ async def test_unknown_key_is_unauthenticated(gateway: Gateway) -> None:
 async def test_expired_key_is_unauthenticated(gateway: Gateway) -> None:
     _, key = await gateway.tenant()
     async with gateway.pool.acquire() as conn:
-        await conn.execute("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = "
-                           "(SELECT key_id FROM api_key_secrets WHERE secret_hash = $1)", tokens.hash_key(key))
+        await conn.execute(
+            "UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = "
+            "(SELECT key_id FROM api_key_secrets WHERE secret_hash = $1)",
+            tokens.hash_key(key),
+        )
     assert_unauthenticated(await gateway.client.get("/v1/keys", headers=bearer(key)))
 
 
@@ -85,8 +88,9 @@ async def test_tenant_key_on_operator_endpoint_is_forbidden(gateway: Gateway) ->
     tenant_id, key = await gateway.tenant()
     for response in (
         await gateway.client.get("/v1/admin/tenants", headers=bearer(key)),
-        await gateway.client.post(f"/v1/admin/tenants/{tenant_id}/credits", headers=bearer(key),
-                                  json={"amount": 1000, "reason": "free money"}),
+        await gateway.client.post(
+            f"/v1/admin/tenants/{tenant_id}/credits", headers=bearer(key), json={"amount": 1000, "reason": "free money"}
+        ),
     ):
         assert response.status_code == 403
         assert response.json()["type"].endswith("/permission-denied")
@@ -104,8 +108,11 @@ async def test_key_is_accepted_in_x_api_key_header(gateway: Gateway) -> None:
 
 async def test_rate_limit_answers_429_with_retry_after_and_ratelimit_headers(gateway: Gateway) -> None:
     _, admin_key = await gateway.tenant()
-    created = await gateway.client.post("/v1/keys", headers=bearer(admin_key),
-                                        json={"name": "slow", "scopes": ["keys:manage"], "rate_limit_per_minute": 2})
+    created = await gateway.client.post(
+        "/v1/keys",
+        headers=bearer(admin_key),
+        json={"name": "slow", "scopes": ["keys:manage"], "rate_limit_per_minute": 2},
+    )
     key = created.json()["key"]
     for remaining in ("1", "0"):
         ok = await gateway.client.get("/v1/keys", headers=bearer(key))

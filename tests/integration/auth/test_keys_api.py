@@ -10,8 +10,19 @@ from tests.conftest import Gateway
 from tests.integration.auth.secrets_dump import assert_no_secret, dump_values
 from tests.integration.auth.test_authentication_api import assert_unauthenticated, bearer
 
-LISTED_FIELDS = {"id", "object", "name", "scopes", "hint", "rate_limit_per_minute", "monthly_cap", "created_at",
-                 "expires_at", "revoked_at", "last_used_at"}
+LISTED_FIELDS = {
+    "id",
+    "object",
+    "name",
+    "scopes",
+    "hint",
+    "rate_limit_per_minute",
+    "monthly_cap",
+    "created_at",
+    "expires_at",
+    "revoked_at",
+    "last_used_at",
+}
 
 
 async def _create(gateway: Gateway, key: str, **body: object) -> dict[str, object]:
@@ -24,8 +35,14 @@ async def _create(gateway: Gateway, key: str, **body: object) -> dict[str, objec
 async def test_created_key_is_shown_once_and_works(gateway: Gateway) -> None:
     tenant_id, admin_key = await gateway.tenant()
     expires = (datetime.now(UTC) + timedelta(days=30)).isoformat()
-    created = await _create(gateway, admin_key, scopes=["generate", "jobs:read"], expires_at=expires,
-                            rate_limit_per_minute=120, monthly_cap=25.5)
+    created = await _create(
+        gateway,
+        admin_key,
+        scopes=["generate", "jobs:read"],
+        expires_at=expires,
+        rate_limit_per_minute=120,
+        monthly_cap=25.5,
+    )
     assert created["tenant_id"] == str(tenant_id)
     assert created["scopes"] == ["generate", "jobs:read"]
     key = str(created["key"])
@@ -43,8 +60,9 @@ async def test_created_key_is_shown_once_and_works(gateway: Gateway) -> None:
 
 async def test_key_cannot_create_a_key_with_wider_scopes(gateway: Gateway) -> None:
     _, key = await gateway.tenant(scopes=["keys:manage", "generate"])
-    response = await gateway.client.post("/v1/keys", headers=bearer(key),
-                                         json={"name": "wider", "scopes": ["generate", "usage:read"]})
+    response = await gateway.client.post(
+        "/v1/keys", headers=bearer(key), json={"name": "wider", "scopes": ["generate", "usage:read"]}
+    )
     assert response.status_code == 403
     assert response.json()["missing_scopes"] == ["usage:read"]
     await _create(gateway, key, scopes=["generate"])
@@ -73,8 +91,9 @@ async def test_rotation_grace_keeps_old_secret_working_then_ends(gateway: Gatewa
     created = await _create(gateway, admin_key, scopes=["keys:manage"])
     old = str(created["key"])
     assert (await gateway.client.get("/v1/keys", headers=bearer(old))).status_code == 200
-    rotated = await gateway.client.post(f"/v1/keys/{created['id']}/rotate", headers=bearer(admin_key),
-                                        json={"grace_period_s": 1})
+    rotated = await gateway.client.post(
+        f"/v1/keys/{created['id']}/rotate", headers=bearer(admin_key), json={"grace_period_s": 1}
+    )
     assert rotated.status_code == 200, rotated.text
     new = rotated.json()["key"]
     assert rotated.json()["id"] == created["id"]
@@ -104,8 +123,9 @@ async def test_rotation_grace_is_bounded(gateway: Gateway) -> None:
     _, admin_key = await gateway.tenant()
     created = await _create(gateway, admin_key, scopes=["keys:manage"])
     for grace in (-1, 30 * 24 * 3600 + 1, "5", 1.5):
-        response = await gateway.client.post(f"/v1/keys/{created['id']}/rotate", headers=bearer(admin_key),
-                                             json={"grace_period_s": grace})
+        response = await gateway.client.post(
+            f"/v1/keys/{created['id']}/rotate", headers=bearer(admin_key), json={"grace_period_s": grace}
+        )
         assert response.status_code == 422
         assert response.json()["errors"][0]["field"] == "grace_period_s"
 
@@ -143,11 +163,14 @@ async def test_tenant_can_never_read_or_change_another_tenants_keys(gateway: Gat
 async def test_no_plaintext_key_is_stored_after_creating_and_rotating(gateway: Gateway) -> None:
     _, admin_key = await gateway.tenant()
     created = await _create(gateway, admin_key, scopes=["generate"])
-    rotated = await gateway.client.post(f"/v1/keys/{created['id']}/rotate", headers=bearer(admin_key),
-                                        json={"grace_period_s": 60})
-    made = await gateway.client.post("/v1/admin/tenants", headers=bearer(gateway.operator_key),
-                                     json={"name": "other", "credits": 1})
+    rotated = await gateway.client.post(
+        f"/v1/keys/{created['id']}/rotate", headers=bearer(admin_key), json={"grace_period_s": 60}
+    )
+    made = await gateway.client.post(
+        "/v1/admin/tenants", headers=bearer(gateway.operator_key), json={"name": "other", "credits": 1}
+    )
     async with gateway.pool.acquire() as conn:
         values = await dump_values(conn)
-    assert_no_secret(values, [admin_key, str(created["key"]), rotated.json()["key"], made.json()["key"]["key"],
-                              gateway.operator_key])
+    assert_no_secret(
+        values, [admin_key, str(created["key"]), rotated.json()["key"], made.json()["key"]["key"], gateway.operator_key]
+    )

@@ -28,8 +28,9 @@ async def test_new_tenant_has_wallet_topup_entry_and_a_key_with_every_scope(
     key, operator = await _tenant(auth_pool, credits=12_345)
     async with auth_pool.acquire() as conn:
         wallet = await conn.fetchrow("SELECT balance, held FROM wallets WHERE tenant_id = $1", key.tenant_id)
-        entries = await conn.fetch("SELECT kind, amount, operator_key_id FROM ledger_entries WHERE tenant_id = $1",
-                                   key.tenant_id)
+        entries = await conn.fetch(
+            "SELECT kind, amount, operator_key_id FROM ledger_entries WHERE tenant_id = $1", key.tenant_id
+        )
     assert wallet is not None
     assert (wallet["balance"], wallet["held"]) == (12_345, 0)
     assert [tuple(e) for e in entries] == [("topup", 12_345, operator.id)]
@@ -57,11 +58,15 @@ async def test_key_cannot_grant_scopes_it_lacks(auth_pool: Pool) -> None:
     async with auth_pool.acquire() as conn:
         with pytest.raises(PermissionDenied):
             await service.create_tenant_key(
-                conn, tenant_id=key.tenant_id, spec=service.KeySpec(name="wide", scopes=["generate", "keys:manage"]),
+                conn,
+                tenant_id=key.tenant_id,
+                spec=service.KeySpec(name="wide", scopes=["generate", "keys:manage"]),
                 grantable={"generate"},
             )
         narrow = await service.create_tenant_key(
-            conn, tenant_id=key.tenant_id, spec=service.KeySpec(name="narrow", scopes=["generate", "generate"]),
+            conn,
+            tenant_id=key.tenant_id,
+            spec=service.KeySpec(name="narrow", scopes=["generate", "generate"]),
             grantable={"generate", "jobs:read"},
         )
     assert narrow.scopes == ["generate"]
@@ -136,8 +141,9 @@ async def test_grace_period_over_thirty_days_is_refused(auth_pool: Pool) -> None
     assert key.tenant_id is not None
     async with auth_pool.acquire() as conn:
         with pytest.raises(ValidationFailed):
-            await service.rotate(conn, tenant_id=key.tenant_id, key_id=key.id,
-                                 grace_period_s=service.MAX_GRACE_PERIOD_S + 1)
+            await service.rotate(
+                conn, tenant_id=key.tenant_id, key_id=key.id, grace_period_s=service.MAX_GRACE_PERIOD_S + 1
+            )
 
 
 async def test_revoked_key_is_refused_and_cannot_be_rotated(auth_pool: Pool, authenticator: KeyAuthenticator) -> None:
@@ -183,10 +189,22 @@ async def test_adjustment_below_held_credits_is_a_conflict_and_changes_nothing(a
         await conn.execute("UPDATE wallets SET held = 4_000 WHERE tenant_id = $1", key.tenant_id)
         with pytest.raises(Conflict):
             async with conn.transaction():
-                await service.adjust_credits(conn, tenant_id=key.tenant_id, amount=-1_001, kind="adjustment",
-                                             reason="refund reversal", operator_key_id=operator.id)
-        entry = await service.adjust_credits(conn, tenant_id=key.tenant_id, amount=-1_000, kind="adjustment",
-                                             reason="refund reversal", operator_key_id=operator.id)
+                await service.adjust_credits(
+                    conn,
+                    tenant_id=key.tenant_id,
+                    amount=-1_001,
+                    kind="adjustment",
+                    reason="refund reversal",
+                    operator_key_id=operator.id,
+                )
+        entry = await service.adjust_credits(
+            conn,
+            tenant_id=key.tenant_id,
+            amount=-1_000,
+            kind="adjustment",
+            reason="refund reversal",
+            operator_key_id=operator.id,
+        )
         balance = await conn.fetchval("SELECT balance FROM wallets WHERE tenant_id = $1", key.tenant_id)
         total = await conn.fetchval("SELECT sum(amount) FROM ledger_entries WHERE tenant_id = $1", key.tenant_id)
     assert (entry["kind"], entry["amount"], entry["balance_after"]) == ("adjustment", -1_000, 4_000)
@@ -205,8 +223,9 @@ async def test_invalid_credit_changes_are_refused(
     assert key.tenant_id is not None
     async with auth_pool.acquire() as conn:
         with pytest.raises(ValidationFailed) as info:
-            await service.adjust_credits(conn, tenant_id=key.tenant_id, amount=amount, kind=kind, reason=reason,
-                                         operator_key_id=None)
+            await service.adjust_credits(
+                conn, tenant_id=key.tenant_id, amount=amount, kind=kind, reason=reason, operator_key_id=None
+            )
     assert info.value.errors is not None
     assert info.value.errors[0].field == field
 
@@ -214,5 +233,6 @@ async def test_invalid_credit_changes_are_refused(
 async def test_credits_for_unknown_tenant_is_not_found(auth_pool: Pool) -> None:
     async with auth_pool.acquire() as conn:
         with pytest.raises(NotFound):
-            await service.adjust_credits(conn, tenant_id=uuid4(), amount=5, kind="topup", reason="x",
-                                         operator_key_id=None)
+            await service.adjust_credits(
+                conn, tenant_id=uuid4(), amount=5, kind="topup", reason="x", operator_key_id=None
+            )

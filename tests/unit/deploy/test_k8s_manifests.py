@@ -11,7 +11,7 @@ import msgspec
 import pytest
 import yaml
 
-from gateway.config import ConfigError, load_settings
+from gateway.config import load_settings
 from gateway.storage.s3 import S3Config
 from tests.unit.deploy.conftest import DEPLOY
 
