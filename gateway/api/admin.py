@@ -11,7 +11,8 @@ from uuid import UUID
 
 import msgspec
 from litestar import get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from gateway.api.cursors import decode_cursor, encode_cursor
 from gateway.api.keys import CreatedKey, KeyCreate, KeyList, created_key, key_spec, key_view
@@ -123,7 +124,9 @@ async def _load_tenant(services: Services, tenant_id: UUID) -> TenantView:
 
 
 @post("/v1/admin/tenants", tags=["admin"], summary="Create a tenant", opt=_ADMIN, status_code=201)
-async def create_tenant(services: Services, principal: Principal, data: TenantCreate) -> CreatedTenant:
+async def create_tenant(
+    services: NamedDependency[Services], principal: NamedDependency[Principal], data: JSONBody[TenantCreate]
+) -> CreatedTenant:
     """A tenant with its wallet (the initial credits as a top-up ledger entry) and a first key with every
     scope. The key's secret is in `key.key`, shown this once."""
     credits = _millicredits(data.credits, "credits")
@@ -141,9 +144,9 @@ async def create_tenant(services: Services, principal: Principal, data: TenantCr
 
 @get("/v1/admin/tenants", tags=["admin"], summary="List tenants", opt=_ADMIN)
 async def list_tenants(
-    services: Services,
-    cursor: str | None = None,
-    limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
+    services: NamedDependency[Services],
+    cursor: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
 ) -> TenantPage:
     """Newest first; pass `next_cursor` back as `cursor` for the next page."""
     before = decode_cursor(cursor) if cursor else None
@@ -157,7 +160,7 @@ async def list_tenants(
 
 
 @get("/v1/admin/tenants/{tenant_id:uuid}", tags=["admin"], summary="Get a tenant", opt=_ADMIN)
-async def get_tenant(services: Services, tenant_id: UUID) -> TenantView:
+async def get_tenant(services: NamedDependency[Services], tenant_id: FromPath[UUID]) -> TenantView:
     """One tenant with its wallet."""
     return await _load_tenant(services, tenant_id)
 
@@ -169,7 +172,7 @@ async def get_tenant(services: Services, tenant_id: UUID) -> TenantView:
     opt=_ADMIN,
     status_code=200,
 )
-async def suspend_tenant(services: Services, tenant_id: UUID) -> TenantView:
+async def suspend_tenant(services: NamedDependency[Services], tenant_id: FromPath[UUID]) -> TenantView:
     """Every key of the tenant stops authenticating (on other replicas within 2 s); running jobs finish."""
     async with services.pool.acquire() as conn, conn.transaction():
         await service.set_suspended(conn, tenant_id=tenant_id, suspended=True)
@@ -180,7 +183,7 @@ async def suspend_tenant(services: Services, tenant_id: UUID) -> TenantView:
 @post(
     "/v1/admin/tenants/{tenant_id:uuid}/resume", tags=["admin"], summary="Resume a tenant", opt=_ADMIN, status_code=200
 )
-async def resume_tenant(services: Services, tenant_id: UUID) -> TenantView:
+async def resume_tenant(services: NamedDependency[Services], tenant_id: FromPath[UUID]) -> TenantView:
     """The tenant's keys work again (those not revoked or expired meanwhile)."""
     async with services.pool.acquire() as conn, conn.transaction():
         await service.set_suspended(conn, tenant_id=tenant_id, suspended=False)
@@ -189,7 +192,7 @@ async def resume_tenant(services: Services, tenant_id: UUID) -> TenantView:
 
 
 @get("/v1/admin/tenants/{tenant_id:uuid}/keys", tags=["admin"], summary="List a tenant's keys", opt=_ADMIN)
-async def list_tenant_keys(services: Services, tenant_id: UUID) -> KeyList:
+async def list_tenant_keys(services: NamedDependency[Services], tenant_id: FromPath[UUID]) -> KeyList:
     """Every key of the tenant, revoked ones included; never a secret."""
     async with services.pool.acquire() as conn:
         if await q.get_tenant(conn, tenant_id) is None:
@@ -205,7 +208,9 @@ async def list_tenant_keys(services: Services, tenant_id: UUID) -> KeyList:
     opt=_ADMIN,
     status_code=201,
 )
-async def create_tenant_key(services: Services, tenant_id: UUID, data: KeyCreate) -> CreatedKey:
+async def create_tenant_key(
+    services: NamedDependency[Services], tenant_id: FromPath[UUID], data: JSONBody[KeyCreate]
+) -> CreatedKey:
     """A key with any scopes for the tenant; the secret is in `key`, shown this once."""
     async with services.pool.acquire() as conn, conn.transaction():
         issued = await service.create_tenant_key(conn, tenant_id=tenant_id, spec=key_spec(data))
@@ -220,7 +225,10 @@ async def create_tenant_key(services: Services, tenant_id: UUID, data: KeyCreate
     status_code=201,
 )
 async def change_credits(
-    services: Services, principal: Principal, tenant_id: UUID, data: CreditChange
+    services: NamedDependency[Services],
+    principal: NamedDependency[Principal],
+    tenant_id: FromPath[UUID],
+    data: JSONBody[CreditChange],
 ) -> LedgerEntryView:
     """A top-up (positive) or an adjustment (either sign) as a ledger entry naming this operator key.
     Taking away credits that are held for running jobs, or that the tenant does not have, answers 409."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from litestar import Request, Response, get
 from litestar.di import NamedDependency
+from litestar.params import FromPath
 
 from gateway.errors import Gone, NotFound, PermissionDenied, RateLimited, Unauthenticated
 from gateway.state import Services
@@ -46,7 +47,7 @@ def _passwords(request: Request[Any, Any, Any]) -> list[str] | None:
 
 @get("/v1/files/{file_id:str}", tags=["files"], exclude_from_auth=True, media_type="application/octet-stream")
 async def download(
-    services: NamedDependency[Services], request: Request[Any, Any, Any], file_id: str
+    services: NamedDependency[Services], request: Request[Any, Any, Any], file_id: FromPath[str]
 ) -> Response[bytes]:
     """Download one output image."""
     async with services.pool.acquire() as conn:

@@ -11,7 +11,7 @@ from uuid import UUID, uuid4
 import msgspec
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
-from litestar.params import HeaderParameter
+from litestar.params import HeaderParameter, JSONBody
 
 from gateway.api.views import JobView, load_job_view
 from gateway.auth.keys import Principal
@@ -250,7 +250,7 @@ async def text_to_image(
     services: NamedDependency[Services],
     principal: NamedDependency[Principal],
     request: Request[Any, Any, Any],
-    data: TextToImageRequest,
+    data: JSONBody[TextToImageRequest],
     idempotency_key: IdempotencyKey = None,
     prefer: Prefer = None,
 ) -> Response[JobView]:
@@ -272,7 +272,7 @@ async def image_to_image(
     services: NamedDependency[Services],
     principal: NamedDependency[Principal],
     request: Request[Any, Any, Any],
-    data: ImageToImageRequest,
+    data: JSONBody[ImageToImageRequest],
     idempotency_key: IdempotencyKey = None,
     prefer: Prefer = None,
 ) -> Response[JobView]:
@@ -294,7 +294,7 @@ async def inpaint(
     services: NamedDependency[Services],
     principal: NamedDependency[Principal],
     request: Request[Any, Any, Any],
-    data: InpaintRequest,
+    data: JSONBody[InpaintRequest],
     idempotency_key: IdempotencyKey = None,
     prefer: Prefer = None,
 ) -> Response[JobView]:

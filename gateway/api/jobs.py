@@ -8,7 +8,7 @@ from uuid import UUID
 import msgspec
 from litestar import get, post
 from litestar.di import NamedDependency
-from litestar.params import Parameter, QueryParameter
+from litestar.params import FromPath, FromQuery, QueryParameter
 
 from gateway.api.cursors import decode_cursor, encode_cursor
 from gateway.api.views import JobView, job_view, load_job_view
@@ -26,7 +26,9 @@ class JobPage(msgspec.Struct, kw_only=True):
 
 
 @get("/v1/jobs/{job_id:uuid}", tags=["jobs"], opt={"scope": "jobs:read"})
-async def get_job(services: NamedDependency[Services], principal: NamedDependency[Principal], job_id: UUID) -> JobView:
+async def get_job(
+    services: NamedDependency[Services], principal: NamedDependency[Principal], job_id: FromPath[UUID]
+) -> JobView:
     """One job with its per-image results and engine attempts."""
     async with services.pool.acquire() as conn:
         view = await load_job_view(conn, job_id, principal.tenant_id)
@@ -41,9 +43,9 @@ async def list_jobs(
     services: NamedDependency[Services],
     principal: NamedDependency[Principal],
     job_state: Annotated[JobState | None, QueryParameter(name="state")] = None,
-    operation: Literal["text-to-image", "image-to-image", "inpaint"] | None = None,
-    cursor: str | None = None,
-    limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
+    operation: FromQuery[Literal["text-to-image", "image-to-image", "inpaint"] | None] = None,
+    cursor: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
 ) -> JobPage:
     """Newest first; pass `next_cursor` back as `cursor` for the next page."""
     assert principal.tenant_id is not None
@@ -62,7 +64,7 @@ async def list_jobs(
 
 @post("/v1/jobs/{job_id:uuid}/cancel", tags=["jobs"], opt={"scope": "generate"}, status_code=200)
 async def cancel_job(
-    services: NamedDependency[Services], principal: NamedDependency[Principal], job_id: UUID
+    services: NamedDependency[Services], principal: NamedDependency[Principal], job_id: FromPath[UUID]
 ) -> JobView:
     """Cancel a job. A queued job is canceled at once; a running one when its engine returns.
     A canceled job costs nothing. Canceling a finished job changes nothing."""

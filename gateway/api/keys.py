@@ -13,6 +13,8 @@ from uuid import UUID
 
 import msgspec
 from litestar import delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 
 from gateway.auth import service
 from gateway.auth.keys import Principal, Scope
@@ -136,7 +138,9 @@ def _tenant(principal: Principal) -> UUID:
 
 
 @post("/v1/keys", tags=["keys"], summary="Create a key", opt={"scope": "keys:manage"}, status_code=201)
-async def create_key(services: Services, principal: Principal, data: KeyCreate) -> CreatedKey:
+async def create_key(
+    services: NamedDependency[Services], principal: NamedDependency[Principal], data: JSONBody[KeyCreate]
+) -> CreatedKey:
     """A new key for the caller's tenant, with at most the caller's scopes. The secret is in `key`,
     shown this once."""
     async with services.pool.acquire() as conn, conn.transaction():
@@ -151,7 +155,7 @@ async def create_key(services: Services, principal: Principal, data: KeyCreate) 
 
 
 @get("/v1/keys", tags=["keys"], summary="List keys", opt={"scope": "keys:manage"})
-async def list_keys(services: Services, principal: Principal) -> KeyList:
+async def list_keys(services: NamedDependency[Services], principal: NamedDependency[Principal]) -> KeyList:
     """Every key of the caller's tenant, revoked ones included. Secrets are never shown again."""
     async with services.pool.acquire() as conn:
         rows = await q.list_tenant_keys(conn, _tenant(principal))
@@ -165,7 +169,12 @@ async def list_keys(services: Services, principal: Principal) -> KeyList:
     opt={"scope": "keys:manage"},
     status_code=200,
 )
-async def rotate_key(services: Services, principal: Principal, key_id: UUID, data: KeyRotate) -> CreatedKey:
+async def rotate_key(
+    services: NamedDependency[Services],
+    principal: NamedDependency[Principal],
+    key_id: FromPath[UUID],
+    data: JSONBody[KeyRotate],
+) -> CreatedKey:
     """A new secret for the key (same id, name, scopes and limits). The old secret keeps working for
     `grace_period_s` seconds, so clients can switch over without downtime. Send `{}` for no grace."""
     async with services.pool.acquire() as conn, conn.transaction():
@@ -177,7 +186,9 @@ async def rotate_key(services: Services, principal: Principal, key_id: UUID, dat
 
 
 @delete("/v1/keys/{key_id:uuid}", tags=["keys"], summary="Revoke a key", opt={"scope": "keys:manage"}, status_code=200)
-async def revoke_key(services: Services, principal: Principal, key_id: UUID) -> KeyView:
+async def revoke_key(
+    services: NamedDependency[Services], principal: NamedDependency[Principal], key_id: FromPath[UUID]
+) -> KeyView:
     """Revoke the key: every secret of it stops working (on other replicas within 2 s). Returns the
     revoked key; revoking again changes nothing."""
     tenant_id = _tenant(principal)

@@ -11,7 +11,7 @@ from uuid import UUID
 import msgspec
 from litestar import Request, Response, get
 from litestar.di import NamedDependency
-from litestar.params import Parameter
+from litestar.params import FromQuery, Parameter
 
 from gateway.auth.keys import Principal
 from gateway.db import billing as bq
@@ -116,7 +116,7 @@ async def ledger(
     *,
     services: NamedDependency[Services],
     principal: NamedDependency[Principal],
-    cursor: str | None = None,
+    cursor: FromQuery[str | None] = None,
     limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
 ) -> LedgerPage:
     """Every balance change, newest first."""
@@ -148,9 +148,9 @@ async def usage(
     services: NamedDependency[Services],
     principal: NamedDependency[Principal],
     request: Request[Any, Any, Any],
-    start: date | None = None,
-    end: date | None = None,
-    group_by: list[GroupBy] | None = None,
+    start: FromQuery[date | None] = None,
+    end: FromQuery[date | None] = None,
+    group_by: FromQuery[list[GroupBy] | None] = None,
 ) -> Response[Any]:
     """Jobs, images and credits, grouped by day, operation, engine and/or key. `Accept: text/csv` for CSV."""
     assert principal.tenant_id is not None
