@@ -12,8 +12,6 @@ from litestar import Litestar, Request
 from litestar.config.response_cache import ResponseCacheConfig
 from litestar.datastructures import MutableScopeHeaders
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import Message, Scope
 
 from gateway.api import admin, files, health, images, jobs, keys, usage
@@ -26,11 +24,10 @@ from gateway.db.migrations import apply_migrations
 from gateway.db.pool import create_pool
 from gateway.errors import handle_exception
 from gateway.metrics import Metrics
+from gateway.openapi import docs_assets, openapi_config
 from gateway.state import Services
 
 log = logging.getLogger(__name__)
-
-API_VERSION = "1.0.0"
 
 
 async def _database_url(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
@@ -95,6 +92,7 @@ def create_app(settings: Settings) -> Litestar:
             *keys.routes,
             *usage.routes,
             *admin.routes,
+            docs_assets(),
         ],
         dependencies={
             "services": Provide(_provide_services, sync_to_thread=False),
@@ -105,13 +103,7 @@ def create_app(settings: Settings) -> Litestar:
         before_send=[_add_rate_headers],
         exception_handlers={Exception: handle_exception},
         lifespan=[_lifespan],
-        openapi_config=OpenAPIConfig(
-            title="Image Gateway API",
-            version=API_VERSION,
-            description="One normalized API for text-to-image, image-to-image and inpainting across engines.",
-            path="/schema",
-            render_plugins=[SwaggerRenderPlugin(path="/docs")],
-        ),
+        openapi_config=openapi_config(),
         response_cache_config=ResponseCacheConfig(),
         debug=False,
     )
