@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import ConfigError, Settings, load_settings
+from gateway.errors import GatewayError
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -149,6 +150,26 @@ def cmd_admin_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_admin_keys_list(args: argparse.Namespace) -> int:
+    from gateway.auth.commands import list_admin_keys_cmd  # noqa: PLC0415
+
+    rows = asyncio.run(_with_pool(_settings(args), list_admin_keys_cmd))
+    if args.json:
+        print(json.dumps(rows, default=str))
+    for row in [] if args.json else rows:
+        state = "revoked" if row["revoked_at"] else "active"
+        print(f"{row['id']}  {state:7}  ...{row['hint']}  {row['name']}")
+    return 0
+
+
+def cmd_admin_keys_revoke(args: argparse.Namespace) -> int:
+    from gateway.auth.commands import revoke_admin_key_cmd  # noqa: PLC0415
+
+    result = asyncio.run(_with_pool(_settings(args), lambda pool: revoke_admin_key_cmd(pool, args.key_id)))
+    _print(result, args.json)
+    return 0
+
+
 def cmd_billing_audit(args: argparse.Namespace) -> int:
     from gateway.db.audit import CHECKS, run_audit  # noqa: PLC0415
 
@@ -198,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     acreate = admin_keys.add_parser("create", help="an operator key, printed once")
     acreate.add_argument("--json", action="store_true")
     acreate.set_defaults(fn=cmd_admin_keys_create)
+    alist = admin_keys.add_parser("list", help="operator keys, never their secrets")
+    alist.add_argument("--json", action="store_true")
+    alist.set_defaults(fn=cmd_admin_keys_list)
+    arevoke = admin_keys.add_parser("revoke", help="revoke an operator key (not the last active one)")
+    arevoke.add_argument("key_id")
+    arevoke.add_argument("--json", action="store_true")
+    arevoke.set_defaults(fn=cmd_admin_keys_revoke)
 
     billing = sub.add_parser("billing").add_subparsers(dest="action", required=True)
     billing.add_parser("audit", help="check every ledger invariant; exit 0 only if all hold").set_defaults(
@@ -217,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.fn(args)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except GatewayError as exc:
+        # Operator commands refuse bad input with the same errors the API returns; a terminal
+        # wants the message and the field, not a traceback.
+        fields = "".join(f"\n  {e.field}: {e.message}" for e in exc.errors or [] if e.field)
+        print(f"error: {exc.detail or exc.title}{fields}", file=sys.stderr)
         return 2
     return code
 

@@ -71,6 +71,24 @@ async def create_admin_key_cmd(pool: Pool, name: str = "operator") -> dict[str, 
     return {"key_id": str(key.id), "name": key.name, "key": key.key}
 
 
+async def list_admin_keys_cmd(pool: Pool) -> list[dict[str, Any]]:
+    """`gateway admin-keys list`: every operator key, without secrets."""
+    async with pool.acquire() as conn:
+        rows = await q.list_operator_keys(conn)
+    return [{**dict(row), "id": str(row["id"])} for row in rows]
+
+
+async def revoke_admin_key_cmd(pool: Pool, key_id: str) -> dict[str, Any]:
+    """`gateway admin-keys revoke ID`: refused for the last active operator key."""
+    try:
+        ident = UUID(key_id)
+    except ValueError as exc:
+        raise ValidationFailed.field("key_id", f"{key_id!r} is not a key id (a UUID)") from exc
+    async with pool.acquire() as conn, conn.transaction():
+        row = await service.revoke_operator_key(conn, ident)
+    return {"key_id": str(row["id"]), "name": row["name"], "revoked_at": row["revoked_at"]}
+
+
 def _write_private(data_dir: Path, text: str) -> None:
     # Created 0600 from the first byte: a chmod after writing would leave a window where the
     # key is readable by others. A leftover file (from a deleted database) is replaced, not reused,

@@ -43,6 +43,7 @@ class Principal:
     scopes: frozenset[str]
     rate_limit_per_minute: int
     monthly_cap: int | None = None
+    expires_at: datetime | None = None
 
 
 @dataclass
@@ -116,6 +117,7 @@ class KeyAuthenticator:
             frozenset(row["scopes"]),
             row["rate_limit_per_minute"],
             row["monthly_cap"],
+            row["expires_at"],
         )
 
     def _refuse(self, reason: str) -> Unauthenticated:

@@ -166,6 +166,17 @@ async def create_operator_key(conn: Conn, *, name: str = "operator") -> IssuedKe
     return IssuedKey(id=key_id, tenant_id=None, name=name, scopes=[], key=secret, hint=tokens.hint(secret))
 
 
+async def revoke_operator_key(conn: Conn, key_id: UUID) -> asyncpg.Record:
+    """Revoke an operator key (again: no change). The last active one is refused: nobody could
+    administer the platform afterwards except from a shell with database access."""
+    row = await q.revoke_operator_key(conn, key_id)
+    if row is None:
+        raise NotFound("No such operator key.")
+    if row["refused"]:
+        raise Conflict("This is the last active operator key; create another before revoking it.")
+    return row
+
+
 async def rotate(conn: Conn, *, tenant_id: UUID, key_id: UUID, grace_period_s: int = 0) -> IssuedKey:
     """A new secret for the key; the old one keeps working for `grace_period_s` (0: stops at once).
 

@@ -98,6 +98,36 @@ async def insert_operator_key(conn: Conn, *, key_id: UUID, name: str, secret_has
     )
 
 
+async def list_operator_keys(conn: Conn) -> list[asyncpg.Record]:
+    """Every operator key, oldest first, without its hash."""
+    return await conn.fetch(
+        """SELECT id, name, hint, created_at, revoked_at, last_used_at FROM operator_keys
+           ORDER BY created_at, id"""
+    )
+
+
+async def revoke_operator_key(conn: Conn, key_id: UUID) -> asyncpg.Record | None:
+    """Revoke the key unless it is the last active one (an operator must never lock everyone out).
+    Returns the key row (unchanged when already revoked), or None when there is no such key; raises
+    nothing itself: the caller reads `refused` to tell the last-key case."""
+    # Serialize revocations so two operators can't each revoke "the other" last key at once.
+    await conn.execute("LOCK TABLE operator_keys IN SHARE ROW EXCLUSIVE MODE")
+    return await conn.fetchrow(
+        """WITH target AS (SELECT * FROM operator_keys WHERE id = $1),
+                others AS (SELECT count(*) AS n FROM operator_keys WHERE revoked_at IS NULL AND id <> $1),
+                revoked AS (
+                    UPDATE operator_keys k SET revoked_at = now()
+                    FROM target, others
+                    WHERE k.id = target.id AND target.revoked_at IS NULL AND others.n > 0
+                    RETURNING k.*)
+           SELECT coalesce(r.id, t.id) AS id, coalesce(r.name, t.name) AS name, coalesce(r.hint, t.hint) AS hint,
+                  t.created_at, coalesce(r.revoked_at, t.revoked_at) AS revoked_at, t.last_used_at,
+                  (t.revoked_at IS NULL AND r.id IS NULL) AS refused
+           FROM target t LEFT JOIN revoked r ON r.id = t.id""",
+        key_id,
+    )
+
+
 # --- Tenants -------------------------------------------------------------------------------------
 
 _TENANT_COLUMNS = """t.id, t.name, t.status, t.max_concurrent_jobs, t.created_at, t.updated_at,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -187,3 +188,34 @@ async def test_invalid_tenant_requests_are_refused(gateway: Gateway) -> None:
     ):
         response = await gateway.client.post("/v1/admin/tenants", headers=headers, json=body)
         assert response.status_code == 422, (body, response.text)
+
+
+async def test_operator_keys_are_created_listed_and_revoked_but_never_the_last(gateway: Gateway) -> None:
+    admin = bearer(gateway.operator_key)
+    created = await gateway.client.post("/v1/admin/operator-keys", headers=admin, json={"name": "billing team"})
+    assert created.status_code == 201, created.text
+    new_key = created.json()["key"]
+    assert tokens.parse_kind(new_key) == "operator"
+    assert (await gateway.client.get("/v1/admin/operator-keys", headers=bearer(new_key))).status_code == 200
+
+    listing = await gateway.client.get("/v1/admin/operator-keys", headers=admin)
+    assert new_key not in listing.text
+    assert "billing team" in [k["name"] for k in listing.json()["data"]]
+
+    revoked = await gateway.client.delete(f"/v1/admin/operator-keys/{created.json()['id']}", headers=admin)
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["revoked_at"] is not None
+    for _ in range(60):  # the authenticator caches lookups for 2 s; revocation must land within 5 s
+        status = (await gateway.client.get("/v1/admin/operator-keys", headers=bearer(new_key))).status_code
+        if status == 401:
+            break
+        await asyncio.sleep(0.1)
+    assert status == 401
+
+    last = await gateway.client.delete(f"/v1/admin/operator-keys/{await _operator_key_id(gateway)}", headers=admin)
+    assert last.status_code == 409, last.text
+    assert last.headers["content-type"].startswith("application/problem+json")
+    missing = await gateway.client.delete(f"/v1/admin/operator-keys/{uuid4()}", headers=admin)
+    assert missing.status_code == 404
+    _, tenant_key = await gateway.tenant()
+    assert (await gateway.client.get("/v1/admin/operator-keys", headers=bearer(tenant_key))).status_code == 403

@@ -11,8 +11,9 @@ import pytest
 
 from gateway.auth import commands
 from gateway.auth.keys import SCOPES, KeyAuthenticator
+from gateway.cli import main
 from gateway.db.pool import Pool
-from gateway.errors import NotFound, ValidationFailed
+from gateway.errors import Conflict, NotFound, Unauthenticated, ValidationFailed
 from tests.integration.auth.secrets_dump import assert_no_secret, dump_values
 
 
@@ -120,3 +121,32 @@ async def test_secret_scan_would_catch_a_key_stored_in_plaintext(auth_pool: Pool
         await conn.execute("UPDATE api_key_secrets SET secret_hash = $1", tenant["key"].encode())
         with pytest.raises(AssertionError):
             assert_no_secret(await dump_values(conn), [tenant["key"]])
+
+
+async def test_admin_keys_revoke_refuses_the_last_active_key(auth_pool: Pool, authenticator: KeyAuthenticator) -> None:
+    first = await commands.create_admin_key_cmd(auth_pool, "first")
+    second = await commands.create_admin_key_cmd(auth_pool, "second")
+    revoked = await commands.revoke_admin_key_cmd(auth_pool, second["key_id"])
+    assert revoked["revoked_at"] is not None
+    with pytest.raises(Unauthenticated):
+        await authenticator.authenticate(second["key"])
+    with pytest.raises(Conflict):
+        await commands.revoke_admin_key_cmd(auth_pool, first["key_id"])
+    assert (await authenticator.authenticate(first["key"])).kind == "operator"
+    listed = await commands.list_admin_keys_cmd(auth_pool)
+    assert [(k["name"], k["revoked_at"] is None) for k in listed] == [("first", True), ("second", False)]
+    assert first["key"] not in repr(listed)
+    assert second["key"] not in repr(listed)
+    with pytest.raises(NotFound):
+        await commands.revoke_admin_key_cmd(auth_pool, str(uuid4()))
+
+
+def test_cli_prints_a_refusal_without_a_traceback(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GATEWAY_DATABASE_URL", database_url)
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path))
+    assert main(["keys", "create", "--tenant", "not-a-uuid"]) == 2
+    err = capsys.readouterr().err
+    assert "tenant" in err
+    assert "Traceback" not in err

@@ -174,3 +174,33 @@ async def test_no_plaintext_key_is_stored_after_creating_and_rotating(gateway: G
     assert_no_secret(
         values, [admin_key, str(created["key"]), rotated.json()["key"], made.json()["key"]["key"], gateway.operator_key]
     )
+
+
+async def test_a_key_cannot_mint_a_key_with_looser_limits_than_its_own(gateway: Gateway) -> None:
+    _, admin_key = await gateway.tenant()
+    creator_expiry = datetime.now(UTC) + timedelta(days=7)
+    creator = await _create(
+        gateway,
+        admin_key,
+        scopes=["keys:manage", "generate"],
+        rate_limit_per_minute=100,
+        monthly_cap=10,
+        expires_at=creator_expiry.isoformat(),
+    )
+    narrow = str(creator["key"])
+    later = (creator_expiry + timedelta(days=1)).isoformat()
+    for field, value in (("rate_limit_per_minute", 101), ("monthly_cap", 10.001), ("expires_at", later)):
+        response = await gateway.client.post(
+            "/v1/keys", headers=bearer(narrow), json={"name": "x", "scopes": ["generate"], field: value}
+        )
+        assert response.status_code == 422, (field, response.text)
+        assert response.json()["errors"][0]["field"] == field
+
+    # Omitted limits are inherited, so the child is never looser than its creator.
+    child = await _create(gateway, narrow, scopes=["generate"])
+    listing = (await gateway.client.get("/v1/keys", headers=bearer(admin_key))).json()["data"]
+    (view,) = [k for k in listing if k["id"] == child["id"]]
+    assert (view["rate_limit_per_minute"], view["monthly_cap"]) == (100, 10.0)
+    assert datetime.fromisoformat(view["expires_at"]) == creator_expiry
+    within = await _create(gateway, narrow, scopes=["generate"], rate_limit_per_minute=50, monthly_cap=2)
+    assert within["scopes"] == ["generate"]
