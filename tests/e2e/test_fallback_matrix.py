@@ -12,21 +12,11 @@ import time
 from typing import Any
 from uuid import UUID
 
-from gateway.db.audit import run_audit
 from tests.conftest import Gateway
+from tests.e2e.test_generation_billing import T2I, audit_clean, auth
 from tests.fakes.base import FakeVendor, Faults
 
-T2I = {"prompt": "a lighthouse at dusk", "width": 512, "height": 512, "steps": 30}
 UNIT_PRICE = 0.4  # credits per 512x512 image at 30 steps in the default price book
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-async def audit_clean(gw: Gateway) -> None:
-    async with gw.pool.acquire() as conn:
-        assert await run_audit(conn) == {}
 
 
 async def balance(gw: Gateway, key: str) -> float:

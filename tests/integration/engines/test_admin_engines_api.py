@@ -6,12 +6,7 @@ import asyncio
 from typing import Any
 
 from tests.conftest import Gateway
-
-T2I = {"prompt": "a lighthouse at dusk", "width": 512, "height": 512, "steps": 30}
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
+from tests.e2e.test_generation_billing import T2I, auth
 
 
 async def engine_states(gw: Gateway) -> dict[str, dict[str, Any]]:

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 from tests.conftest import Gateway
-
-T2I = {"prompt": "a lighthouse at dusk", "width": 512, "height": 512, "steps": 30}
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
+from tests.e2e.test_generation_billing import T2I, auth
 
 
 async def test_options_for_a_kind_pin_the_request_to_engines_of_that_kind(gateway: Gateway) -> None:
