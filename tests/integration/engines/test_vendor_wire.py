@@ -58,7 +58,8 @@ async def test_api2convert_payment_required_falls_back(fake_api2convert: FakeApi
 
 async def test_api2convert_cancels_the_job_when_its_budget_runs_out(fake_api2convert: FakeApi2Convert) -> None:
     fake_api2convert.slow_job(10_000)
-    config = engine_config("api2convert", fake_api2convert.base_url, timeout_s=0.2)
+    # Long enough for the job to be created even on a loaded machine, so there is one to cancel.
+    config = engine_config("api2convert", fake_api2convert.base_url, timeout_s=1.0)
     engine = build_engine("a2c", config, build_client(config))
     with pytest.raises(EngineTimeout):
         await engine.generate(sample_request(), _nothing)
