@@ -18,7 +18,7 @@ from gateway.auth.keys import Principal
 from gateway.billing.admission import InputBlob, admit
 from gateway.domain.generation import EngineRequest, ImageInput
 from gateway.domain.requests import GenerationRequest, ImageToImageRequest, InpaintRequest, TextToImageRequest
-from gateway.errors import Conflict, GatewayError, ValidationFailed
+from gateway.errors import PROBLEM_BASE, Conflict, GatewayError, Problem, ValidationFailed, problem_response
 from gateway.routing.errors import NoEngineCanServe
 from gateway.state import Services
 from gateway.storage.inputs import CheckedImage, load_image
@@ -233,15 +233,24 @@ async def submit(
     location = {"Location": f"/v1/jobs/{job_id}"}
     if run_async:
         return Response(view, status_code=202, headers=location)
-    status = 200 if view.state == "succeeded" else _failure_status(view)
-    return Response(view, status_code=status, headers=location)
+    if view.state != "succeeded":
+        return _failure_response(view, location)
+    return Response(view, status_code=200, headers=location)
 
 
-def _failure_status(view: JobView) -> int:
-    """A sync job that failed answers with its problem's status (422 rejected, 503 engines down)."""
-    if view.error and isinstance(view.error.get("status"), int):
-        return int(view.error["status"])
-    return 500
+def _failure_response(view: JobView, headers: dict[str, str]) -> Response[Any]:
+    """A sync job that failed answers with its problem as problem+json (422 rejected, 503 engines
+    down); the job itself, with its attempts, rides along as the `job` extension member."""
+    error = view.error or {}
+    problem = Problem(
+        type=str(error.get("type", PROBLEM_BASE + "job-failed")),
+        title=str(error.get("title", "The job failed")),
+        status=int(error["status"]) if isinstance(error.get("status"), int) else 500,
+        detail=error.get("detail"),
+        instance=f"/v1/jobs/{view.id}",
+        extra={"job": msgspec.to_builtins(view)},
+    )
+    return problem_response(problem, headers)
 
 
 @post("/v1/text-to-image", tags=["images"], opt={"scope": "generate"}, status_code=200)

@@ -4,15 +4,28 @@ One gateway request becomes one job with `n` conversions (the API has no image-c
 conversion i carrying seed + i. The job runs with `fail_on_conversion_error: false` so that a
 failed conversion leaves the others' outputs (a partial result) instead of failing the job.
 
-The stored docs do not say where the prompt and the mask go (reference/vendors.md §1.9, [GAP]);
-this adapter sends `prompt`/`negative_prompt` as conversion options and the mask as the second
-input, both marked `x-gateway-unverified` in openapi/vendors/api2convert.yaml.
+Where the prompt and the mask go is not documented anywhere we hold. Checked: the option tables
+of both targets (vendor-docs/000 image-inpaint, 001 text-to-image) list no prompt, negative_prompt
+or mask option in the alphabetical slots where they would appear; reference/vendors.md §1.9 marks
+it [GAP]; the official SDK's OpenAPI 2.0.1 has `Conversion.options` as a free-form object and
+`InputFile` with no role field. What the docs do fix, this adapter follows: every other option's
+name and range, inputs as `input[]` entries of type `remote` (our expiring signed URL) or the
+documented `base64`. The prompt goes as conversion options `prompt`/`negative_prompt` and the mask
+as the second input, after the image; both stay marked `x-gateway-unverified` in
+openapi/vendors/api2convert.yaml until `GET /v2/conversions?category=operation&target=...` is
+read from the live API.
+
+The vendor's output links need no account key, so each job's outputs are locked with a
+`download_password` the engine makes up per attempt and sends back as `x-oc-download-password`
+when downloading. The tenant's own download password never leaves the gateway
+(reference/vendors.md §6.5).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -160,8 +173,9 @@ def input_file(image: ImageInput, filename: str) -> dict[str, Any]:
     }
 
 
-def conversion_options(request: EngineRequest, index: int) -> dict[str, Any]:
-    """The `options` of conversion `index` (image `index` of the request)."""
+def conversion_options(request: EngineRequest, index: int, download_password: str | None = None) -> dict[str, Any]:
+    """The `options` of conversion `index` (image `index` of the request), its outputs locked with
+    `download_password` when given."""
     vendor = request.engine_options.get(KIND, {})
     options: dict[str, Any] = {
         "prompt": request.prompt,
@@ -187,8 +201,8 @@ def conversion_options(request: EngineRequest, index: int) -> dict[str, Any]:
         options["style"] = style
     if "preset" in vendor:
         options["preset"] = vendor["preset"]
-    if request.download_password is not None:
-        options["download_password"] = request.download_password
+    if download_password is not None:
+        options["download_password"] = download_password
     if request.operation == "inpaint":
         options["resize_mode"] = request.resize_mode
         if request.strength is not None:
@@ -197,14 +211,14 @@ def conversion_options(request: EngineRequest, index: int) -> dict[str, Any]:
     return options
 
 
-def job_body(request: EngineRequest) -> dict[str, Any]:
+def job_body(request: EngineRequest, download_password: str | None = None) -> dict[str, Any]:
     """The POST /v2/jobs body for `request`: one conversion per requested image."""
     target = TARGETS[request.operation]
     body: dict[str, Any] = {
         "process": True,
         "fail_on_conversion_error": False,
         "conversion": [
-            {"category": "operation", "target": target, "options": conversion_options(request, i)}
+            {"category": "operation", "target": target, "options": conversion_options(request, i, download_password)}
             for i in range(request.n)
         ],
     }
@@ -306,8 +320,9 @@ class Api2ConvertEngine:
 
     async def _run(self, request: EngineRequest, progress: ProgressCallback, job_id: list[str]) -> EngineResult:
         what = f"{self.name} create job"
+        password = secrets.token_urlsafe(24)  # printable ASCII, within the documented ^[ -~]{0,1000}$
         post = self._client.build_request(
-            "POST", f"{self._base}/v2/jobs", json=job_body(request), headers=self._headers()
+            "POST", f"{self._base}/v2/jobs", json=job_body(request, password), headers=self._headers()
         )
         response = await send(self._client, post, what)
         if response.status_code not in (200, 201):
@@ -320,7 +335,7 @@ class Api2ConvertEngine:
         if job.status.code != "completed":
             raise job_failure(job)
         uris, failed = job_outputs(job, request.n)
-        images = await self._download_all(request, uris, failed)
+        images = await self._download_all(request, uris, failed, password)
         spend = EngineSpend(vendor_credits=float(job.spent))
         if not images:
             raise EngineUnavailable(
@@ -343,11 +358,9 @@ class Api2ConvertEngine:
         return job
 
     async def _download_all(
-        self, request: EngineRequest, uris: dict[int, str], failed: dict[int, str]
+        self, request: EngineRequest, uris: dict[int, str], failed: dict[int, str], password: str
     ) -> list[GeneratedImage]:
-        headers = {}
-        if request.download_password is not None:
-            headers["x-oc-download-password"] = request.download_password
+        headers = {"x-oc-download-password": password}
         images = []
         for index in sorted(uris):
             try:

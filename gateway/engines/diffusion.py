@@ -29,15 +29,8 @@ from gateway.domain.generation import (
     GeneratedImage,
     Sampler,
 )
-from gateway.engines.base import (
-    Capabilities,
-    EngineError,
-    EngineRateLimited,
-    EngineRejected,
-    EngineTimeout,
-    EngineUnavailable,
-    ProgressCallback,
-)
+from gateway.engines.base import Capabilities, EngineRejected, EngineUnavailable, ProgressCallback
+from gateway.engines.http import error_for_status, translate_transport_errors, within_budget
 
 # Every sampler diffusers has a scheduler for (gateway/gpu/samplers.py); dpmpp_2s_ancestral has none.
 DIFFUSION_SAMPLERS: frozenset[Sampler] = frozenset(SAMPLERS) - {"dpmpp_2s_ancestral"}
@@ -80,27 +73,7 @@ class _ErrorBody(msgspec.Struct, frozen=True):
 
 _Event = _Accepted | _Progress | _Result | _Failed
 _EVENTS = msgspec.json.Decoder(_Event)
-
-
-def error_for_status(status: int, detail: str, retry_after: str | None) -> EngineError:
-    """The EngineError for a non-200 answer of the GPU service, by status code."""
-    message = f"GPU service answered HTTP {status}" + (f": {detail}" if detail else "")
-    if status in (400, 413, 422):
-        return EngineRejected(message)
-    if status == 429:
-        return EngineRateLimited(message, retry_after=_seconds(retry_after))
-    if status in (408, 504):
-        return EngineTimeout(message)
-    # 401/403 are our deployment's misconfigured secret, 501 a model that cannot do this
-    # operation, 503 a draining service: none is the request's fault, so another engine may serve it.
-    return EngineUnavailable(message)
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
+WHAT = "GPU service"
 
 
 class DiffusionEngine:
@@ -131,34 +104,37 @@ class DiffusionEngine:
         """Send the request to the service and follow its event stream to the result."""
         # The service never needs the download password; it stays inside the gateway.
         body = msgspec.json.encode(msgspec.structs.replace(request, download_password=None))
-        try:
-            async with self._slots, asyncio.timeout(self._config.timeout_s):
-                return await self._exchange(body, progress)
-        except TimeoutError as exc:
-            raise EngineTimeout(f"GPU service did not finish within {self._config.timeout_s:g} s") from exc
-        except httpx.TimeoutException as exc:
-            raise EngineTimeout(f"GPU service timed out ({type(exc).__name__})") from exc
-        except httpx.HTTPError as exc:
-            raise EngineUnavailable(f"GPU service unreachable ({type(exc).__name__})") from exc
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise EngineUnavailable(f"GPU service sent a malformed event: {exc}") from exc
+        # The budget covers waiting for a slot too, as it does the vendors' queues.
+        return await within_budget(self._config, WHAT, lambda: self._exchange(body, progress))
 
     async def _exchange(self, body: bytes, progress: ProgressCallback) -> EngineResult:
+        async with self._slots:
+            return await self._stream(body, progress)
+
+    async def _stream(self, body: bytes, progress: ProgressCallback) -> EngineResult:
         headers = {**self._headers, "Content-Type": "application/json", "Accept": "application/x-ndjson"}
-        async with self._client.stream(
-            "POST", self._url, content=body, headers=headers, timeout=self._timeout
-        ) as reply:
+        async with (
+            translate_transport_errors(WHAT),
+            self._client.stream("POST", self._url, content=body, headers=headers, timeout=self._timeout) as reply,
+        ):
             if reply.status_code != 200:
                 raw = await reply.aread()
                 try:
                     detail = msgspec.json.decode(raw, type=_ErrorBody).detail
                 except (msgspec.DecodeError, msgspec.ValidationError):
                     detail = ""
-                raise error_for_status(reply.status_code, detail, reply.headers.get("retry-after"))
+                # 401/403 (our deployment's secret), 501 (a model that cannot do this operation)
+                # and 503 (draining) are no fault of the request: another engine may serve it.
+                raise error_for_status(
+                    reply.status_code, WHAT, retry_after=reply.headers.get("retry-after"), detail=detail
+                )
             async for line in reply.aiter_lines():
                 if not line.strip():
                     continue
-                event = _EVENTS.decode(line)
+                try:
+                    event = _EVENTS.decode(line)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    raise EngineUnavailable(f"{WHAT}: malformed event ({exc})") from exc
                 if isinstance(event, _Progress):
                     progress(min(max(event.fraction, 0.0), 1.0))
                 elif isinstance(event, _Result):
@@ -167,9 +143,9 @@ class DiffusionEngine:
                     )
                 elif isinstance(event, _Failed):
                     if event.kind == "rejected":
-                        raise EngineRejected(f"GPU service rejected the request: {event.message}")
-                    raise EngineUnavailable(f"GPU service failed: {event.message}")
-        raise EngineUnavailable("GPU service closed the stream without a result")
+                        raise EngineRejected(f"{WHAT} rejected the request: {event.message}")
+                    raise EngineUnavailable(f"{WHAT} failed: {event.message}")
+        raise EngineUnavailable(f"{WHAT} closed the stream without a result")
 
     async def aclose(self) -> None:
         """Close the HTTP client."""

@@ -2,7 +2,8 @@
 
 from gateway.routing.breaker import BreakerState, CircuitBreaker
 from gateway.routing.errors import AllEnginesFailed, NoEngineCanServe, RequestRejected, RoutingError
-from gateway.routing.router import EngineHealth, OnAttempt, RoutedResult, Router
+from gateway.routing.router import OnAttempt, RoutedResult, Router
+from gateway.routing.slots import EngineHealth
 
 __all__ = [
     "AllEnginesFailed",

@@ -38,6 +38,11 @@ class CircuitBreaker:
         return "open"
 
     @property
+    def opened_at(self) -> float | None:
+        """When (on the breaker's clock) it last opened; None while closed."""
+        return self._opened_at
+
+    @property
     def error_rate(self) -> float:
         """Failures over the outcomes in the window (0 when there are none)."""
         return sum(self._outcomes) / len(self._outcomes) if self._outcomes else 0.0

@@ -21,7 +21,6 @@ import msgspec
 from gateway.config import ConfigError, EngineConfig, RoutingConfig, Settings
 from gateway.domain.generation import AttemptOutcome, EngineAttempt, EngineRequest, EngineResult, Operation
 from gateway.engines.base import (
-    Capabilities,
     Engine,
     EngineError,
     EngineRateLimited,
@@ -31,8 +30,9 @@ from gateway.engines.base import (
     ProgressCallback,
 )
 from gateway.metrics import Metrics
-from gateway.routing.breaker import BreakerState, CircuitBreaker
+from gateway.routing.breaker import CircuitBreaker
 from gateway.routing.errors import AllEnginesFailed, NoEngineCanServe, RequestRejected
+from gateway.routing.slots import EngineHealth, EngineSlot
 
 log = logging.getLogger(__name__)
 
@@ -47,32 +47,6 @@ class RoutedResult(msgspec.Struct, frozen=True, kw_only=True):
     result: EngineResult
     attempts: list[EngineAttempt]
     lost_vendor_credits: float = 0.0  # what failed attempts before the success reported spending
-
-
-class EngineHealth(msgspec.Struct, frozen=True, kw_only=True):
-    """One engine's state for /v1/admin/engines."""
-
-    name: str
-    kind: str
-    breaker: BreakerState
-    consecutive_failures: int
-    error_rate: float
-    in_flight: int
-    max_concurrency: int
-    weight: int
-    capabilities: Capabilities
-
-
-@dataclass
-class _Slot:
-    """Router-side state of one engine."""
-
-    engine: Engine
-    breaker: CircuitBreaker
-    semaphore: asyncio.Semaphore
-    max_concurrency: int
-    weight: int
-    in_flight: int = 0
 
 
 @dataclass
@@ -105,18 +79,19 @@ class Router:
         self._clock = clock
         self._rng = rng or random.Random()
         self._routes = {op: list(names) for op, names in routes.items()}
-        self._slots: dict[str, _Slot] = {}
+        self._slots: dict[str, EngineSlot] = {}
         for name, engine in engines.items():
             cfg = (engine_configs or {}).get(name)
             limit = cfg.max_concurrency if cfg is not None else 16
-            self._slots[name] = _Slot(
+            slot = EngineSlot(
                 engine=engine,
                 breaker=CircuitBreaker(config, clock),
                 semaphore=asyncio.Semaphore(limit),
                 max_concurrency=limit,
                 weight=cfg.weight if cfg is not None else 1,
             )
-            metrics.engine_breaker_open.labels(name).set(0)
+            slot.export_gauges(metrics)
+            self._slots[name] = slot
 
     @classmethod
     def from_settings(
@@ -135,14 +110,14 @@ class Router:
 
     # -- choosing ---------------------------------------------------------------------------
 
-    def _servable(self, request: EngineRequest, allow: Sequence[str] | None) -> tuple[list[_Slot], dict[str, str]]:
+    def _servable(self, request: EngineRequest, allow: Sequence[str] | None) -> tuple[list[EngineSlot], dict[str, str]]:
         names = self._routes.get(request.operation, [])
         if not names:
             raise NoEngineCanServe({"routes": f"no engine is routed for {request.operation}"})
         # engine_options keyed by a kind pin the request to engines of that kind: its options
         # mean nothing to the others.
         pinned = set(request.engine_options)
-        servable: list[_Slot] = []
+        servable: list[EngineSlot] = []
         reasons: dict[str, str] = {}
         for name in names:
             slot = self._slots[name]
@@ -172,7 +147,7 @@ class Router:
         if not servable:
             raise NoEngineCanServe(reasons)
 
-    def _ordered(self, slots: list[_Slot]) -> list[_Slot]:
+    def _ordered(self, slots: list[EngineSlot]) -> list[EngineSlot]:
         if len({slot.weight for slot in slots}) <= 1:
             return slots  # equal weights: the configured order is the fallback order
         # Weighted random order (Efraimidis-Spirakis): an engine of weight w comes first w times
@@ -268,7 +243,7 @@ class Router:
         return step / 2 + self._rng.uniform(0, step / 2)
 
     async def _attempt(
-        self, slot: _Slot, request: EngineRequest, deadline: float, progress: ProgressCallback
+        self, slot: EngineSlot, request: EngineRequest, deadline: float, progress: ProgressCallback
     ) -> _Outcome:
         name = slot.engine.name
         started = self._clock()
@@ -279,12 +254,10 @@ class Router:
             async with budget, slot.semaphore:
                 generating = True
                 slot.in_flight += 1
-                self._metrics.engine_in_flight.labels(name).inc()
                 try:
                     result = await slot.engine.generate(request, progress)
                 finally:
                     slot.in_flight -= 1
-                    self._metrics.engine_in_flight.labels(name).dec()
         except EngineError as exc:
             error = exc
         except TimeoutError as exc:
@@ -317,7 +290,7 @@ class Router:
 
     def _finish(
         self,
-        slot: _Slot,
+        slot: EngineSlot,
         started: float,
         outcome: AttemptOutcome,
         *,
@@ -328,7 +301,6 @@ class Router:
         elapsed = max(0.0, self._clock() - started)
         self._metrics.engine_attempts.labels(name, outcome).inc()
         self._metrics.engine_latency.labels(name, outcome).observe(elapsed)
-        self._metrics.engine_breaker_open.labels(name).set(0 if slot.breaker.state == "closed" else 1)
         attempt = EngineAttempt(
             engine=name,
             outcome=outcome,
@@ -345,20 +317,7 @@ class Router:
 
     def health(self) -> list[EngineHealth]:
         """Every engine's breaker, load and capabilities, in configuration order."""
-        return [
-            EngineHealth(
-                name=name,
-                kind=slot.engine.kind,
-                breaker=slot.breaker.state,
-                consecutive_failures=slot.breaker.consecutive_failures,
-                error_rate=round(slot.breaker.error_rate, 4),
-                in_flight=slot.in_flight,
-                max_concurrency=slot.max_concurrency,
-                weight=slot.weight,
-                capabilities=slot.engine.capabilities,
-            )
-            for name, slot in self._slots.items()
-        ]
+        return [slot.health(self._clock, self._config.breaker_open_s) for slot in self._slots.values()]
 
     async def aclose(self) -> None:
         """Close every engine (and so its HTTP client); one failing to close does not stop the rest."""

@@ -73,7 +73,8 @@ async def test_all_engines_down_fails_the_job_and_releases_the_reservation(gatew
     gateway.extra["qolaba"].fail_with_status(500)
     response = await gateway.client.post("/v1/text-to-image", json=T2I, headers=auth(key))
     assert response.status_code == 503
-    assert response.json()["state"] == "failed"
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["job"]["state"] == "failed"
     assert await balance(gateway, key) == {"balance": 10.0, "held": 0.0, "available": 10.0, "active_jobs": 0}
     await audit_clean(gateway)
 

@@ -86,6 +86,11 @@ class FakeApi2Convert(FakeVendor):
         job.status = "completed" if count else "failed"
 
     def _check_inputs(self, body: dict[str, Any]) -> None:
+        # The gateway's (unverified) convention: inpaint sends the image, then the mask;
+        # text-to-image sends no input at all.
+        wanted = 2 if any(c.get("target") == "image-inpaint" for c in body["conversion"]) else 0
+        if len(body.get("input", [])) != wanted:
+            self.violation(f"input: expected {wanted} entries (image, mask) for these targets")
         for entry in body.get("input", []):
             if entry.get("type") == "base64":
                 try:

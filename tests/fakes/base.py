@@ -53,6 +53,7 @@ class Faults:
     fail_job: bool = False
     polls_before_done: int = 1
     outputs: int | None = None
+    status_times: int | None = None  # None: the status fault lasts until reset
 
 
 @dataclass
@@ -95,8 +96,12 @@ class FakeVendor(ABC):
     def reset_state(self) -> None:
         """Forget the vendor's jobs or counters."""
 
-    def fail_with_status(self, status: int, *, retry_after: str | None = None, on: Stage = "submit") -> None:
+    def fail_with_status(
+        self, status: int, *, retry_after: str | None = None, on: Stage = "submit", times: int | None = None
+    ) -> None:
+        """The FaultControl switch; with `times`, only the next `times` calls fail, then they succeed."""
         self.faults.status, self.faults.retry_after, self.faults.stage = status, retry_after, on
+        self.faults.status_times = times
 
     def hang(self, seconds: float, *, on: Stage = "submit") -> None:
         self.faults.hang_s, self.faults.stage = seconds, on
@@ -140,8 +145,13 @@ class FakeVendor(ABC):
         if faults.hang_s:
             await asyncio.sleep(faults.hang_s)
         if faults.status is not None:
+            status = faults.status
+            if faults.status_times is not None:
+                faults.status_times -= 1
+                if faults.status_times <= 0:
+                    faults.status = faults.status_times = None
             headers = {"Retry-After": faults.retry_after} if faults.retry_after is not None else {}
-            return Response(self.error_body(faults.status), status_code=faults.status, headers=headers)
+            return Response(self.error_body(status), status_code=status, headers=headers)
         if faults.malformed:
             return Response(b"<html>502 Bad Gateway</html>", status_code=200, media_type="text/html")
         return None

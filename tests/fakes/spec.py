@@ -22,15 +22,16 @@ class VendorSpec:
         """The body schema of `method path` (a path template as written in the document)."""
         operation = self.document["paths"][path][method.lower()]
         schema: dict[str, Any] = operation["requestBody"]["content"][content_type]["schema"]
-        return self._resolve(schema)
+        return self.resolve(schema)
 
-    def _resolve(self, schema: dict[str, Any]) -> dict[str, Any]:
+    def resolve(self, schema: dict[str, Any]) -> dict[str, Any]:
+        """`schema` with a local `$ref` followed to what it names."""
         ref = schema.get("$ref")
         if isinstance(ref, str) and ref.startswith("#/"):
             node: Any = self.document
             for part in ref[2:].split("/"):
                 node = node[part]
-            return self._resolve(node)
+            return self.resolve(node)
         return schema
 
     def violations(self, method: str, path: str, content_type: str, body: Any) -> list[str]:
@@ -48,7 +49,7 @@ class VendorSpec:
         properties = self.request_schema(method, path, "multipart/form-data").get("properties", {})
         out: dict[str, Any] = {}
         for key, value in form.items():
-            declared = self._resolve(properties.get(key, {})).get("type")
+            declared = self.resolve(properties.get(key, {})).get("type")
             out[key] = _as_number(value, declared) if isinstance(value, str) else value
         return out
 

@@ -16,7 +16,9 @@ def _nothing(fraction: float) -> None:
     del fraction
 
 
-async def test_api2convert_sends_the_download_password_and_reports_spend(fake_api2convert: FakeApi2Convert) -> None:
+async def test_api2convert_locks_outputs_with_its_own_password_and_reports_spend(
+    fake_api2convert: FakeApi2Convert,
+) -> None:
     config = engine_config("api2convert", fake_api2convert.base_url)
     engine = build_engine("a2c", config, build_client(config))
     try:
@@ -25,8 +27,14 @@ async def test_api2convert_sends_the_download_password_and_reports_spend(fake_ap
         await engine.aclose()
     assert len(result.images) == 2
     assert result.spend.vendor_credits == 2
+    (job,) = fake_api2convert.jobs.values()
+    locks = {c["options"]["download_password"] for c in job.conversions}
+    assert len(locks) == 1
+    (lock,) = locks
+    assert lock != "hunter2"  # the tenant's password stays in the gateway
     downloads = [c for c in fake_api2convert.calls if c.path.startswith("/dl/")]
-    assert [c.headers.get("x-oc-download-password") for c in downloads] == ["hunter2", "hunter2"]
+    # The fake answers 401 without the job's password; both images came, so it was sent.
+    assert [c.headers.get("x-oc-download-password") for c in downloads] == [lock, lock]
     assert all("x-oc-api-key" not in c.headers for c in downloads)
 
 
@@ -50,7 +58,8 @@ async def test_api2convert_payment_required_falls_back(fake_api2convert: FakeApi
 
 async def test_api2convert_cancels_the_job_when_its_budget_runs_out(fake_api2convert: FakeApi2Convert) -> None:
     fake_api2convert.slow_job(10_000)
-    config = engine_config("api2convert", fake_api2convert.base_url, timeout_s=0.2)
+    # Long enough for the job to be created even on a loaded machine, so there is one to cancel.
+    config = engine_config("api2convert", fake_api2convert.base_url, timeout_s=1.0)
     engine = build_engine("a2c", config, build_client(config))
     with pytest.raises(EngineTimeout):
         await engine.generate(sample_request(), _nothing)

@@ -56,8 +56,10 @@ def test_aspect_ratio_option_replaces_width_and_height() -> None:
     assert "width" not in options
 
 
-def test_download_password_is_forwarded_as_an_option() -> None:
-    assert a2c.conversion_options(sample_request(download_password="pw"), 0)["download_password"] == "pw"
+def test_outputs_are_locked_with_the_engines_password_never_the_tenants() -> None:
+    body = a2c.job_body(sample_request(n=2, download_password="tenant-secret"), "vendor-lock")
+    assert [c["options"]["download_password"] for c in body["conversion"]] == ["vendor-lock", "vendor-lock"]
+    assert "tenant-secret" not in str(body)
 
 
 def test_image_to_image_is_not_offered() -> None:
