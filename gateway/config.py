@@ -83,7 +83,7 @@ class GpuConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
 class WebhookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """`[webhooks]`: outbox delivery. Attempt k waits about base * multiplier**(k-1), capped, with jitter;
-    after `max_attempts` failed attempts the message is marked dead (about 16 hours with the defaults)."""
+    after `max_attempts` failed attempts the message is marked dead (7.5 to 15 hours with the defaults)."""
 
     timeout_s: PositiveFloat = 10.0  # one POST to the tenant's endpoint
     max_attempts: PositiveInt = 10
