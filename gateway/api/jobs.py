@@ -175,6 +175,7 @@ def _watchers(services: Services) -> JobWatchers:
     "/v1/jobs/{job_id:uuid}/events",
     tags=["jobs"],
     opt={"scope": "jobs:read"},
+    media_type="text/event-stream",
     response_description="text/event-stream: `status` events ({id, state, progress, images_succeeded}) on every "
     "change, then one `done` event carrying the terminal Job; `: keep-alive` comments while idle.",
 )
