@@ -14,7 +14,7 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.di import Provide
 from litestar.types import Message, Scope
 
-from gateway.api import admin, admin_engines, admin_keys, files, health, images, jobs, keys, usage
+from gateway.api import admin, admin_engines, admin_keys, files, health, images, jobs, keys, usage, webhooks
 from gateway.api.strict import decode_strictly
 from gateway.auth.guard import authorize, current_principal
 from gateway.auth.keys import KeyAuthenticator
@@ -95,6 +95,7 @@ def create_app(settings: Settings) -> Litestar:
             *admin_keys.routes,
             docs_assets(),
             *admin_engines.routes,
+            *webhooks.routes,
         ],
         dependencies={
             "services": Provide(_provide_services, sync_to_thread=False),

@@ -16,6 +16,7 @@ import httpx
 from gateway.auth.keys import KeyAuthenticator
 from gateway.config import EngineConfig, Settings
 from gateway.db.embedded import EmbeddedPostgres
+from gateway.db.notifications import JOB_EVENTS_CHANNEL, JobWatchers, Listener
 from gateway.db.pool import Pool
 from gateway.domain.generation import OPERATIONS
 from gateway.engines.base import Engine
@@ -24,6 +25,7 @@ from gateway.metrics import Metrics
 from gateway.routing.router import Router
 from gateway.state import Services
 from gateway.storage.filesystem import FilesystemBlobStore
+from gateway.webhooks.dispatcher import WebhookDispatcher
 from gateway.worker.runner import JobRunner
 
 log = logging.getLogger(__name__)
@@ -77,9 +79,24 @@ async def build_services(
         embedded=embedded,
         extras=extras,
     )
+    # One LISTEN connection per process feeds every job event stream and the webhook dispatcher.
+    listener = Listener(dsn)
+    watchers = JobWatchers()
+    listener.listen(JOB_EVENTS_CHANNEL, watchers.notify)
+    extras["job_watchers"] = watchers
+    dispatcher = None
+    if settings.run_worker:
+        dispatcher = WebhookDispatcher(
+            pool=pool, listener=listener, config=settings.webhooks, allow_hosts=frozenset(settings.fetch_allow_hosts)
+        )
+    await listener.start()
+    extras["listener"] = listener
     if settings.run_worker:
         await runner.start()
         extras["runner_started"] = True
+    if dispatcher is not None:
+        await dispatcher.start()
+        extras["webhook_dispatcher"] = dispatcher
     extras["flusher"] = asyncio.create_task(_flush_last_used(auth))
     if settings.demo_tenant and embedded is not None:
         await _demo_tenant(services)
@@ -113,6 +130,12 @@ async def close_services(services: Services) -> None:
         await services.runner.stop()
     else:
         await services.runner.stop(drain_s=0)
+    dispatcher = services.extras.get("webhook_dispatcher")
+    if dispatcher is not None:
+        await dispatcher.stop()
+    listener = services.extras.get("listener")
+    if listener is not None:
+        await listener.stop()
     flusher = services.extras.get("flusher")
     if flusher is not None:
         flusher.cancel()

@@ -81,6 +81,19 @@ class GpuConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     shared_secret: Secret | None = None
 
 
+class WebhookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[webhooks]`: outbox delivery. Attempt k waits about base * multiplier**(k-1), capped, with jitter;
+    after `max_attempts` failed attempts the message is marked dead (7.5 to 15 hours with the defaults)."""
+
+    timeout_s: PositiveFloat = 10.0  # one POST to the tenant's endpoint
+    max_attempts: PositiveInt = 10
+    backoff_base_s: PositiveFloat = 10.0
+    backoff_multiplier: Annotated[float, msgspec.Meta(ge=1)] = 3.0
+    backoff_max_s: PositiveFloat = 6 * 3600.0
+    concurrency: PositiveInt = 8  # deliveries in flight per process
+    poll_s: PositiveFloat = 5.0  # safety net; new messages wake the dispatcher by NOTIFY
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Every setting of the service. Build it with `load_settings()`."""
 
@@ -97,6 +110,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     worker_concurrency: PositiveInt = 16
     lease_s: PositiveFloat = 30.0
     sync_wait_s: PositiveFloat = 60.0  # bounded wait of a sync request before it answers 202
+    sse_keepalive_s: PositiveFloat = 15.0  # comment lines keep idle event streams open through proxies
     public_base_url: str | None = None  # how vendors reach our signed input URLs
     blob_signing_key: Secret | None = None
     file_ttl_s: PositiveInt = 24 * 3600
@@ -111,6 +125,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     routes: dict[Operation, list[str]] = msgspec.field(default_factory=dict)
     routing: RoutingConfig = RoutingConfig()
     gpu: GpuConfig = GpuConfig()
+    webhooks: WebhookConfig = WebhookConfig()
 
     @property
     def data_path(self) -> Path:
@@ -121,7 +136,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 _ENV_SCALARS = {
     name: field
     for name, field in zip(Settings.__struct_fields__, msgspec.structs.fields(Settings), strict=True)
-    if name not in {"engines", "routes", "routing", "gpu", "fetch_allow_hosts", "blob_signing_key"}
+    if name not in {"engines", "routes", "routing", "gpu", "webhooks", "fetch_allow_hosts", "blob_signing_key"}
 }
 
 

@@ -23,6 +23,7 @@ from gateway.routing.errors import NoEngineCanServe
 from gateway.state import Services
 from gateway.storage.inputs import CheckedImage, load_image
 from gateway.storage.passwords import hash_password
+from gateway.webhooks.urls import check_webhook_url
 
 IdempotencyKey = Annotated[
     str | None,
@@ -152,6 +153,8 @@ async def submit(
     # Refuse at once what no engine can serve (422 naming the constraint), before any money moves.
     probe = msgspec.convert({**params, "job_id": str(job_id)}, EngineRequest)
     images = await _inputs(services, body)
+    if body.webhook_url is not None:
+        await check_webhook_url(body.webhook_url, "webhook_url", frozenset(services.settings.fetch_allow_hosts))
     if images:
         probe = msgspec.structs.replace(
             probe,

@@ -1,7 +1,10 @@
-"""GET /v1/jobs, GET /v1/jobs/{id}, POST /v1/jobs/{id}/cancel."""
+"""GET /v1/jobs, GET /v1/jobs/{id}, POST /v1/jobs/{id}/cancel, GET /v1/jobs/{id}/events (SSE)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -9,13 +12,15 @@ import msgspec
 from litestar import get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from gateway.api.cursors import decode_cursor, encode_cursor
 from gateway.api.views import JobView, job_view, load_job_view
 from gateway.auth.keys import Principal
 from gateway.billing.settlement import Outcome, settle
 from gateway.db import jobs as jq
-from gateway.domain.jobs import JobState
+from gateway.db.notifications import JobWatchers
+from gateway.domain.jobs import TERMINAL, JobState
 from gateway.errors import NotFound
 from gateway.state import Services
 
@@ -66,8 +71,10 @@ async def list_jobs(
 async def cancel_job(
     services: NamedDependency[Services], principal: NamedDependency[Principal], job_id: FromPath[UUID]
 ) -> JobView:
-    """Cancel a job. A queued job is canceled at once; a running one when its engine returns.
-    A canceled job costs nothing. Canceling a finished job changes nothing."""
+    """Cancel a job. A queued job (or one whose runner died) is canceled at once; a running one
+    within about a second: its runner abandons the engine call (the vendor's job is canceled too)
+    and discards any images already made. A canceled job costs nothing; its reservation is
+    released. Canceling a finished job changes nothing."""
     assert principal.tenant_id is not None
     async with services.pool.acquire() as conn:
         row = await jq.request_cancel(conn, job_id, principal.tenant_id)
@@ -75,7 +82,10 @@ async def cancel_job(
             raise NotFound("No such job.")
         job = await jq.get_job(conn, job_id, principal.tenant_id)
     assert job is not None
-    if job["state"] == "queued" or (job["state"] == "running" and job["lease_expires_at"] is None):
+    orphaned = job["state"] == "running" and (
+        job["lease_expires_at"] is None or job["lease_expires_at"] < datetime.now(UTC)
+    )
+    if job["state"] == "queued" or orphaned:
         await settle(
             services.pool,
             job_id,
@@ -98,4 +108,90 @@ async def cancel_job(
     return view
 
 
-routes = [get_job, list_jobs, cancel_job]
+class JobStatus(msgspec.Struct, kw_only=True):
+    """One `status` event of a job's event stream."""
+
+    id: UUID
+    state: JobState
+    progress: float
+    images_succeeded: int
+
+
+# Browsers' EventSource reconnects after a dropped stream; ask it to wait this long (ms) first.
+_RETRY_MS = 2000
+
+
+async def job_event_stream(
+    services: Services, watchers: JobWatchers, job_id: UUID, tenant_id: UUID
+) -> AsyncIterator[ServerSentEventMessage]:
+    """`status` on every change of state or progress, then `done` with the terminal job view.
+
+    The stream re-reads the job's row when the database says it changed (LISTEN/NOTIFY, see
+    gateway/db/notifications.py) and, as a safety net, on every keep-alive tick."""
+    keepalive_s = services.settings.sse_keepalive_s
+    sequence = 0
+    last: JobStatus | None = None
+    with watchers.watch(job_id) as changed:
+        while True:
+            changed.clear()  # before reading, so a change committed during the read wakes us again
+            async with services.pool.acquire() as conn:
+                row = await jq.job_status(conn, job_id, tenant_id)
+            if row is None:  # cannot happen once a job exists (jobs are never deleted); end cleanly
+                return
+            status = JobStatus(
+                id=row["id"],
+                state=row["state"],
+                progress=round(float(row["progress"]), 4),
+                images_succeeded=row["images_succeeded"],
+            )
+            if status != last:
+                sequence += 1
+                yield ServerSentEventMessage(
+                    event="status",
+                    id=sequence,
+                    data=msgspec.json.encode(status).decode(),
+                    retry=_RETRY_MS if last is None else None,
+                )
+                last = status
+            if status.state in TERMINAL:
+                async with services.pool.acquire() as conn:
+                    view = await load_job_view(conn, job_id, tenant_id)
+                assert view is not None
+                yield ServerSentEventMessage(event="done", id=sequence + 1, data=msgspec.json.encode(view).decode())
+                return
+            try:
+                await asyncio.wait_for(changed.wait(), timeout=keepalive_s)
+            except TimeoutError:
+                yield ServerSentEventMessage(data=None, comment="keep-alive")
+
+
+def _watchers(services: Services) -> JobWatchers:
+    watchers = services.extras["job_watchers"]
+    assert isinstance(watchers, JobWatchers)
+    return watchers
+
+
+@get(
+    "/v1/jobs/{job_id:uuid}/events",
+    tags=["jobs"],
+    opt={"scope": "jobs:read"},
+    media_type="text/event-stream",
+    response_description="text/event-stream: `status` events ({id, state, progress, images_succeeded}) on every "
+    "change, then one `done` event carrying the terminal Job; `: keep-alive` comments while idle.",
+)
+async def job_events(
+    services: NamedDependency[Services], principal: NamedDependency[Principal], job_id: FromPath[UUID]
+) -> ServerSentEvent:
+    """Server-Sent Events with the job's status and progress until it finishes.
+
+    The first event is the current status; the stream closes after the `done` event (clients
+    should not reconnect after it). Works on any replica: changes are heard through the database."""
+    assert principal.tenant_id is not None
+    async with services.pool.acquire() as conn:
+        if await jq.job_status(conn, job_id, principal.tenant_id) is None:
+            raise NotFound("No such job.")
+    stream = job_event_stream(services, _watchers(services), job_id, principal.tenant_id)
+    return ServerSentEvent(stream, headers={"Cache-Control": "no-store"})
+
+
+routes = [get_job, list_jobs, cancel_job, job_events]

@@ -10,6 +10,7 @@ the database receives its SHA-256 alone.
 
 from __future__ import annotations
 
+import base64
 import secrets
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -103,8 +104,9 @@ async def create_tenant(
     if credits < 0:
         raise ValidationFailed.field("credits", "must not be negative")
     tenant_id = uuid4()
-    # Standard Webhooks secrets are "whsec_" + base64 of 24 to 64 random bytes.
-    webhook_secret = "whsec_" + secrets.token_urlsafe(32)
+    # Standard Webhooks secrets are "whsec_" + base64 of 24 to 64 random bytes: standard base64,
+    # since the official verifiers decode it that way (URL-safe characters would give another key).
+    webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     await q.insert_tenant(conn, tenant_id, name, webhook_secret, max_concurrent_jobs)
     if credits > 0:
         await bq.credit(

@@ -122,6 +122,30 @@ async def renew_lease(conn: Conn, job_id: UUID, owner: str, lease_s: float) -> b
     return bool(row)
 
 
+async def renew_lease_or_cancel(conn: Conn, job_id: UUID, owner: str, lease_s: float) -> tuple[bool, bool]:
+    """Extend our lease; returns (still ours, cancel requested) so a runner stops a canceled job."""
+    row = await conn.fetchrow(
+        """UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
+           WHERE id = $1 AND lease_owner = $2 AND state = 'running' RETURNING cancel_requested""",
+        job_id,
+        owner,
+        lease_s,
+    )
+    if row is None:
+        return False, False
+    return True, bool(row["cancel_requested"])
+
+
+async def job_status(conn: Conn, job_id: UUID, tenant_id: UUID | None = None) -> asyncpg.Record | None:
+    """The few columns an event stream compares between notifications (cheap: one row by key)."""
+    return await conn.fetchrow(
+        """SELECT id, state, progress, images_succeeded FROM jobs
+           WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)""",
+        job_id,
+        tenant_id,
+    )
+
+
 async def set_progress(conn: Conn, job_id: UUID, progress: float) -> None:
     await conn.execute(
         "UPDATE jobs SET progress = greatest(progress, $2) WHERE id = $1 AND state = 'running'", job_id, progress

@@ -129,3 +129,8 @@ async def load_image(
     else:
         data = decode_inline(ref, field, max_bytes)
     return await asyncio.to_thread(decode_image, data, field, max_pixels=max_pixels)
+
+
+def is_public_address(address: str) -> bool:
+    """Whether the gateway may connect to `address`: the SSRF rule for every URL a client gives us."""
+    return _is_public(address)

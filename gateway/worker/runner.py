@@ -128,15 +128,28 @@ class JobRunner:
         progress = {"value": 0.0, "written": 0.0}
         lost = asyncio.Event()
         keeper = asyncio.create_task(self._keep_lease(job_id, progress, lost))
+        run = asyncio.create_task(self._run(job, progress, lost))
         try:
-            outcome = await self._run(job, progress, lost)
+            # The keeper ends early only when the lease is lost or the job was canceled: then the
+            # engine call is abandoned at once (engines cancel their vendor job on cancellation).
+            done, _ = await asyncio.wait({run, keeper}, return_when=asyncio.FIRST_COMPLETED)
+            if keeper in done and not run.done():
+                if keeper.exception() is None:
+                    run.cancel()
+                else:  # a database hiccup is no reason to drop the work; the lease may still hold
+                    log.warning("renewing the lease of job %s failed: %s", job_id, keeper.exception())
+            outcome = await run
+        except asyncio.CancelledError:
+            if not run.cancelled():
+                raise  # we ourselves are being cancelled (shutdown): the lease covers the job
+            outcome = Outcome(state="canceled")
         except Exception as exc:  # a bug must not leave the reservation open forever
             log.exception("job %s crashed", job_id)
             outcome = Outcome(state="failed", error=_problem("internal-error", "Internal error", 500, str(exc)))
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            for task in (keeper, run):
+                task.cancel()
+            await asyncio.gather(keeper, run, return_exceptions=True)
         if lost.is_set():
             await self._discard(outcome)
             return
@@ -173,12 +186,17 @@ class JobRunner:
                 if progress["value"] > progress["written"]:
                     await jq.set_progress(conn, job_id, progress["value"])
                     progress["written"] = progress["value"]
-                if not await jq.renew_lease(conn, job_id, self.owner, self.settings.lease_s):
+                held, cancel = await jq.renew_lease_or_cancel(conn, job_id, self.owner, self.settings.lease_s)
+                if not held:
                     lost.set()
                     return
+                if cancel:
+                    return  # execute() stops the run and settles the job as canceled
 
     async def _run(self, job: asyncpg.Record, progress: dict[str, float], lost: asyncio.Event) -> Outcome:
         job_id: UUID = job["id"]
+        if job["cancel_requested"]:  # canceled while queued, or after its last runner died
+            return Outcome(state="canceled")
         if job["runs"] > MAX_RUNS:
             return Outcome(
                 state="failed",

@@ -1,0 +1,1 @@
+"""Webhooks: Standard Webhooks signatures, the webhook URL rules, and outbox delivery."""

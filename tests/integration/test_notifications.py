@@ -1,0 +1,75 @@
+"""LISTEN/NOTIFY plumbing against a real PostgreSQL: the job triggers and the reconnecting listener."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from uuid import uuid4
+
+import asyncpg
+
+from gateway.db.notifications import JOB_EVENTS_CHANNEL, WEBHOOKS_CHANNEL, JobWatchers, Listener
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_job_rows_notify_on_state_and_progress_changes_but_not_on_lease_renewals(database_url: str) -> None:
+    heard: list[str | None] = []
+    listener = Listener(database_url)
+    listener.listen(JOB_EVENTS_CHANNEL, heard.append)
+    await listener.start()
+    conn = await asyncpg.connect(database_url)
+    try:
+        tenant, job = uuid4(), uuid4()
+        await conn.execute("INSERT INTO tenants (id, name, webhook_secret) VALUES ($1, 't', 'whsec_dGVzdA==')", tenant)
+        await conn.execute(
+            """INSERT INTO jobs (id, tenant_id, operation, params, n, unit_price, price_version_id, deadline_at)
+               VALUES ($1, $2, 'text-to-image', '{}', 1, 400, 1, now() + interval '1 hour')""",
+            job,
+            tenant,
+        )
+        await conn.execute("UPDATE jobs SET lease_expires_at = now() WHERE id = $1", job)
+        await conn.execute("UPDATE jobs SET progress = 0 WHERE id = $1", job)  # no change: no event
+        await conn.execute("UPDATE jobs SET state = 'running' WHERE id = $1", job)
+        await conn.execute("UPDATE jobs SET progress = 0.5 WHERE id = $1", job)
+        await until(lambda: heard.count(str(job)) == 2)
+        await asyncio.sleep(0.2)
+        assert heard == [None, str(job), str(job)]
+    finally:
+        await conn.close()
+        await listener.stop()
+
+
+async def test_the_listener_reconnects_and_wakes_everyone_after_losing_its_connection(database_url: str) -> None:
+    watchers = JobWatchers()
+    woken: list[str | None] = []
+    listener = Listener(database_url, reconnect_s=0.05)
+    listener.listen(JOB_EVENTS_CHANNEL, watchers.notify)
+    listener.listen(WEBHOOKS_CHANNEL, woken.append)
+    await listener.start()
+    conn = await asyncpg.connect(database_url)
+    job = uuid4()
+    try:
+        with watchers.watch(job) as changed:
+            assert len(watchers) == 1
+            changed.clear()
+            killed = await conn.fetchval(
+                """SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                   WHERE application_name = 'gateway-listener' AND datname = current_database()"""
+            )
+            assert killed == 1
+            await until(changed.is_set)  # woken to re-read: changes while disconnected went unheard
+            await until(lambda: woken.count(None) == 2)
+            changed.clear()
+            await conn.execute("SELECT pg_notify($1, $2)", JOB_EVENTS_CHANNEL, str(job))
+            await until(changed.is_set)
+        assert len(watchers) == 0
+    finally:
+        await conn.close()
+        await listener.stop()
