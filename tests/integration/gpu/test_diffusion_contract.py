@@ -34,7 +34,9 @@ def gpu_server(demo_model: LoadedModel) -> Iterator[FaultyGpuService]:
 @pytest.fixture(params=OPERATIONS)
 async def subject(request: pytest.FixtureRequest, gpu_server: FaultyGpuService) -> AsyncIterator[Subject]:
     gpu_server.reset()
-    config = engine_config("diffusion", gpu_server.base_url, SECRET)
+    # A real (tiny) model runs on the CPU here: on a loaded 2-core runner a step can take longer
+    # than the vendor fakes' 0.4 s between bytes. Between bytes stays under the 5 s hang check.
+    config = engine_config("diffusion", gpu_server.base_url, SECRET, request_timeout_s=3.0, timeout_s=10.0)
     engine = DiffusionEngine("diffusion-test", config, httpx.AsyncClient())
     yield Subject(
         engine=engine, control=gpu_server, make_request=tiny_request, operation=request.param, synchronous=True
