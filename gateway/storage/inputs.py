@@ -36,8 +36,17 @@ class CheckedImage:
 
 def decode_image(data: bytes, field: str, *, max_pixels: int) -> CheckedImage:
     """Check format and size from the header, then decode fully, refusing oversized images."""
+    too_big = f"image has more than {max_pixels} pixels (the limit); refused without decoding"
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        # Pillow refuses, from the header, images far above its own limit (and warns, or raises
+        # where warnings are errors, a little above it); ours is checked just below.
+        img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValidationFailed.field(field, too_big) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ValidationFailed.field(field, "not a decodable image") from exc
+    try:
+        with img:
             fmt = img.format or ""
             if fmt not in FORMATS:
                 raise ValidationFailed.field(
@@ -45,7 +54,7 @@ def decode_image(data: bytes, field: str, *, max_pixels: int) -> CheckedImage:
                 )
             width, height = img.size
             if width * height > max_pixels:
-                raise ValidationFailed.field(field, f"image has {width * height} pixels; the limit is {max_pixels}")
+                raise ValidationFailed.field(field, too_big)
             img.load()
             mode = img.mode
     except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
