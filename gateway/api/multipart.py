@@ -135,6 +135,7 @@ class FormOrJsonRequest(Request[Any, Any, Any]):
         return msgspec.to_builtins(convert_form(await form_fields(self, struct), struct))
 
 
+@dataclass
 class FormOrJsonOperation(Operation):
     """Adds the multipart encoding of the JSON request body, with the image fields as files."""
 

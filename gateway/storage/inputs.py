@@ -138,3 +138,38 @@ async def load_image(
     else:
         data = decode_inline(ref, field, max_bytes)
     return await asyncio.to_thread(decode_image, data, field, max_pixels=max_pixels)
+
+
+def _alpha(img: Image.Image) -> Image.Image | None:
+    if "A" in img.getbands() or "transparency" in img.info:
+        return img.convert("RGBA").getchannel("A")
+    return None
+
+
+def _encode_mask(repaint: Image.Image) -> bytes:
+    out = io.BytesIO()
+    repaint.save(out, format="PNG")
+    return out.getvalue()
+
+
+# Alpha 0 (fully transparent) becomes white (repaint); any other alpha becomes black (keep).
+_TRANSPARENT_TO_WHITE = [255] + [0] * 255
+
+
+def mask_from_alpha(image: CheckedImage, field: str, *, required: bool) -> bytes | None:
+    """Our mask (white = repaint, black = keep) from an image whose fully transparent pixels mark
+    the area to repaint, as OpenAI's image edits define masks.
+
+    With `required`, an image without an alpha channel is refused (it cannot mark anything);
+    otherwise None says the image marks nothing, as does one with no fully transparent pixel.
+    """
+    with Image.open(io.BytesIO(image.data)) as img:
+        alpha = _alpha(img)
+    if alpha is None:
+        if required:
+            raise ValidationFailed.field(field, "the mask needs an alpha channel; its transparent pixels mark the edit")
+        return None
+    repaint = alpha.point(_TRANSPARENT_TO_WHITE, "L")
+    if repaint.getextrema()[1] == 0 and not required:
+        return None
+    return _encode_mask(repaint)
