@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,18 +57,30 @@ class LiveGateway:
 
 
 @pytest.fixture
-def live_gateway(
+def make_live_gateway(
     database_url: str, data_dir: Path, fake_api2convert: Any, fake_qolaba: Any, fake_aithriving: Any
-) -> Iterator[str]:
-    """The base URL of a live gateway on the test database, against the fake vendors."""
+) -> Iterator[Callable[..., str]]:
+    """Start live gateways (settings overrides as keyword arguments); returns their base URLs."""
     vendors = {
         "api2convert": fake_api2convert.base_url,
         "qolaba": fake_qolaba.base_url,
         "aithriving": fake_aithriving.base_url,
     }
-    server = LiveGateway(gateway_settings(database_url, data_dir, vendors))
-    base_url = server.start()
+    started: list[LiveGateway] = []
+
+    def start(**overrides: Any) -> str:
+        server = LiveGateway(gateway_settings(database_url, data_dir, vendors, **overrides))
+        started.append(server)
+        return server.start()
+
     try:
-        yield base_url
+        yield start
     finally:
-        server.stop()
+        for server in reversed(started):
+            server.stop()
+
+
+@pytest.fixture
+def live_gateway(make_live_gateway: Callable[..., str]) -> str:
+    """The base URL of a live gateway on the test database, against the fake vendors."""
+    return make_live_gateway()

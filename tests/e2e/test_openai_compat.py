@@ -3,10 +3,11 @@ same admission, billing and engines as /v1, and errors come back in OpenAI's sha
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -235,3 +236,28 @@ async def test_the_v1_routes_keep_problem_json_errors(gateway: Gateway, live_gat
     assert response.status_code == 422
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.json()["errors"][0]["field"] == "n"
+
+
+async def test_a_job_outlasting_the_sync_wait_is_a_504_the_sdk_does_not_retry(
+    gateway: Gateway, make_live_gateway: Callable[..., str]
+) -> None:
+    tenant_id, key = await gateway.tenant(credits=10)
+    base_url = make_live_gateway(sync_wait_s=0.3)
+    gateway.extra["a2c"].slow_job(polls=40)
+    # The SDK's default retries are on: x-should-retry: false must stop it paying twice.
+    async with openai.AsyncOpenAI(api_key=key, base_url=f"{base_url}/openai/v1", max_retries=2) as client:
+        with pytest.raises(openai.InternalServerError) as pending:
+            await client.images.generate(prompt="a slow one", size="256x256")
+    assert pending.value.status_code == 504
+    assert pending.value.response.headers["x-should-retry"] == "false"
+    assert pending.value.body["code"] == "still_running"  # type: ignore[index]
+    job = await latest_job(gateway, tenant_id)
+    assert str(job["id"]) in pending.value.body["message"]  # type: ignore[index]
+    async with gateway.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM jobs WHERE tenant_id = $1", tenant_id) == 1
+        for _ in range(200):
+            if await conn.fetchval("SELECT state FROM jobs WHERE id = $1", job["id"]) == "succeeded":
+                break
+            await asyncio.sleep(0.05)
+    assert len(await charges(gateway, key)) == 1
+    await audit_clean(gateway)
