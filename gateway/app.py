@@ -14,7 +14,19 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.di import Provide
 from litestar.types import Message, Scope
 
-from gateway.api import admin, admin_engines, admin_keys, files, health, images, jobs, keys, usage, webhooks
+from gateway.api import (
+    admin,
+    admin_engines,
+    admin_keys,
+    files,
+    health,
+    images,
+    jobs,
+    keys,
+    openai_compat,
+    usage,
+    webhooks,
+)
 from gateway.api.strict import decode_strictly
 from gateway.auth.guard import authorize, current_principal
 from gateway.auth.keys import KeyAuthenticator
@@ -96,6 +108,7 @@ def create_app(settings: Settings) -> Litestar:
             docs_assets(),
             *admin_engines.routes,
             *webhooks.routes,
+            *openai_compat.routes,
         ],
         dependencies={
             "services": Provide(_provide_services, sync_to_thread=False),

@@ -186,6 +186,44 @@ def cmd_billing_audit(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from gateway.client import ClientError, GenerateOptions, generate  # noqa: PLC0415
+    from gateway.config import client_env  # noqa: PLC0415
+
+    env = client_env()
+    url = args.url or env.get("GATEWAY_URL") or "http://127.0.0.1:8000"
+    key = args.key or env.get("GATEWAY_API_KEY")
+    if not key:
+        print("error: no API key: pass --key or set GATEWAY_API_KEY", file=sys.stderr)
+        return 2
+    if args.op != "text-to-image" and args.image is None:
+        print(f"error: {args.op} needs --image", file=sys.stderr)
+        return 2
+    if args.op == "inpaint" and args.mask is None:
+        print("error: inpaint needs --mask", file=sys.stderr)
+        return 2
+    names = ("n", "width", "height", "steps", "seed", "strength", "aspect_ratio", "output_format", "negative_prompt")
+    fields = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    options = GenerateOptions(
+        prompt=args.prompt,
+        out=Path(args.out),
+        operation=args.op,
+        image=Path(args.image) if args.image else None,
+        mask=Path(args.mask) if args.mask else None,
+        fields=fields,
+        download_password=args.password,
+        timeout_s=args.timeout,
+    )
+    try:
+        written = generate(url, key, options)
+    except (ClientError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Image-generation API gateway.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -231,6 +269,27 @@ def build_parser() -> argparse.ArgumentParser:
     billing.add_parser("audit", help="check every ledger invariant; exit 0 only if all hold").set_defaults(
         fn=cmd_billing_audit
     )
+
+    gen = sub.add_parser("generate", help="submit a job to a running gateway, show its progress, save the image(s)")
+    gen.add_argument("prompt")
+    gen.add_argument("--op", choices=["text-to-image", "image-to-image", "inpaint"], default="text-to-image")
+    gen.add_argument("--out", default="image.png", help="where to save; with --n > 1, NAME-0.EXT, NAME-1.EXT, ...")
+    gen.add_argument("--image", help="input image file (image-to-image, inpaint)")
+    gen.add_argument("--mask", help="mask file, white = repaint (inpaint)")
+    gen.add_argument("--url", help="the gateway's base URL (default: $GATEWAY_URL or http://127.0.0.1:8000)")
+    gen.add_argument("--key", help="a tenant API key (default: $GATEWAY_API_KEY)")
+    gen.add_argument("--n", type=int)
+    gen.add_argument("--width", type=int)
+    gen.add_argument("--height", type=int)
+    gen.add_argument("--steps", type=int)
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--strength", type=float)
+    gen.add_argument("--aspect-ratio", dest="aspect_ratio")
+    gen.add_argument("--output-format", dest="output_format", choices=["png", "jpeg", "webp"])
+    gen.add_argument("--negative-prompt", dest="negative_prompt")
+    gen.add_argument("--password", help="protect the outputs with this download password")
+    gen.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the job")
+    gen.set_defaults(fn=cmd_generate)
 
     gpu = sub.add_parser("gpu").add_subparsers(dest="action", required=True)
     demo = gpu.add_parser("make-demo-model", help="build the small random-weight demo model offline")

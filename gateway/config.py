@@ -140,6 +140,16 @@ _ENV_SCALARS = {
 }
 
 
+# Read by `gateway generate`, a client of a running gateway; never settings of the service.
+CLIENT_ENV = ("GATEWAY_URL", "GATEWAY_API_KEY")
+
+
+def client_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The client variables that are set: GATEWAY_URL (where the gateway is) and GATEWAY_API_KEY."""
+    env = os.environ if environ is None else environ
+    return {name: env[name] for name in CLIENT_ENV if env.get(name)}
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in environ.items():
@@ -147,6 +157,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             "GATEWAY_CONFIG",
             "GATEWAY_TEST_DATABASE_URL",
             "GATEWAY_BLOB_SIGNING_KEY",
+            *CLIENT_ENV,
         }:
             continue
         name = key.removeprefix("GATEWAY_").lower()

@@ -1,20 +1,32 @@
 """GET /v1/files/{id}: the image, behind an optional download password.
+GET /v1/jobs/{id}/files.zip: all of a job's images as one zip, behind the same password.
 
 The id is a 256-bit random token, so knowing it is the capability; the password (if the job set
 one) comes as `X-Download-Password` or a `download_password` cookie, each a comma-separated list
 of passwords to try. Missing: 401; wrong: 403; more than 10 failures within 15 minutes: 429,
 even for the right password.
+
+The zip is made on its first request and kept as a file of its own (kind `zip`), so it has an
+id, an ETag, an expiry (the earliest of its images') and a failure counter like any image; the
+answer's Content-Location is its capability URL, shareable like an image's.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import io
+import secrets
+import zipfile
 from typing import Any
+from uuid import UUID
 
 from litestar import Request, Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from gateway.errors import Gone, NotFound, PermissionDenied, RateLimited, Unauthenticated
+from gateway.auth.keys import Principal
+from gateway.errors import Conflict, Gone, NotFound, PermissionDenied, RateLimited, Unauthenticated
 from gateway.state import Services
 from gateway.storage.base import BlobNotFound
 from gateway.storage.passwords import verify_any
@@ -38,18 +50,33 @@ WHERE id = $1
 """
 
 
+_JOB_IMAGES = """
+SELECT f.id, f.blob_key, f.filename, f.expires_at
+FROM files f JOIN job_results r ON r.file_id = f.id
+WHERE f.job_id = $1 AND f.kind = 'image' ORDER BY r.index
+"""
+
+_ZIP_OF = "SELECT id FROM files WHERE job_id = $1 AND kind = 'zip'"
+
+_INSERT_ZIP = """
+INSERT INTO files (id, tenant_id, job_id, kind, blob_key, content_type, size, etag, filename, expires_at)
+SELECT $1, tenant_id, id, 'zip', $3, 'application/zip', $4, $5, $6, $7 FROM jobs WHERE id = $2
+"""
+
+
 def _passwords(request: Request[Any, Any, Any]) -> list[str] | None:
     raw = request.headers.get("x-download-password") or request.cookies.get("download_password")
     if raw is None:
         return None
-    return [p for p in raw.split(",") if p]
+    parts = [p for p in raw.split(",") if p]
+    # A password may itself contain commas (any printable ASCII is allowed): try the whole value too.
+    return [raw, *parts] if len(parts) > 1 else parts
 
 
-@get("/v1/files/{file_id:str}", tags=["files"], exclude_from_auth=True, media_type="application/octet-stream")
-async def download(
-    services: NamedDependency[Services], request: Request[Any, Any, Any], file_id: FromPath[str]
+async def _serve(
+    services: Services, request: Request[Any, Any, Any], file_id: str, headers: dict[str, str] | None = None
 ) -> Response[bytes]:
-    """Download one output image."""
+    """One stored file under the download-password rules: expiry, lockout, password, ETag."""
     async with services.pool.acquire() as conn:
         row = await conn.fetchrow(_FILE, file_id, WINDOW_S)
     if row is None:
@@ -75,7 +102,7 @@ async def download(
             raise PermissionDenied("Wrong download password.")
     etag = f'"{row["etag"]}"'
     if request.headers.get("if-none-match") == etag:
-        return Response(b"", status_code=304, headers={"ETag": etag})
+        return Response(b"", status_code=304, headers={"ETag": etag, **(headers or {})})
     try:
         data = await services.blobs.get(row["blob_key"])
     except BlobNotFound as exc:
@@ -87,8 +114,92 @@ async def download(
             "ETag": etag,
             "Content-Disposition": f'attachment; filename="{row["filename"]}"',
             "Cache-Control": "private, no-store" if stored else "private, max-age=3600",
+            **(headers or {}),
         },
     )
 
 
-routes = [download]
+@get("/v1/files/{file_id:str}", tags=["files"], exclude_from_auth=True, media_type="application/octet-stream")
+async def download(
+    services: NamedDependency[Services], request: Request[Any, Any, Any], file_id: FromPath[str]
+) -> Response[bytes]:
+    """Download one output image (or a job's zip)."""
+    return await _serve(services, request, file_id)
+
+
+def _zip(members: list[tuple[str, bytes]]) -> bytes:
+    """A zip of already-compressed images: stored, not deflated, with fixed timestamps so the
+    same images always give the same bytes (and the same ETag)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, data in members:
+            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+    return buffer.getvalue()
+
+
+async def _zip_file_id(services: Services, job_id: UUID) -> str:
+    """The id of the job's zip file, making it on first use."""
+    async with services.pool.acquire() as conn:
+        existing = await conn.fetchval(_ZIP_OF, job_id)
+        if existing is not None:
+            return str(existing)
+        images = await conn.fetch(_JOB_IMAGES, job_id)
+    if not images:
+        raise Conflict("This job has no images to download.")
+    members = []
+    for image in images:
+        try:
+            members.append((str(image["filename"]), await services.blobs.get(image["blob_key"])))
+        except BlobNotFound as exc:
+            raise Gone("The images of this job are no longer stored.") from exc
+    data = await asyncio.to_thread(_zip, members)
+    blob_key = f"outputs/{job_id}/images.zip"
+    await services.blobs.put(blob_key, data, "application/zip")
+    async with services.pool.acquire() as conn, conn.transaction():
+        # The job row lock makes concurrent first requests agree on one zip file.
+        await conn.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+        existing = await conn.fetchval(_ZIP_OF, job_id)
+        if existing is not None:
+            return str(existing)
+        file_id = secrets.token_urlsafe(32)
+        await conn.execute(
+            _INSERT_ZIP,
+            file_id,
+            job_id,
+            blob_key,
+            len(data),
+            hashlib.sha256(data).hexdigest()[:32],
+            f"{job_id}.zip",
+            min(image["expires_at"] for image in images),
+        )
+    return file_id
+
+
+@get(
+    "/v1/jobs/{job_id:uuid}/files.zip",
+    tags=["files"],
+    opt={"scope": "files:read"},
+    media_type="application/zip",
+)
+async def download_zip(
+    services: NamedDependency[Services],
+    principal: NamedDependency[Principal],
+    request: Request[Any, Any, Any],
+    job_id: FromPath[UUID],
+) -> Response[bytes]:
+    """All of a finished job's images as one zip, under the job's download password.
+
+    `Content-Location` names the zip's own file URL, which works without the API key."""
+    async with services.pool.acquire() as conn:
+        state = await conn.fetchval(
+            "SELECT state FROM jobs WHERE id = $1 AND tenant_id = $2", job_id, principal.tenant_id
+        )
+    if state is None:
+        raise NotFound("No such job.")
+    if state in ("queued", "running"):
+        raise Conflict("The job is still running; its zip is made once it has finished.")
+    file_id = await _zip_file_id(services, job_id)
+    return await _serve(services, request, file_id, headers={"Content-Location": f"/v1/files/{file_id}"})
+
+
+routes = [download, download_zip]

@@ -13,6 +13,7 @@ from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody
 
+from gateway.api.multipart import FormOrJsonOperation, FormOrJsonRequest, is_multipart
 from gateway.api.views import JobView, load_job_view
 from gateway.auth.keys import Principal
 from gateway.billing.admission import InputBlob, admit
@@ -139,9 +140,17 @@ async def submit(
     body: GenerationRequest,
     idempotency_key: str | None,
     prefer: str | None,
+    fingerprint: bytes | None = None,
 ) -> Response[JobView]:
-    """Validate, price, reserve, and run (sync, bounded wait) or queue (async) one generation."""
-    digest = _request_hash(await request.body(), operation)
+    """Validate, price, reserve, and run (sync, bounded wait) or queue (async) one generation.
+
+    `fingerprint` is what Idempotency-Key compares: the raw body by default; callers whose raw
+    body is not stable across retries (multipart boundaries are random) pass their own.
+    """
+    if fingerprint is None:
+        # A form's boundary changes on every send: compare what it decoded to instead.
+        fingerprint = msgspec.json.encode(body) if is_multipart(request) else await request.body()
+    digest = _request_hash(fingerprint, operation)
     if idempotency_key:
         previous = await _replay(services, principal, idempotency_key, digest)
         if previous is not None:
@@ -278,7 +287,14 @@ async def text_to_image(
     )
 
 
-@post("/v1/image-to-image", tags=["images"], opt={"scope": "generate"}, status_code=200)
+@post(
+    "/v1/image-to-image",
+    tags=["images"],
+    opt={"scope": "generate"},
+    status_code=200,
+    request_class=FormOrJsonRequest,
+    operation_class=FormOrJsonOperation,
+)
 async def image_to_image(
     *,
     services: NamedDependency[Services],
@@ -288,7 +304,9 @@ async def image_to_image(
     idempotency_key: IdempotencyKey = None,
     prefer: Prefer = None,
 ) -> Response[JobView]:
-    """Make images from a prompt and an input image (`strength`: 0 keeps it, 1 ignores it)."""
+    """Make images from a prompt and an input image (`strength`: 0 keeps it, 1 ignores it).
+
+    JSON, or multipart/form-data with the image as a file part."""
     return await submit(
         services=services,
         principal=principal,
@@ -300,7 +318,14 @@ async def image_to_image(
     )
 
 
-@post("/v1/inpaint", tags=["images"], opt={"scope": "generate"}, status_code=200)
+@post(
+    "/v1/inpaint",
+    tags=["images"],
+    opt={"scope": "generate"},
+    status_code=200,
+    request_class=FormOrJsonRequest,
+    operation_class=FormOrJsonOperation,
+)
 async def inpaint(
     *,
     services: NamedDependency[Services],
@@ -310,7 +335,9 @@ async def inpaint(
     idempotency_key: IdempotencyKey = None,
     prefer: Prefer = None,
 ) -> Response[JobView]:
-    """Repaint the white area of `mask` in `image`."""
+    """Repaint the white area of `mask` in `image`.
+
+    JSON, or multipart/form-data with the image and mask as file parts."""
     return await submit(
         services=services,
         principal=principal,

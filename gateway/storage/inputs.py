@@ -36,8 +36,17 @@ class CheckedImage:
 
 def decode_image(data: bytes, field: str, *, max_pixels: int) -> CheckedImage:
     """Check format and size from the header, then decode fully, refusing oversized images."""
+    too_big = f"image has more than {max_pixels} pixels (the limit); refused without decoding"
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        # Pillow refuses, from the header, images far above its own limit (and warns, or raises
+        # where warnings are errors, a little above it); ours is checked just below.
+        img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValidationFailed.field(field, too_big) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ValidationFailed.field(field, "not a decodable image") from exc
+    try:
+        with img:
             fmt = img.format or ""
             if fmt not in FORMATS:
                 raise ValidationFailed.field(
@@ -45,7 +54,7 @@ def decode_image(data: bytes, field: str, *, max_pixels: int) -> CheckedImage:
                 )
             width, height = img.size
             if width * height > max_pixels:
-                raise ValidationFailed.field(field, f"image has {width * height} pixels; the limit is {max_pixels}")
+                raise ValidationFailed.field(field, too_big)
             img.load()
             mode = img.mode
     except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
@@ -134,3 +143,38 @@ async def load_image(
 def is_public_address(address: str) -> bool:
     """Whether the gateway may connect to `address`: the SSRF rule for every URL a client gives us."""
     return _is_public(address)
+
+
+def _alpha(img: Image.Image) -> Image.Image | None:
+    if "A" in img.getbands() or "transparency" in img.info:
+        return img.convert("RGBA").getchannel("A")
+    return None
+
+
+def _encode_mask(repaint: Image.Image) -> bytes:
+    out = io.BytesIO()
+    repaint.save(out, format="PNG")
+    return out.getvalue()
+
+
+# Alpha 0 (fully transparent) becomes white (repaint); any other alpha becomes black (keep).
+_TRANSPARENT_TO_WHITE = [255] + [0] * 255
+
+
+def mask_from_alpha(image: CheckedImage, field: str, *, required: bool) -> bytes | None:
+    """Our mask (white = repaint, black = keep) from an image whose fully transparent pixels mark
+    the area to repaint, as OpenAI's image edits define masks.
+
+    With `required`, an image without an alpha channel is refused (it cannot mark anything);
+    otherwise None says the image marks nothing, as does one with no fully transparent pixel.
+    """
+    with Image.open(io.BytesIO(image.data)) as img:
+        alpha = _alpha(img)
+    if alpha is None:
+        if required:
+            raise ValidationFailed.field(field, "the mask needs an alpha channel; its transparent pixels mark the edit")
+        return None
+    repaint = alpha.point(_TRANSPARENT_TO_WHITE, "L")
+    if repaint.getextrema()[1] == 0 and not required:
+        return None
+    return _encode_mask(repaint)

@@ -28,6 +28,7 @@ from gateway.metrics import Metrics
 from gateway.routing.errors import AllEnginesFailed, NoEngineCanServe, RequestRejected
 from gateway.routing.router import Router
 from gateway.storage.base import BlobStore
+from gateway.storage.formats import to_output_format
 
 log = logging.getLogger(__name__)
 
@@ -245,16 +246,17 @@ class JobRunner:
         images = []
         ext_format = job["params"].get("output_format", "png")
         for image in routed.result.images[: job["n"]]:
-            data = image.data
-            ext = _EXTENSIONS.get(image.media_type, ext_format)
+            # Engines answer in their own format; the tenant gets the one it asked for.
+            data, media_type = await asyncio.to_thread(to_output_format, image.data, image.media_type, ext_format)
+            ext = _EXTENSIONS.get(media_type, ext_format)
             key = f"outputs/{job_id}/{image.index}.{ext}"
-            await self.blobs.put(key, data, image.media_type)
+            await self.blobs.put(key, data, media_type)
             images.append(
                 StoredImage(
                     index=image.index,
                     file_id=secrets.token_urlsafe(32),
                     blob_key=key,
-                    content_type=image.media_type,
+                    content_type=media_type,
                     size=len(data),
                     etag=hashlib.sha256(data).hexdigest()[:32],
                     filename=f"{job_id}-{image.index}.{ext}",

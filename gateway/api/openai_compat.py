@@ -1,0 +1,408 @@
+"""OpenAI-compatible image endpoints under /openai/v1, so the official OpenAI SDKs work with
+`base_url=<gateway>/openai/v1` and a gateway key as the API key.
+
+Both endpoints translate the OpenAI request into our own request Struct and hand it to
+`gateway.api.images.submit`: admission, pricing, billing, routing and storage are the /v1 ones.
+Only the shapes differ: OpenAI's request fields, its `{"created", "data": [...]}` answer, and its
+`{"error": {"message", "type", "param", "code"}}` error body (on these routes only).
+
+Mapping: `size` "WxH" sets width and height ("auto" or absent: our default, or the input image's
+size for edits); `quality` low/high map to fewer/more steps; OpenAI model names (dall-e-*,
+gpt-image-*) pick our default model, any other name is one of ours; `style`, `user`,
+`background`, `moderation` and the like are accepted and ignored. Edits: a `mask` marks the area
+to repaint with fully transparent pixels (converted to our white-is-repaint mask); with no mask,
+an input image with transparent pixels is repainted there (DALL·E 2 behaviour), and an opaque one
+is an image-to-image request. Validation errors answer 400 `invalid_request_error`, naming the
+OpenAI parameter, because OpenAI clients treat 400 as "fix the request".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import typing
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Request, Response, Router, post
+from litestar.datastructures import UploadFile
+from litestar.di import NamedDependency
+from litestar.enums import RequestEncodingType
+from litestar.openapi.spec import Encoding, OpenAPIMediaType, Operation, RequestBody, Schema
+from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
+from litestar.params import JSONBody
+
+from gateway.api.images import IdempotencyKey, submit
+from gateway.api.views import JobView
+from gateway.auth.keys import Principal
+from gateway.domain.requests import (
+    GenerationRequest,
+    ImageToImageRequest,
+    InpaintRequest,
+    Prompt,
+    TextToImageRequest,
+)
+from gateway.errors import GatewayError, ValidationFailed, field_errors_from_msgspec, handle_exception
+from gateway.state import Services
+from gateway.storage.inputs import CheckedImage, decode_image, mask_from_alpha
+
+ResponseFormat = Literal["url", "b64_json"]
+Quality = Literal["auto", "low", "medium", "high", "standard", "hd"]
+Size = Annotated[str, msgspec.Meta(pattern=r"^(auto|[0-9]{2,4}x[0-9]{2,4})$", description="WxH, or auto.")]
+OpenAICount = Annotated[int, msgspec.Meta(ge=1, le=8, description="How many images; each one is charged.")]
+
+_STEPS: dict[str, int] = {"low": 15, "high": 50, "hd": 50}
+_OPENAI_MODELS = ("dall-e", "gpt-image", "chatgpt-image")
+# Our field names as the OpenAI parameter that set them, for error bodies.
+_PARAMS = {"width": "size", "height": "size", "steps": "quality"}
+
+
+class _OpenAIOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    prompt: Prompt
+    model: str | None = None
+    n: OpenAICount | None = None
+    size: Size | None = None
+    response_format: ResponseFormat | None = None
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    quality: Quality | None = None
+    user: str | None = None
+    background: str | None = None
+    output_compression: int | None = None
+    moderation: str | None = None
+    stream: bool | None = None
+    partial_images: int | None = None
+
+
+class OpenAIImageGeneration(_OpenAIOptions, kw_only=True, forbid_unknown_fields=True):
+    """The body of OpenAI's `POST /images/generations`."""
+
+    style: str | None = None
+
+
+class OpenAIImageEdit(_OpenAIOptions, kw_only=True, forbid_unknown_fields=True):
+    """The text fields of OpenAI's multipart `POST /images/edits`."""
+
+    input_fidelity: str | None = None
+
+
+class OpenAIImage(msgspec.Struct, kw_only=True, omit_defaults=True):
+    url: str | None = None
+    b64_json: str | None = None
+    revised_prompt: str | None = None
+
+
+class OpenAIImagesResponse(msgspec.Struct, kw_only=True):
+    created: int
+    data: list[OpenAIImage]
+    output_format: str
+    size: str
+
+
+class OpenAIErrorDetail(msgspec.Struct, kw_only=True):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIError(msgspec.Struct, kw_only=True):
+    error: OpenAIErrorDetail
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+def _error_type(status: int) -> str:
+    if status >= 500:
+        return "server_error"
+    return {402: "insufficient_quota", 403: "permission_error", 429: "rate_limit_error"}.get(
+        status, "invalid_request_error"
+    )
+
+
+def _openai_error_response(status: int, problem: dict[str, Any], headers: dict[str, str]) -> Response[bytes]:
+    errors = problem.get("errors") or []
+    field = errors[0]["field"] if errors else None
+    slug = str(problem.get("type", "")).rsplit("/", 1)[-1].replace("-", "_") or None
+    code = {401: "invalid_api_key", 402: "insufficient_quota"}.get(status, slug)
+    if status == 422:
+        status = 400  # OpenAI answers 400 to a request it cannot accept; its clients expect that
+    detail = OpenAIErrorDetail(
+        message=str(problem.get("detail") or problem.get("title") or "error"),
+        type=_error_type(status),
+        param=_PARAMS.get(field, field) if field else None,
+        code=code,
+    )
+    return Response(
+        msgspec.json.encode(OpenAIError(error=detail)),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def openai_exception_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """The app's problem+json answer (same classification and logging), reshaped as OpenAI's."""
+    problem_response = handle_exception(request, exc)
+    problem = msgspec.json.decode(problem_response.content) if isinstance(problem_response.content, bytes) else {}
+    headers = {k: v for k, v in problem_response.headers.items() if k.lower() != "content-type"}
+    return _openai_error_response(problem_response.status_code or 500, problem, headers)
+
+
+class StillRunning(GatewayError):
+    status, slug, title = 504, "still-running", "The images are not ready yet"
+
+
+# -- translation ----------------------------------------------------------------------------
+
+
+def _size(size: str | None) -> tuple[int, int] | None:
+    if size is None or size == "auto":
+        return None
+    width, _, height = size.partition("x")
+    return int(width), int(height)
+
+
+def _common_fields(options: _OpenAIOptions) -> dict[str, Any]:
+    if options.stream:
+        raise ValidationFailed.field("stream", "streaming is not supported; leave stream unset")
+    fields: dict[str, Any] = {"prompt": options.prompt, "n": options.n or 1}
+    size = _size(options.size)
+    if size is not None:
+        fields["width"], fields["height"] = size
+    if options.output_format is not None:
+        fields["output_format"] = options.output_format
+    if options.quality in _STEPS:
+        fields["steps"] = _STEPS[options.quality]
+    if options.model and not options.model.startswith(_OPENAI_MODELS):
+        fields["model"] = options.model
+    return fields
+
+
+def _our_request(fields: dict[str, Any], struct: type[GenerationRequest]) -> GenerationRequest:
+    try:
+        return msgspec.convert(fields, struct)
+    except msgspec.ValidationError as exc:
+        errors = field_errors_from_msgspec(str(exc))
+        raise ValidationFailed(
+            "; ".join(f"{_PARAMS.get(e.field, e.field)}: {e.message}" for e in errors), errors=errors
+        ) from exc
+
+
+async def _answer(
+    services: Services,
+    request: Request[Any, Any, Any],
+    submitted: Response[JobView],
+    options: _OpenAIOptions,
+    body: GenerationRequest,
+) -> OpenAIImagesResponse:
+    """The finished job as OpenAI's images response, or the job's failure as an error."""
+    view = submitted.content
+    if view.state in ("queued", "running"):
+        raise StillRunning(
+            f"The images are still being made (job {view.id}); they will be at /v1/jobs/{view.id}. "
+            "Retrying would start (and charge) a new job.",
+            # OpenAI's SDKs retry 5xx answers unless told not to; a retry here would pay twice.
+            headers={"x-should-retry": "false"},
+        )
+    if view.state != "succeeded":
+        error = view.error or {}
+        failure = GatewayError(str(error.get("detail") or f"The job {view.state}."))
+        failure.http_status = int(error.get("status") or 500)
+        raise failure
+    response_format = options.response_format or "url"
+    data: list[OpenAIImage] = []
+    base = (services.settings.public_base_url or str(request.base_url)).rstrip("/")
+    if response_format == "url":
+        data = [OpenAIImage(url=f"{base}{r.url}") for r in view.results if r.url]
+    else:
+        async with services.pool.acquire() as conn:
+            rows = await conn.fetch("SELECT id, blob_key FROM files WHERE job_id = $1 AND kind = 'image'", view.id)
+        blob_keys = {row["id"]: row["blob_key"] for row in rows}
+        for result in view.results:
+            if result.file_id:
+                image = await services.blobs.get(blob_keys[result.file_id])
+                data.append(OpenAIImage(b64_json=base64.b64encode(image).decode()))
+    width, height = body.size()
+    return OpenAIImagesResponse(
+        created=int(view.created_at.timestamp()), data=data, output_format=body.output_format, size=f"{width}x{height}"
+    )
+
+
+# -- handlers -------------------------------------------------------------------------------
+
+
+@post("/images/generations", tags=["openai"], opt={"scope": "generate"}, status_code=200)
+async def create_image(
+    *,
+    services: NamedDependency[Services],
+    principal: NamedDependency[Principal],
+    request: Request[Any, Any, Any],
+    data: JSONBody[OpenAIImageGeneration],
+    idempotency_key: IdempotencyKey = None,
+) -> OpenAIImagesResponse:
+    """OpenAI's image generation: a text-to-image job, answered when it has finished."""
+    body = _our_request(_common_fields(data), TextToImageRequest)
+    submitted = await submit(
+        services=services,
+        principal=principal,
+        request=request,
+        operation="text-to-image",
+        body=body,
+        idempotency_key=idempotency_key,
+        prefer=None,
+    )
+    return await _answer(services, request, submitted, data, body)
+
+
+_EDIT_FILES = ("image", "image[]", "mask")
+
+
+async def _edit_form(request: Request[Any, Any, Any]) -> tuple[OpenAIImageEdit, bytes, bytes | None]:
+    if request.content_type[0] != RequestEncodingType.MULTI_PART.value:
+        raise ValidationFailed.field("image", "send the edit as multipart/form-data with the image as a file")
+    form = await request.form()
+    text: dict[str, Any] = {}
+    images: list[bytes] = []
+    mask: bytes | None = None
+    for name in dict.fromkeys(form.keys()):
+        values = form.getall(name)
+        if name in _EDIT_FILES:
+            files = [v for v in values if isinstance(v, UploadFile)]
+            if len(files) != len(values):
+                raise ValidationFailed.field(name.rstrip("[]"), "must be a file")
+            contents = [await f.read() for f in files]
+            if name == "mask":
+                if len(contents) > 1:
+                    raise ValidationFailed.field("mask", "give one mask")
+                mask = contents[0]
+            else:
+                images.extend(contents)
+        elif len(values) > 1:
+            raise ValidationFailed.field(name, "given more than once")
+        elif isinstance(values[0], UploadFile):
+            raise ValidationFailed.field(name, "must be text, not a file")
+        else:
+            text[name] = values[0]
+    if len(images) != 1:
+        raise ValidationFailed.field(
+            "image", "give exactly one image to edit" if images else "an image file is required"
+        )
+    try:
+        options = msgspec.convert(text, OpenAIImageEdit, strict=False)
+    except msgspec.ValidationError as exc:
+        errors = field_errors_from_msgspec(str(exc))
+        raise ValidationFailed("; ".join(f"{e.field}: {e.message}" for e in errors), errors=errors) from exc
+    return options, images[0], mask
+
+
+def _data_uri(image: CheckedImage | bytes, media_type: str = "image/png") -> str:
+    data = image.data if isinstance(image, CheckedImage) else image
+    kind = image.media_type if isinstance(image, CheckedImage) else media_type
+    return f"data:{kind};base64,{base64.b64encode(data).decode()}"
+
+
+def _fits(side: int) -> bool:
+    return 64 <= side <= 2048 and side % 8 == 0
+
+
+async def _edit_request(
+    services: Services, options: OpenAIImageEdit, image_bytes: bytes, mask_bytes: bytes | None
+) -> tuple[str, GenerationRequest]:
+    """The operation and our request for an OpenAI edit: inpaint where a mask (or the image's own
+    transparency) marks an area, image-to-image otherwise."""
+    max_pixels = services.settings.max_input_pixels
+    image = await asyncio.to_thread(decode_image, image_bytes, "image", max_pixels=max_pixels)
+    if mask_bytes is not None:
+        checked = await asyncio.to_thread(decode_image, mask_bytes, "mask", max_pixels=max_pixels)
+        mask = await asyncio.to_thread(mask_from_alpha, checked, "mask", required=True)
+    else:
+        mask = await asyncio.to_thread(mask_from_alpha, image, "image", required=False)
+    fields = _common_fields(options)
+    if "width" not in fields and _fits(image.width) and _fits(image.height):
+        fields["width"], fields["height"] = image.width, image.height
+    fields["image"] = _data_uri(image)
+    if mask is None:
+        return "image-to-image", _our_request(fields, ImageToImageRequest)
+    fields["mask"] = _data_uri(mask)
+    return "inpaint", _our_request(fields, InpaintRequest)
+
+
+@dataclass
+class _EditOperation(Operation):
+    """Documents the multipart body the handler parses itself."""
+
+    def __post_init__(self) -> None:
+        text = Schema(type=OpenAPIType.STRING)
+        binary = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+        schema = Schema(
+            type=OpenAPIType.OBJECT,
+            required=["image", "prompt"],
+            properties={
+                "image": binary,
+                "mask": Schema(
+                    type=OpenAPIType.STRING,
+                    format=OpenAPIFormat.BINARY,
+                    description="PNG, same size as image; fully transparent pixels are repainted.",
+                ),
+                "prompt": Schema(type=OpenAPIType.STRING, min_length=1, max_length=4000),
+                "n": Schema(type=OpenAPIType.INTEGER, minimum=1, maximum=8),
+                "size": Schema(type=OpenAPIType.STRING, pattern=r"^(auto|[0-9]{2,4}x[0-9]{2,4})$"),
+                "response_format": Schema(type=OpenAPIType.STRING, enum=["url", "b64_json"]),
+                "output_format": Schema(type=OpenAPIType.STRING, enum=["png", "jpeg", "webp"]),
+                "quality": Schema(type=OpenAPIType.STRING, enum=list(typing.get_args(Quality))),
+                "model": text,
+                "user": text,
+            },
+        )
+        self.request_body = RequestBody(
+            required=True,
+            content={
+                RequestEncodingType.MULTI_PART.value: OpenAPIMediaType(
+                    schema=schema,
+                    encoding={
+                        "image": Encoding(content_type="image/png, image/jpeg, image/webp"),
+                        "mask": Encoding(content_type="image/png"),
+                    },
+                )
+            },
+        )
+
+
+@post(
+    "/images/edits",
+    tags=["openai"],
+    opt={"scope": "generate"},
+    status_code=200,
+    operation_class=_EditOperation,
+)
+async def edit_image(
+    *,
+    services: NamedDependency[Services],
+    principal: NamedDependency[Principal],
+    request: Request[Any, Any, Any],
+    idempotency_key: IdempotencyKey = None,
+) -> OpenAIImagesResponse:
+    """OpenAI's image edit (multipart): an inpaint or image-to-image job, answered when finished."""
+    await request.body()  # keep the body readable after the form parser has run
+    options, image, mask = await _edit_form(request)
+    operation, body = await _edit_request(services, options, image, mask)
+    submitted = await submit(
+        services=services,
+        principal=principal,
+        request=request,
+        operation=operation,
+        body=body,
+        idempotency_key=idempotency_key,
+        prefer=None,
+    )
+    return await _answer(services, request, submitted, options, body)
+
+
+router = Router(
+    path="/openai/v1",
+    route_handlers=[create_image, edit_image],
+    exception_handlers={Exception: openai_exception_handler},
+)
+routes = [router]

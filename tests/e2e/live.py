@@ -1,0 +1,86 @@
+"""The gateway as a real HTTP server on 127.0.0.1, for clients that bring their own transport
+(the official OpenAI SDK, the `gateway generate` command in a subprocess)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from gateway.app import create_app
+from tests.conftest import gateway_settings
+
+
+class LiveGateway:
+    """`create_app(settings)` under uvicorn, lifespan included, in a thread with its own loop.
+
+    It shares the test's database and data folder, so it is one more replica beside the
+    in-process `gateway` fixture: tenants made there can call it, its jobs show in the ledger.
+    """
+
+    def __init__(self, settings: Any) -> None:
+        config = uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            ws="none",
+            http="h11",
+            loop="asyncio",
+            timeout_graceful_shutdown=2,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="live-gateway", daemon=True)
+        self.base_url = ""
+
+    def start(self) -> str:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the gateway server did not start")
+            time.sleep(0.02)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{port}"
+        return self.base_url
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=15)
+
+
+@pytest.fixture
+def make_live_gateway(
+    database_url: str, data_dir: Path, fake_api2convert: Any, fake_qolaba: Any, fake_aithriving: Any
+) -> Iterator[Callable[..., str]]:
+    """Start live gateways (settings overrides as keyword arguments); returns their base URLs."""
+    vendors = {
+        "api2convert": fake_api2convert.base_url,
+        "qolaba": fake_qolaba.base_url,
+        "aithriving": fake_aithriving.base_url,
+    }
+    started: list[LiveGateway] = []
+
+    def start(**overrides: Any) -> str:
+        server = LiveGateway(gateway_settings(database_url, data_dir, vendors, **overrides))
+        started.append(server)
+        return server.start()
+
+    try:
+        yield start
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+@pytest.fixture
+def live_gateway(make_live_gateway: Callable[..., str]) -> str:
+    """The base URL of a live gateway on the test database, against the fake vendors."""
+    return make_live_gateway()
