@@ -16,6 +16,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import Message, Scope
 
+from gateway import dashboard
 from gateway.api import admin, files, health, images, jobs, keys, usage
 from gateway.api.strict import decode_strictly
 from gateway.auth.guard import authorize, current_principal
@@ -95,6 +96,7 @@ def create_app(settings: Settings) -> Litestar:
             *keys.routes,
             *usage.routes,
             *admin.routes,
+            dashboard.router(),
         ],
         dependencies={
             "services": Provide(_provide_services, sync_to_thread=False),
@@ -113,6 +115,7 @@ def create_app(settings: Settings) -> Litestar:
             render_plugins=[SwaggerRenderPlugin(path="/docs")],
         ),
         response_cache_config=ResponseCacheConfig(),
+        template_config=dashboard.template_config(),
         debug=False,
     )
     app.state.settings = settings
