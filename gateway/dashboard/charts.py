@@ -18,7 +18,7 @@ from markupsafe import Markup, escape
 PALETTE = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#7a6a00", "#56b4e9", "#8c4f00", "#444444")
 
 _WIDTH, _HEIGHT = 720, 240
-_LEFT, _RIGHT, _TOP, _BOTTOM = 56, 8, 12, 28
+_LEFT, _RIGHT, _TOP, _BOTTOM = 64, 8, 12, 30
 
 
 @dataclass(frozen=True)
@@ -76,11 +76,15 @@ def stacked_bars(
     series: Sequence[Series],
     fmt: Callable[[float], str],
     unit: str,
+    integer: bool = False,
 ) -> Markup:
-    """A stacked bar chart, one bar per day, one colour per series. `fmt` formats values for people."""
+    """A stacked bar chart, one bar per day, one colour per series. `fmt` formats values for people;
+    `integer` says the values are counts."""
     totals = [sum(s.values[i] for s in series) for i in range(len(days))]
     grand_total = sum(totals)
-    top = nice_ceiling(max(totals, default=0.0))
+    # Four grid steps of a round size; counts get whole-number steps so no tick reads "0.25 images".
+    step = nice_ceiling(max(totals, default=0.0) / 4)
+    top = 4 * (max(1.0, math.ceil(step)) if integer else step)
     plot_w = _WIDTH - _LEFT - _RIGHT
     plot_h = _HEIGHT - _TOP - _BOTTOM
     slot = plot_w / max(1, len(days))

@@ -64,6 +64,7 @@ def usage_figures(rows: list[UsageRow], days: list[Any]) -> dict[str, Any]:
             series=images,
             fmt=lambda v: f"{v:,.0f}",
             unit="images",
+            integer=True,
         ),
         "credits_chart": stacked_bars(
             chart_id="credits-chart",
