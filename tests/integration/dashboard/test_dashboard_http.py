@@ -274,3 +274,25 @@ async def test_dashboard_pages_carry_a_no_script_content_security_policy(gateway
     assert "script-src" not in policy  # so scripts fall back to 'none'
     assert "<script" not in response.text
     assert response.headers["x-frame-options"] == "DENY"
+
+
+async def test_rotating_a_key_shows_the_new_secret_once_and_retires_the_old_one(gateway: Gateway) -> None:
+    _, admin_key = await gateway.tenant(credits=5)
+    created = await gateway.client.post(
+        "/v1/keys", json={"name": "svc", "scopes": ["usage:read"]}, headers=auth(admin_key)
+    )
+    old = created.json()["key"]
+    token = await sign_in(gateway, admin_key)
+    response = await gateway.client.post(
+        f"/dashboard/keys/{created.json()['id']}/rotate", data={"csrf_token": token, "grace_period_s": "0"}
+    )
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"
+    match = re.search(r'id="new-secret"[^>]*value="(igw_[^"]+)"', response.text)
+    assert match is not None
+    new = match.group(1)
+    assert (await gateway.client.get("/v1/balance", headers=auth(old))).status_code == 401
+    assert (await gateway.client.get("/v1/balance", headers=auth(new))).status_code == 200
+    again = await gateway.client.get("/dashboard/keys")
+    assert new not in again.text
+    assert new[-4:] in again.text
