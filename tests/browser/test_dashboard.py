@@ -79,7 +79,9 @@ async def test_tenant_sees_balance_and_charts_that_match_the_ledger_and_download
     # Thumbnails for the three unprotected images, all actually loaded; none for the protected job.
     thumbs = page.locator("table.jobs img")
     assert await thumbs.count() == 3
-    assert await thumbs.evaluate_all("imgs => imgs.every(i => i.complete && i.naturalWidth > 0)")
+    await page.wait_for_function(
+        "() => [...document.querySelectorAll('table.jobs img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
     protected_row = page.locator("table.jobs tr", has=page.locator(f'a[href="/dashboard/jobs/{protected["id"]}"]'))
     assert "password-protected" in await protected_row.inner_text()
     assert await protected_row.locator("img").count() == 0
