@@ -14,6 +14,7 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.di import Provide
 from litestar.types import Message, Scope
 
+from gateway import dashboard
 from gateway.api import (
     admin,
     admin_engines,
@@ -109,6 +110,7 @@ def create_app(settings: Settings) -> Litestar:
             *admin_engines.routes,
             *webhooks.routes,
             *openai_compat.routes,
+            dashboard.router(),
         ],
         dependencies={
             "services": Provide(_provide_services, sync_to_thread=False),
@@ -121,6 +123,7 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[_lifespan],
         openapi_config=openapi_config(),
         response_cache_config=ResponseCacheConfig(),
+        template_config=dashboard.template_config(),
         debug=False,
     )
     app.state.settings = settings

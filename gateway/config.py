@@ -116,6 +116,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     file_ttl_s: PositiveInt = 24 * 3600
     idempotency_ttl_s: PositiveInt = 24 * 3600
     key_cache_ttl_s: PositiveFloat = 2.0
+    dashboard_session_ttl_s: PositiveInt = 8 * 3600  # a dashboard sign-in lasts this long at most
     max_input_bytes: PositiveInt = 20 * 1024 * 1024
     max_input_pixels: PositiveInt = 4096 * 4096
     fetch_timeout_s: PositiveFloat = 10.0

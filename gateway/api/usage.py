@@ -63,23 +63,11 @@ class Usage(msgspec.Struct, kw_only=True):
 
 
 GroupBy = Literal["day", "operation", "engine", "key"]
-_COLUMNS = {"day": "day", "operation": "operation", "engine": "engine", "key": "api_key_id"}
 
 
 async def usage_rows(conn: Any, tenant_id: UUID | None, start: date, end: date, group_by: list[str]) -> list[UsageRow]:
     """Usage from the daily rollup; `tenant_id=None` is the whole platform (operators)."""
-    cols = [_COLUMNS[g] for g in group_by]
-    select = ", ".join(cols)
-    rows = await conn.fetch(
-        f"""SELECT {select}{", " if cols else ""} sum(jobs)::bigint AS jobs, sum(images)::bigint AS images,
-                   sum(failed_images)::bigint AS failed_images, sum(charged)::bigint AS charged
-            FROM usage_daily
-            WHERE ($1::uuid IS NULL OR tenant_id = $1) AND day BETWEEN $2 AND $3
-            {"GROUP BY " + select if cols else ""} {"ORDER BY " + select if cols else ""}""",  # noqa: S608 - whitelisted
-        tenant_id,
-        start,
-        end,
-    )
+    rows = await bq.usage_totals(conn, tenant_id, start, end, group_by)
     return [
         UsageRow(
             day=r.get("day"),
@@ -96,19 +84,24 @@ async def usage_rows(conn: Any, tenant_id: UUID | None, start: date, end: date, 
     ]
 
 
-@get("/v1/balance", tags=["billing"], opt={"scope": "usage:read"})
-async def balance(services: NamedDependency[Services], principal: NamedDependency[Principal]) -> Balance:
-    """Balance, credits held by unfinished jobs, and what is available."""
-    assert principal.tenant_id is not None
-    async with services.pool.acquire() as conn:
-        w = await bq.wallet(conn, principal.tenant_id)
-    assert w is not None
+async def tenant_balance(conn: Any, tenant_id: UUID) -> Balance:
+    """The tenant's wallet in credits, as /v1/balance and the dashboard show it."""
+    w = await bq.wallet(conn, tenant_id)
+    assert w is not None, "every tenant has a wallet"
     return Balance(
         balance=to_credits(w["balance"]),
         held=to_credits(w["held"]),
         available=to_credits(w["balance"] - w["held"]),
         active_jobs=w["active_jobs"],
     )
+
+
+@get("/v1/balance", tags=["billing"], opt={"scope": "usage:read"})
+async def balance(services: NamedDependency[Services], principal: NamedDependency[Principal]) -> Balance:
+    """Balance, credits held by unfinished jobs, and what is available."""
+    assert principal.tenant_id is not None
+    async with services.pool.acquire() as conn:
+        return await tenant_balance(conn, principal.tenant_id)
 
 
 @get("/v1/ledger", tags=["billing"], opt={"scope": "usage:read"})

@@ -92,11 +92,16 @@ class KeyAuthenticator:
         kind = tokens.parse_kind(presented)
         if kind is None:
             raise self._refuse("malformed key")
-        secret_hash = tokens.hash_key(presented)
+        return await self.authenticate_hash(kind, tokens.hash_key(presented), hint=tokens.hint(presented))
+
+    async def authenticate_hash(self, kind: tokens.KeyKind, secret_hash: bytes, *, hint: str = "") -> Principal:
+        """The principal whose secret hashes to `secret_hash`, under the same rules as `authenticate`.
+
+        For callers that keep only the hash, such as a dashboard session re-checking its key."""
         row = await self._lookup(kind, secret_hash)
         # The row came from an index lookup on this hash; compare again in constant time anyway.
         if row is None or not hmac.compare_digest(row["secret_hash"], secret_hash):
-            raise self._refuse(f"unknown {kind} key ...{tokens.hint(presented)}")
+            raise self._refuse(f"unknown {kind} key ...{hint}")
         now = datetime.now(UTC)
         if row["revoked_at"] is not None and row["revoked_at"] <= now:
             raise self._refuse(f"revoked key {row['id']}")

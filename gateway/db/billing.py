@@ -5,6 +5,7 @@ Functions here never open their own transaction: the caller's unit of work owns 
 
 from __future__ import annotations
 
+from datetime import date
 from uuid import UUID
 
 import asyncpg
@@ -178,4 +179,29 @@ async def set_low_balance_threshold(conn: Conn, tenant_id: UUID, threshold: int 
         "UPDATE wallets SET low_balance_threshold = $2, low_balance_notified = false WHERE tenant_id = $1",
         tenant_id,
         threshold,
+    )
+
+
+# Grouping columns a usage query may name, by their API name.
+USAGE_COLUMNS = {"day": "day", "operation": "operation", "engine": "engine", "key": "api_key_id"}
+
+
+async def usage_totals(
+    conn: Conn, tenant_id: UUID | None, start: date, end: date, group_by: list[str]
+) -> list[asyncpg.Record]:
+    """Sums from the daily rollup between `start` and `end` (inclusive), grouped by the `USAGE_COLUMNS`
+    names in `group_by`; `tenant_id=None` is the whole platform. Money in millicredits; vendor credits
+    and GPU seconds are what the engines reported spending."""
+    cols = [USAGE_COLUMNS[g] for g in group_by]
+    select = ", ".join(cols)
+    return await conn.fetch(
+        f"""SELECT {select}{", " if cols else ""} sum(jobs)::bigint AS jobs, sum(images)::bigint AS images,
+                   sum(failed_images)::bigint AS failed_images, sum(charged)::bigint AS charged,
+                   sum(vendor_credits) AS vendor_credits, sum(gpu_seconds) AS gpu_seconds
+            FROM usage_daily
+            WHERE ($1::uuid IS NULL OR tenant_id = $1) AND day BETWEEN $2 AND $3
+            {"GROUP BY " + select if cols else ""} {"ORDER BY " + select if cols else ""}""",  # noqa: S608 - whitelisted
+        tenant_id,
+        start,
+        end,
     )
