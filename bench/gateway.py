@@ -220,8 +220,9 @@ async def create_tenants(dsn: str, many: int) -> Tenants:
 
 
 @contextlib.contextmanager
-def local_stack(args: argparse.Namespace) -> Iterator[tuple[str, str, str, Tenants]]:
-    """Fake engine, embedded PostgreSQL and the gateway, all on 127.0.0.1; yields (gateway, engine, dsn, tenants)."""
+def local_stack(args: argparse.Namespace) -> Iterator[tuple[str, str, str, Tenants, CpuMeter]]:
+    """Fake engine, embedded PostgreSQL and the gateway, all on 127.0.0.1; yields (gateway, engine, dsn,
+    tenants, a CPU meter over the three)."""
     from gateway.db.embedded import start_embedded  # noqa: PLC0415
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
@@ -267,13 +268,62 @@ text-to-image = ["qolaba"]
         wait_http(f"{engine_url}/", proc=procs[0])
         wait_http(f"http://127.0.0.1:{port}/healthz", proc=gateway)
         print(f"gateway pid {gateway.pid} on :{port}, fake engine pid {procs[0].pid} on :{engine_port}", flush=True)
-        yield f"http://127.0.0.1:{port}", engine_url, dsn, tenants
+        postmaster = int((embedded.pgdata / "postmaster.pid").read_text().split()[0])
+        meter = CpuMeter(gateway=gateway.pid, engine=procs[0].pid, postmaster=postmaster)
+        yield f"http://127.0.0.1:{port}", engine_url, dsn, tenants, meter
     finally:
         for proc in reversed(procs):
             stop(proc)
         if embedded is not None:
             embedded.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- CPU accounting -------------------------------------------------------------------------------
+
+
+def _ticks(pid: int, children: bool = False) -> int:
+    """utime + stime of a process (plus its reaped children's), in clock ticks; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0
+    # fields[0] is field 3 (state) of proc(5): utime is field 14, stime 15, cutime 16, cstime 17.
+    used = int(fields[11]) + int(fields[12])
+    return used + (int(fields[13]) + int(fields[14]) if children else 0)
+
+
+def _children(ppid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == ppid:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds used by the gateway, PostgreSQL (postmaster and backends), the fake engine and this
+    load generator. On a shared machine, CPU per request is steadier than latency."""
+
+    gateway: int | None = None
+    engine: int | None = None
+    postmaster: int | None = None
+
+    def sample(self) -> dict[str, float]:
+        hz = os.sysconf("SC_CLK_TCK")
+        out = {"client": time.process_time()}
+        if self.gateway:
+            out["gateway"] = _ticks(self.gateway) / hz
+        if self.engine:
+            out["engine"] = _ticks(self.engine) / hz
+        if self.postmaster:
+            pg = _ticks(self.postmaster, children=True) + sum(_ticks(p) for p in _children(self.postmaster))
+            out["postgres"] = pg / hz
+        return out
 
 
 # -- load -----------------------------------------------------------------------------------------
@@ -287,6 +337,11 @@ class Result:
     elapsed: float = 0.0
     offered: float | None = None
     succeeded: int = 0  # warm-up included: every one of these was billed
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds used while measuring, by process
+
+    def cpu_ms(self, who: str) -> float:
+        """CPU milliseconds per counted request spent by `who`."""
+        return 1000 * self.cpu.get(who, float("nan")) / (sum(self.statuses.values()) or 1)
 
     @property
     def ok(self) -> int:
@@ -363,13 +418,28 @@ def client(connections: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(limits=limits, timeout=60.0)
 
 
-async def closed_loop(name: str, call: Call, concurrency: int, duration: float, warmup: float) -> Result:
+async def measure_cpu(meter: CpuMeter, result: Result, warmup: float) -> Callable[[], None]:
+    """Start measuring after `warmup`; the returned function stops and stores the CPU used."""
+    await asyncio.sleep(warmup)
+    before = meter.sample()
+
+    def done() -> None:
+        after = meter.sample()
+        result.cpu = {k: after[k] - before[k] for k in after}
+
+    return done
+
+
+async def closed_loop(
+    name: str, call: Call, concurrency: int, duration: float, warmup: float, meter: CpuMeter
+) -> Result:
     """`concurrency` workers, each sending its next request when the previous one returns."""
     result = Result(name)
     async with client(concurrency) as http:
         start = time.perf_counter()
         counting_from = start + warmup
         end = counting_from + duration
+        cpu = asyncio.create_task(measure_cpu(meter, result, warmup))
 
         async def worker(i: int) -> None:
             while (t0 := time.perf_counter()) < end:
@@ -383,15 +453,19 @@ async def closed_loop(name: str, call: Call, concurrency: int, duration: float, 
 
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
         result.elapsed = time.perf_counter() - counting_from
+        (await cpu)()
     return result
 
 
-async def open_loop(name: str, call: Call, rate: float, duration: float, warmup: float, workers: int) -> Result:
+async def open_loop(
+    name: str, call: Call, rate: float, duration: float, warmup: float, workers: int, meter: CpuMeter
+) -> Result:
     """Requests started on a fixed schedule of `rate` per second; latency counts from the scheduled start."""
     result = Result(name, offered=rate)
     async with client(1024) as http:
         start = time.perf_counter()
         counting_from = start + warmup
+        cpu = asyncio.create_task(measure_cpu(meter, result, warmup))
         total = int((warmup + duration) * rate)
         tasks = []
 
@@ -412,6 +486,7 @@ async def open_loop(name: str, call: Call, rate: float, duration: float, warmup:
             tasks.append(asyncio.create_task(one(i, scheduled)))
         await asyncio.gather(*tasks)
         result.elapsed = time.perf_counter() - counting_from
+        (await cpu)()
     return result
 
 
@@ -419,20 +494,38 @@ async def open_loop(name: str, call: Call, rate: float, duration: float, warmup:
 
 
 def table(results: list[Result], baseline: dict[str, Result]) -> str:
-    head = (
-        f"| {'mode':<44} | {'req/s':>7} | {'p50 ms':>7} | {'p90 ms':>7} | {'p99 ms':>7} |"
-        f" {'+p50 ms':>7} | {'+p99 ms':>7} | {'errors':>6} |"
-    )
-    lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
+    """One row per mode; +p50/+p99 against the engine called directly the same way; CPU ms per request."""
+    cols = [
+        ("mode", 42),
+        ("req/s", 7),
+        ("p50 ms", 7),
+        ("p90 ms", 7),
+        ("p99 ms", 7),
+        ("+p50 ms", 7),
+        ("+p99 ms", 7),
+        ("errors", 6),
+        ("CPU ms/req: gateway", 19),
+        ("postgres", 8),
+        ("engine", 6),
+        ("client", 6),
+    ]
+    lines = ["| " + " | ".join(f"{name:>{w}}" if i else f"{name:<{w}}" for i, (name, w) in enumerate(cols)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for _, w in cols) + "|")
     for r in results:
         base = baseline.get(r.name)
-        add50 = f"{r.pct(0.5) - base.pct(0.5):7.2f}" if base else f"{'':>7}"
-        add99 = f"{r.pct(0.99) - base.pct(0.99):7.2f}" if base else f"{'':>7}"
         errors = sum(n for s, n in r.statuses.items() if s not in (200, 202))
-        lines.append(
-            f"| {r.name:<44} | {r.rps():7.1f} | {r.pct(0.5):7.2f} | {r.pct(0.9):7.2f} | {r.pct(0.99):7.2f} |"
-            f" {add50} | {add99} | {errors:>6} |"
-        )
+        values = [
+            f"{r.rps():.1f}",
+            f"{r.pct(0.5):.2f}",
+            f"{r.pct(0.9):.2f}",
+            f"{r.pct(0.99):.2f}",
+            f"{r.pct(0.5) - base.pct(0.5):.2f}" if base else "",
+            f"{r.pct(0.99) - base.pct(0.99):.2f}" if base else "",
+            str(errors),
+            *(f"{r.cpu_ms(who):.2f}" if who in r.cpu else "" for who in ("gateway", "postgres", "engine", "client")),
+        ]
+        cells = [f"{r.name:<{cols[0][1]}}"] + [f"{v:>{w}}" for v, (_, w) in zip(values, cols[1:], strict=True)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -466,17 +559,14 @@ async def account(dsn: str, tenants: Tenants, answered: int) -> bool:
     )
     print(f"Successful answers received by the clients (warm-up included): {answered}")
     accounted = (
-        not problems
-        and row["unfinished"] == 0
-        and row["succeeded"] == charges == answered
-        and spent == row["charged"]
+        not problems and row["unfinished"] == 0 and row["succeeded"] == charges == answered and spent == row["charged"]
     )
     print("Every request accounted for: " + ("yes" if accounted else "NO"))
     return accounted
 
 
 async def run_modes(
-    args: argparse.Namespace, gateway_url: str, engine_url: str | None, hot: str, many: list[str]
+    args: argparse.Namespace, gateway_url: str, engine_url: str | None, hot: str, many: list[str], meter: CpuMeter
 ) -> tuple[list[Result], dict[str, Result], int]:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     results: list[Result] = []
@@ -487,7 +577,7 @@ async def run_modes(
     async def closed(name: str, call: Call, billed: bool = True) -> Result:
         nonlocal answered
         print(f"running {name} ...", flush=True)
-        r = await closed_loop(name, call, c, d, w)
+        r = await closed_loop(name, call, c, d, w, meter)
         if billed:
             answered += r.succeeded
         results.append(r)
@@ -515,12 +605,12 @@ async def run_modes(
         if engine_url:
             print(f"running engine at {args.rate:g} req/s ...", flush=True)
             rate_engine = await open_loop(
-                f"engine direct at {args.rate:g} req/s", engine_call(engine_url), args.rate, d, w, c
+                f"engine direct at {args.rate:g} req/s", engine_call(engine_url), args.rate, d, w, c, meter
             )
             results.append(rate_engine)
         print(f"running gateway at {args.rate:g} req/s ...", flush=True)
         r = await open_loop(
-            f"gateway sync at {args.rate:g} req/s", sync_call(gateway_url, many or [hot]), args.rate, d, w, c
+            f"gateway sync at {args.rate:g} req/s", sync_call(gateway_url, many or [hot]), args.rate, d, w, c, meter
         )
         answered += r.succeeded
         results.append(r)
@@ -557,12 +647,16 @@ def main() -> int:
     if args.url:
         if not args.key:
             parser.error("--url needs --key")
-        results, baseline, _ = uvloop.run(run_modes(args, args.url, args.engine_url, args.key[0], args.key[1:]))
+        results, baseline, _ = uvloop.run(
+            run_modes(args, args.url, args.engine_url, args.key[0], args.key[1:], CpuMeter())
+        )
         print()
         print(table(results, baseline))
         return 0
-    with local_stack(args) as (gateway_url, engine_url, dsn, tenants):
-        results, baseline, answered = uvloop.run(run_modes(args, gateway_url, engine_url, tenants.hot, tenants.many))
+    with local_stack(args) as (gateway_url, engine_url, dsn, tenants, meter):
+        results, baseline, answered = uvloop.run(
+            run_modes(args, gateway_url, engine_url, tenants.hot, tenants.many, meter)
+        )
         time.sleep(0.5)  # let the last settlements commit
         print()
         print(table(results, baseline))

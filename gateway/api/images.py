@@ -13,9 +13,10 @@ from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody
 
-from gateway.api.views import JobView, load_job_view
+from gateway.api.views import JobView, job_view, load_job_view
 from gateway.auth.keys import Principal
 from gateway.billing.admission import InputBlob, admit
+from gateway.db import generations as gq
 from gateway.domain.generation import EngineRequest, ImageInput
 from gateway.domain.requests import GenerationRequest, ImageToImageRequest, InpaintRequest, TextToImageRequest
 from gateway.errors import Conflict, GatewayError, ValidationFailed
@@ -178,7 +179,7 @@ async def submit(
     run_async = body.run_async or "respond-async" in (prefer or "")
     runner = services.runner
     try:
-        await admit(
+        admission = await admit(
             services.pool,
             principal,
             job_id=job_id,
@@ -196,6 +197,7 @@ async def submit(
             deadline_s=max(services.settings.sync_wait_s, 600.0),
             lease_owner=None if run_async else runner.owner,
             lease_s=services.settings.lease_s,
+            prices=services.prices,
         )
     except GatewayError:
         # Nothing was admitted: free the key so a retry (after a top-up, say) can go through.
@@ -218,18 +220,17 @@ async def submit(
                 job_id,
             )
     if not run_async:
-        async with services.pool.acquire() as conn:
-            row = await conn.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
-        if row is None:  # admitted in a committed transaction a moment ago; absence is a bug, not a user error
-            raise RuntimeError(f"job {job_id} vanished right after admission")
-        task = runner.spawn(row)
+        if admission.job is None:  # a sync admission returns the job's row; its absence is a bug
+            raise RuntimeError(f"job {job_id} was admitted without its row")
+        task = runner.spawn(admission.job)
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout=services.settings.sync_wait_s)
         except TimeoutError:
             run_async = True  # still running: answer like an async request; the runner finishes it
     async with services.pool.acquire() as conn:
-        view = await load_job_view(conn, job_id, principal.tenant_id)
-    assert view is not None
+        found = await gq.job_with_details(conn, job_id, principal.tenant_id)
+    assert found is not None
+    view = job_view(*found)
     location = {"Location": f"/v1/jobs/{job_id}"}
     if run_async:
         return Response(view, status_code=202, headers=location)
