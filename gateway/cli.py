@@ -35,10 +35,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args, host=args.host, port=args.port)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = create_app(settings)
+    # Litestar's default logging config sets the root logger to INFO, which logged every engine HTTP
+    # request (httpx) through a queue thread: measurable CPU per request. The configured level rules.
+    logging.getLogger().setLevel(settings.log_level.upper())
     # uvicorn's SIGTERM handling is the graceful shutdown: stop accepting, finish in-flight
     # requests, then the lifespan drains the runner and closes the pool.
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -13,6 +13,7 @@ import asyncpg
 
 # Imported at run time (not under TYPE_CHECKING): Litestar resolves these hints for injection.
 from gateway.auth.keys import KeyAuthenticator
+from gateway.billing.admission import PriceCache
 from gateway.config import Settings
 from gateway.db.embedded import EmbeddedPostgres
 from gateway.db.pool import Pool
@@ -33,5 +34,7 @@ class Services:
     runner: JobRunner
     embedded: EmbeddedPostgres | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    # The newest price rules, checked against the database on every admission (gateway/billing/admission.py).
+    prices: PriceCache = field(default_factory=PriceCache)
     # Database errors as one tuple, so handlers can catch them without importing asyncpg.
     db_errors: tuple[type[BaseException], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 from uuid import UUID, uuid4
 
 import msgspec
@@ -14,9 +14,10 @@ from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody
 
 from gateway.api.multipart import FormOrJsonOperation, FormOrJsonRequest, is_multipart
-from gateway.api.views import JobView, load_job_view
+from gateway.api.views import JobView, job_view, load_job_view
 from gateway.auth.keys import Principal
 from gateway.billing.admission import InputBlob, admit
+from gateway.db import generations as gq
 from gateway.domain.generation import EngineRequest, ImageInput
 from gateway.domain.requests import GenerationRequest, ImageToImageRequest, InpaintRequest, TextToImageRequest
 from gateway.errors import PROBLEM_BASE, Conflict, GatewayError, Problem, ValidationFailed, problem_response
@@ -131,7 +132,30 @@ async def _claim_key(services: Services, principal: Principal, key: str, digest:
         raise Conflict("A request with this Idempotency-Key is still being processed.")
 
 
-async def submit(
+class Submitted(NamedTuple):
+    """A generation as `generate` leaves it: finished, or still queued/running (`pending`)."""
+
+    view: JobView
+    pending: bool
+    replayed: bool = False
+
+
+async def submit(**arguments: Any) -> Response[Any]:
+    """`generate`, answered the /v1 way: 200 with the job, 202 + Location while it runs, and a
+    failed sync job as problem+json (422 rejected, 503 engines down) carrying the job."""
+    submitted = await generate(**arguments)
+    view = submitted.view
+    if submitted.replayed:
+        return Response(view, status_code=200, headers={"Idempotent-Replayed": "true"})
+    location = {"Location": f"/v1/jobs/{view.id}"}
+    if submitted.pending:
+        return Response(view, status_code=202, headers=location)
+    if view.state != "succeeded":
+        return _failure_response(view, location)
+    return Response(view, status_code=200, headers=location)
+
+
+async def generate(
     *,
     services: Services,
     principal: Principal,
@@ -141,7 +165,7 @@ async def submit(
     idempotency_key: str | None,
     prefer: str | None,
     fingerprint: bytes | None = None,
-) -> Response[JobView]:
+) -> Submitted:
     """Validate, price, reserve, and run (sync, bounded wait) or queue (async) one generation.
 
     `fingerprint` is what Idempotency-Key compares: the raw body by default; callers whose raw
@@ -154,7 +178,7 @@ async def submit(
     if idempotency_key:
         previous = await _replay(services, principal, idempotency_key, digest)
         if previous is not None:
-            return Response(previous, status_code=200, headers={"Idempotent-Replayed": "true"})
+            return Submitted(previous, pending=previous.state in ("queued", "running"), replayed=True)
     width, height = body.size()
     seed = body.seed if body.seed is not None else secrets.randbelow(2**32 - body.n)
     params = _engine_params(operation, body, seed, width, height)
@@ -190,7 +214,7 @@ async def submit(
     run_async = body.run_async or "respond-async" in (prefer or "")
     runner = services.runner
     try:
-        await admit(
+        admission = await admit(
             services.pool,
             principal,
             job_id=job_id,
@@ -208,6 +232,7 @@ async def submit(
             deadline_s=max(services.settings.sync_wait_s, 600.0),
             lease_owner=None if run_async else runner.owner,
             lease_s=services.settings.lease_s,
+            prices=services.prices,
         )
     except GatewayError:
         # Nothing was admitted: free the key so a retry (after a top-up, say) can go through.
@@ -230,24 +255,17 @@ async def submit(
                 job_id,
             )
     if not run_async:
-        async with services.pool.acquire() as conn:
-            row = await conn.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
-        if row is None:  # admitted in a committed transaction a moment ago; absence is a bug, not a user error
-            raise RuntimeError(f"job {job_id} vanished right after admission")
-        task = runner.spawn(row)
+        if admission.job is None:  # a sync admission returns the job's row; its absence is a bug
+            raise RuntimeError(f"job {job_id} was admitted without its row")
+        task = runner.spawn(admission.job)
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout=services.settings.sync_wait_s)
         except TimeoutError:
             run_async = True  # still running: answer like an async request; the runner finishes it
     async with services.pool.acquire() as conn:
-        view = await load_job_view(conn, job_id, principal.tenant_id)
-    assert view is not None
-    location = {"Location": f"/v1/jobs/{job_id}"}
-    if run_async:
-        return Response(view, status_code=202, headers=location)
-    if view.state != "succeeded":
-        return _failure_response(view, location)
-    return Response(view, status_code=200, headers=location)
+        found = await gq.job_with_details(conn, job_id, principal.tenant_id)
+    assert found is not None
+    return Submitted(job_view(*found), pending=run_async)
 
 
 def _failure_response(view: JobView, headers: dict[str, str]) -> Response[Any]:

@@ -33,8 +33,7 @@ from litestar.openapi.spec import Encoding, OpenAPIMediaType, Operation, Request
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.params import JSONBody
 
-from gateway.api.images import IdempotencyKey, submit
-from gateway.api.views import JobView
+from gateway.api.images import IdempotencyKey, Submitted, generate
 from gateway.auth.keys import Principal
 from gateway.domain.requests import (
     GenerationRequest,
@@ -193,13 +192,13 @@ def _our_request(fields: dict[str, Any], struct: type[GenerationRequest]) -> Gen
 async def _answer(
     services: Services,
     request: Request[Any, Any, Any],
-    submitted: Response[JobView],
+    submitted: Submitted,
     options: _OpenAIOptions,
     body: GenerationRequest,
 ) -> OpenAIImagesResponse:
     """The finished job as OpenAI's images response, or the job's failure as an error."""
-    view = submitted.content
-    if view.state in ("queued", "running"):
+    view = submitted.view
+    if submitted.pending:
         raise StillRunning(
             f"The images are still being made (job {view.id}); they will be at /v1/jobs/{view.id}. "
             "Retrying would start (and charge) a new job.",
@@ -244,7 +243,7 @@ async def create_image(
 ) -> OpenAIImagesResponse:
     """OpenAI's image generation: a text-to-image job, answered when it has finished."""
     body = _our_request(_common_fields(data), TextToImageRequest)
-    submitted = await submit(
+    submitted = await generate(
         services=services,
         principal=principal,
         request=request,
@@ -388,7 +387,7 @@ async def edit_image(
     await request.body()  # keep the body readable after the form parser has run
     options, image, mask = await _edit_form(request)
     operation, body = await _edit_request(services, options, image, mask)
-    submitted = await submit(
+    submitted = await generate(
         services=services,
         principal=principal,
         request=request,

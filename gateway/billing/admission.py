@@ -1,17 +1,32 @@
-"""Admission: price a request, reserve its credits and create the job, in ONE transaction."""
+"""Admission: price a request, reserve its credits and create the job, in ONE transaction.
+
+The usual case is one statement, one round trip (gateway/db/generations.py): the price rules come
+from a per-app cache keyed by price version, and the statement admits only if that version is still
+the newest, so a price change is never missed (a stale cache costs one retry). A key with a monthly
+cap takes the multi-statement path, whose spend query must run after the wallet lock is taken.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+import asyncpg
+
 from gateway.auth.keys import Principal
+from gateway.db import Conn
 from gateway.db import billing as bq
+from gateway.db import generations as gq
 from gateway.db import jobs as jq
 from gateway.db.pool import Pool
-from gateway.domain.money import pick_rule, to_credits
+from gateway.domain.money import PriceRule, pick_rule, to_credits
 from gateway.errors import InsufficientCredits, RateLimited
+
+# Price versions that may change between the cache read and the admission statement before we stop
+# trusting the cache for this request (only a burst of price changes gets there).
+_PRICE_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -19,6 +34,25 @@ class Admission:
     job_id: UUID
     unit_price: int
     reserved: int
+    # The admitted job's row (gateway/db/jobs.JOB_COLUMNS), so a sync request need not read it back.
+    job: asyncpg.Record | None = None
+
+
+@dataclass
+class PriceCache:
+    """The newest price version and its rules, as last read. Never trusted blindly: the admission
+    statement checks the version it was priced with."""
+
+    version: int | None = None
+    rules: list[PriceRule] = field(default_factory=list)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def get(self, pool: Pool, *, refresh: bool = False) -> tuple[int, list[PriceRule]]:
+        if self.version is None or refresh:
+            async with self._lock, pool.acquire() as conn:
+                self.version, self.rules = await bq.current_price_rules(conn)
+        assert self.version is not None
+        return self.version, self.rules
 
 
 @dataclass(frozen=True)
@@ -49,68 +83,155 @@ async def admit(
     deadline_s: float,
     lease_owner: str | None,
     lease_s: float,
+    prices: PriceCache | None = None,
 ) -> Admission:
     """Reserve `n x unit price` and insert the job; 402 when the wallet cannot cover it,
     429 when the tenant already has its maximum of unfinished jobs."""
     assert principal.tenant_id is not None
     tenant_id = principal.tenant_id
-    async with pool.acquire() as conn, conn.transaction():
-        version, rules = await bq.current_price_rules(conn)
-        unit = pick_rule(rules, operation, model).unit_price(width, height, steps)
-        amount = unit * n
-        wallet = await bq.lock_wallet(conn, tenant_id)
-        if wallet["active_jobs"] >= wallet["max_concurrent_jobs"]:
-            raise RateLimited(
-                f"The tenant already has {wallet['active_jobs']} unfinished jobs"
-                f" (limit {wallet['max_concurrent_jobs']}).",
-                headers={"Retry-After": "1"},
-                limit="concurrent_jobs",
-            )
-        available = wallet["balance"] - wallet["held"]
-        if available < amount:
-            raise InsufficientCredits(
-                f"This request costs {to_credits(amount)} credits; {to_credits(available)} are available.",
-                balance=to_credits(wallet["balance"]),
-                available=to_credits(available),
-                price=to_credits(amount),
-                shortfall=to_credits(amount - available),
-            )
-        if principal.monthly_cap is not None:
-            spent = await bq.key_month_spend(conn, principal.key_id)
-            if spent + amount > principal.monthly_cap:
-                raise InsufficientCredits(
-                    "This key's monthly credit cap would be exceeded.",
-                    monthly_cap=to_credits(principal.monthly_cap),
-                    spent_this_month=to_credits(spent),
-                    price=to_credits(amount),
-                    shortfall=to_credits(spent + amount - principal.monthly_cap),
+    if prices is not None and principal.monthly_cap is None:
+        for attempt in range(_PRICE_RETRIES):
+            version, rules = await prices.get(pool, refresh=attempt > 0)
+            unit = pick_rule(rules, operation, model).unit_price(width, height, steps)
+            amount = unit * n
+            async with pool.acquire() as conn:
+                row = await gq.admit_job(
+                    conn,
+                    job_id=job_id,
+                    tenant_id=tenant_id,
+                    key_id=principal.key_id,
+                    operation=operation,
+                    params=params,
+                    n=n,
+                    unit_price=unit,
+                    price_version_id=version,
+                    amount=amount,
+                    allowed_engines=allowed_engines,
+                    password_hash=password_hash,
+                    webhook_url=webhook_url,
+                    deadline_s=deadline_s,
+                    lease_owner=lease_owner,
+                    lease_s=lease_s,
+                    inputs=[gq.Input(b.role, b.blob_key, b.content_type, b.width, b.height) for b in inputs],
                 )
-        await jq.insert_job(
+            if row["id"] is not None:
+                return Admission(job_id=job_id, unit_price=unit, reserved=amount, job=row)
+            if row["current_price_version"] != version:
+                continue  # priced with an old version: price again
+            _refuse(
+                row["wallet_active_jobs"],
+                row["wallet_max_concurrent_jobs"],
+                row["wallet_balance"],
+                row["wallet_held"],
+                amount,
+            )
+            raise AssertionError("the admission statement refused a request that passes every check")
+    async with pool.acquire() as conn, conn.transaction():
+        return await _admit_locked(
             conn,
+            principal,
             job_id=job_id,
-            tenant_id=tenant_id,
-            key_id=principal.key_id,
             operation=operation,
             params=params,
+            width=width,
+            height=height,
+            steps=steps,
             n=n,
-            unit_price=unit,
-            price_version_id=version,
+            model=model,
             allowed_engines=allowed_engines,
             password_hash=password_hash,
             webhook_url=webhook_url,
+            inputs=inputs,
             deadline_s=deadline_s,
             lease_owner=lease_owner,
             lease_s=lease_s,
         )
-        for blob in inputs:
-            await jq.insert_input(
-                conn,
-                job_id=job_id,
-                role=blob.role,
-                blob_key=blob.blob_key,
-                content_type=blob.content_type,
-                width=blob.width,
-                height=blob.height,
+
+
+def _refuse(active_jobs: int, max_jobs: int, balance: int, held: int, amount: int) -> None:
+    """Raise the error for a request the wallet cannot take; return when it can."""
+    if active_jobs >= max_jobs:
+        raise RateLimited(
+            f"The tenant already has {active_jobs} unfinished jobs (limit {max_jobs}).",
+            headers={"Retry-After": "1"},
+            limit="concurrent_jobs",
+        )
+    available = balance - held
+    if available < amount:
+        raise InsufficientCredits(
+            f"This request costs {to_credits(amount)} credits; {to_credits(available)} are available.",
+            balance=to_credits(balance),
+            available=to_credits(available),
+            price=to_credits(amount),
+            shortfall=to_credits(amount - available),
+        )
+
+
+async def _admit_locked(
+    conn: Conn,
+    principal: Principal,
+    *,
+    job_id: UUID,
+    operation: str,
+    params: dict[str, Any],
+    width: int,
+    height: int,
+    steps: int,
+    n: int,
+    model: str | None,
+    allowed_engines: list[str] | None,
+    password_hash: str | None,
+    webhook_url: str | None,
+    inputs: list[InputBlob],
+    deadline_s: float,
+    lease_owner: str | None,
+    lease_s: float,
+) -> Admission:
+    """The multi-statement admission, inside the caller's transaction: lock the wallet, then check."""
+    assert principal.tenant_id is not None
+    tenant_id = principal.tenant_id
+    version, rules = await bq.current_price_rules(conn)
+    unit = pick_rule(rules, operation, model).unit_price(width, height, steps)
+    amount = unit * n
+    wallet = await bq.lock_wallet(conn, tenant_id)
+    _refuse(wallet["active_jobs"], wallet["max_concurrent_jobs"], wallet["balance"], wallet["held"], amount)
+    if principal.monthly_cap is not None:
+        spent = await bq.key_month_spend(conn, principal.key_id)
+        if spent + amount > principal.monthly_cap:
+            raise InsufficientCredits(
+                "This key's monthly credit cap would be exceeded.",
+                monthly_cap=to_credits(principal.monthly_cap),
+                spent_this_month=to_credits(spent),
+                price=to_credits(amount),
+                shortfall=to_credits(spent + amount - principal.monthly_cap),
             )
-        await bq.hold(conn, job_id=job_id, tenant_id=tenant_id, key_id=principal.key_id, amount=amount)
-    return Admission(job_id=job_id, unit_price=unit, reserved=amount)
+    await jq.insert_job(
+        conn,
+        job_id=job_id,
+        tenant_id=tenant_id,
+        key_id=principal.key_id,
+        operation=operation,
+        params=params,
+        n=n,
+        unit_price=unit,
+        price_version_id=version,
+        allowed_engines=allowed_engines,
+        password_hash=password_hash,
+        webhook_url=webhook_url,
+        deadline_s=deadline_s,
+        lease_owner=lease_owner,
+        lease_s=lease_s,
+    )
+    for blob in inputs:
+        await jq.insert_input(
+            conn,
+            job_id=job_id,
+            role=blob.role,
+            blob_key=blob.blob_key,
+            content_type=blob.content_type,
+            width=blob.width,
+            height=blob.height,
+        )
+    await bq.hold(conn, job_id=job_id, tenant_id=tenant_id, key_id=principal.key_id, amount=amount)
+    job = await jq.get_job(conn, job_id) if lease_owner is not None else None
+    return Admission(job_id=job_id, unit_price=unit, reserved=amount, job=job)

@@ -19,6 +19,15 @@ async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
     )
 
 
+async def _reset_connection(conn: asyncpg.Connection[Any]) -> None:
+    """Nothing to reset: asyncpg has already rolled back an open transaction and dropped listeners.
+
+    The default reset runs `RESET ALL; UNLISTEN *; CLOSE ALL; pg_advisory_unlock_all()`, one more
+    round trip on every release (several per request). No pooled connection keeps session state:
+    settings are per transaction, LISTEN uses its own connection, and the one session-level advisory
+    lock (migrations) is released by its holder."""
+
+
 Pool = asyncpg.Pool
 
 
@@ -34,6 +43,7 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int, statement_cache
         max_size=max_size,
         statement_cache_size=statement_cache_size,
         init=_init_connection,
+        reset=_reset_connection,
         server_settings={"application_name": "gateway"},
     )
     assert pool is not None

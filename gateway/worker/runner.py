@@ -19,7 +19,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from gateway.billing.settlement import Outcome, StoredImage, settle
+from gateway.billing.settlement import Outcome, Settled, StoredImage, settle_run
 from gateway.config import Settings
 from gateway.db import jobs as jq
 from gateway.db.pool import Pool
@@ -66,6 +66,7 @@ class JobRunner:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._starved = False  # the claim loop waits for a slot to free up
         self._loop_task: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection[Any] | None = None
 
@@ -94,6 +95,7 @@ class JobRunner:
     async def _claim_loop(self) -> None:
         while not self._stopping.is_set():
             free = self._free_slots()
+            self._starved = not free
             if free:
                 try:
                     async with self.pool.acquire() as conn:
@@ -118,8 +120,14 @@ class JobRunner:
         task = asyncio.create_task(self.execute(row), name=f"job-{row['id']}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(lambda _: self._wake.set())
+        task.add_done_callback(self._slot_freed)
         return task
+
+    def _slot_freed(self, _: asyncio.Task[None]) -> None:
+        # Wake the claim loop only when it stopped for want of a slot: waking it after every job
+        # (every sync request) cost a claim query each time.
+        if self._starved:
+            self._wake.set()
 
     # -- one job ------------------------------------------------------------------------
 
@@ -152,32 +160,56 @@ class JobRunner:
                 task.cancel()
             await asyncio.gather(keeper, run, return_exceptions=True)
         if lost.is_set():
-            await self._discard(outcome)
+            await self._discard(job_id, outcome)
             return
-        async with self.pool.acquire() as conn:
-            cancel = await conn.fetchval("SELECT cancel_requested FROM jobs WHERE id = $1", job_id)
-        if cancel:
-            await self._discard(outcome)
+        # The settlement statement itself checks for a cancellation request: no extra round trip.
+        settled = await settle_run(
+            self.pool,
+            job_id,
+            job["unit_price"],
+            job["n"],
+            outcome,
+            file_ttl_s=self.settings.file_ttl_s,
+            unless_canceled=True,
+        )
+        if settled is Settled.CANCEL_REQUESTED:
+            await self._discard(job_id, outcome)
             outcome = Outcome(
                 state="canceled",
                 engine=outcome.engine,
                 spend=outcome.spend,
                 error=_problem("canceled", "Canceled", 409, "The job was canceled."),
             )
-        settled = await settle(
-            self.pool, job_id, job["unit_price"], job["n"], outcome, file_ttl_s=self.settings.file_ttl_s
-        )
-        if not settled:
-            await self._discard(outcome)
+            settled = await settle_run(
+                self.pool,
+                job_id,
+                job["unit_price"],
+                job["n"],
+                outcome,
+                file_ttl_s=self.settings.file_ttl_s,
+                unless_canceled=False,
+            )
+        if settled is not Settled.SETTLED:
+            await self._discard(job_id, outcome)
             return
         self.metrics.jobs_finished.labels(job["operation"], outcome.state).inc()
         if outcome.images:
             self.metrics.images_produced.labels(job["operation"], outcome.engine or "none").inc(len(outcome.images))
 
-    async def _discard(self, outcome: Outcome) -> None:
+    async def _discard(self, job_id: UUID, outcome: Outcome) -> None:
+        """Drop an outcome that will not be settled; its engine attempts still belong to the history."""
         for image in outcome.images:
             await self.blobs.delete(image.blob_key)
         outcome.images = []
+        await self._record_attempts(job_id, outcome.attempts)
+        outcome.attempts = []
+
+    async def _record_attempts(self, job_id: UUID, attempts: list[EngineAttempt]) -> None:
+        if not attempts:
+            return
+        async with self.pool.acquire() as conn:
+            for attempt in attempts:
+                await jq.insert_attempt(conn, job_id, attempt)
 
     async def _keep_lease(self, job_id: UUID, progress: dict[str, float], lost: asyncio.Event) -> None:
         interval = self.settings.lease_s / 3
@@ -215,7 +247,15 @@ class JobRunner:
             )
         request = await self._engine_request(job)
 
+        # A successful attempt ends the run: it is written by the settlement statement, a moment later,
+        # saving a round trip and a commit. Failed ones are written at once, so a long fallback chain
+        # shows its history while it runs.
+        finished: list[EngineAttempt] = []
+
         async def on_attempt(attempt: EngineAttempt) -> None:
+            if attempt.outcome in ("succeeded", "partial"):
+                finished.append(attempt)
+                return
             async with self.pool.acquire() as conn:
                 await jq.insert_attempt(conn, job_id, attempt)
 
@@ -223,13 +263,17 @@ class JobRunner:
             progress["value"] = max(progress["value"], min(1.0, fraction))
 
         try:
-            routed = await self.router.run(
-                request,
-                deadline=time.monotonic() + remaining,
-                allow=job["allowed_engines"],
-                on_attempt=on_attempt,
-                progress=on_progress,
-            )
+            try:
+                routed = await self.router.run(
+                    request,
+                    deadline=time.monotonic() + remaining,
+                    allow=job["allowed_engines"],
+                    on_attempt=on_attempt,
+                    progress=on_progress,
+                )
+            except BaseException:
+                await self._record_attempts(job_id, finished)
+                raise
         except RequestRejected as exc:
             return Outcome(
                 state="failed", error=_problem("engine-rejected-request", "The request was rejected", 422, str(exc))
@@ -250,7 +294,11 @@ class JobRunner:
             data, media_type = await asyncio.to_thread(to_output_format, image.data, image.media_type, ext_format)
             ext = _EXTENSIONS.get(media_type, ext_format)
             key = f"outputs/{job_id}/{image.index}.{ext}"
-            await self.blobs.put(key, data, media_type)
+            try:
+                await self.blobs.put(key, data, media_type)
+            except BaseException:
+                await self._record_attempts(job_id, finished)
+                raise
             images.append(
                 StoredImage(
                     index=image.index,
@@ -269,12 +317,15 @@ class JobRunner:
             images=images,
             failed=dict(routed.result.failed),
             spend=routed.result.spend,
+            attempts=finished,
         )
 
     async def _engine_request(self, job: asyncpg.Record) -> EngineRequest:
         params = dict(job["params"])
-        async with self.pool.acquire() as conn:
-            rows = await jq.inputs(conn, job["id"])
+        rows: list[asyncpg.Record] = []
+        if job["operation"] != "text-to-image":  # the only operation without input images
+            async with self.pool.acquire() as conn:
+                rows = await jq.inputs(conn, job["id"])
         for row in rows:
             data = await self.blobs.get(row["blob_key"])
             url = await self._input_url(row["blob_key"])

@@ -306,7 +306,9 @@ async def test_a_failed_job_has_no_zip(gateway: Gateway) -> None:
     _, key = await gateway.tenant(credits=10)
     gateway.extra["a2c"].fail_with_status(500)
     gateway.extra["qolaba"].fail_with_status(500)
-    job = (await gateway.client.post("/v1/text-to-image", json=T2I, headers=auth(key))).json()
+    failed = await gateway.client.post("/v1/text-to-image", json=T2I, headers=auth(key))
+    assert failed.status_code == 503
+    job = failed.json()["job"]  # a failed sync job is a problem document carrying the job
     assert job["state"] == "failed"
     response = await gateway.client.get(f"/v1/jobs/{job['id']}/files.zip", headers=auth(key))
     assert response.status_code == 409

@@ -192,7 +192,7 @@ async def test_the_tenant_default_url_gets_every_job_event_once(
     ok = (await gw.client.post("/v1/text-to-image", json=T2I, headers=auth(key))).json()
     gw.extra["a2c"].fail_with_status(500)
     gw.extra["qolaba"].fail_with_status(500)
-    failed = (await gw.client.post("/v1/text-to-image", json=T2I, headers=auth(key))).json()
+    failed = (await gw.client.post("/v1/text-to-image", json=T2I, headers=auth(key))).json()["job"]
     gw.extra["a2c"].reset()
     gw.extra["qolaba"].reset()
     gw.extra["a2c"].slow_job(100_000)

@@ -1,0 +1,675 @@
+"""What the gateway adds: the same text-to-image work sent to a fake engine directly and through the gateway.
+
+One run starts (or is pointed at) everything on 127.0.0.1 and prints one table:
+
+* a fake Qolaba engine in its own process. It speaks Qolaba's documented protocol (POST /getTextToImage
+  with a Bearer key, the answer envelope with `output`) and answers at once with a small PNG as a data URL;
+* PostgreSQL (embedded, in a temporary folder) with migrations applied and benchmark tenants;
+* `gateway serve` (uvicorn, uvloop, httptools) in its own process, routing text-to-image to the fake.
+
+Closed-loop modes run `--concurrency` httpx clients, each sending its next request when the previous one
+returns, for `--duration` seconds after `--warmup` seconds that are not counted:
+
+* engine: the fake engine's endpoint called directly, with the body the gateway's Qolaba engine sends;
+* hot: sync text-to-image through the gateway (auth, pricing, reservation, engine call, blob write,
+  settlement, job view), every client on one tenant, so every request takes the same wallet row lock;
+* many: the same with the clients spread over `--tenants` tenants;
+* async: submit with `"async": true` (202), then poll GET /v1/jobs/{id} until the job is finished.
+
+The open-loop mode sends `--rate` requests per second on a fixed schedule, to the engine and then through
+the gateway, and reports latency from each request's scheduled start (so a stall is not hidden by the
+load generator waiting). The difference of the two is the latency the gateway adds at that rate.
+
+Afterwards the ledger audit (`gateway billing audit`'s checks) runs, and the jobs and charges in the
+database are matched against the answers the clients received.
+
+    .venv/bin/python bench/gateway.py                      # everything, 10 s per mode
+    .venv/bin/python bench/gateway.py --modes engine,hot --duration 5
+    .venv/bin/python bench/gateway.py --url http://127.0.0.1:8000 --key gw_... --engine-url http://...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import io
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+
+ROOT = Path(__file__).resolve().parent.parent
+# This file is named like the package it measures; run as a script, its own folder comes first on
+# sys.path and `import gateway` would find this file. Put the repository root first instead.
+if __name__ == "__main__":
+    sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent)]
+ENGINE_KEY = "bench-engine-key"
+PROMPT = "a lighthouse on a cliff at dusk, oil painting"
+GATEWAY_BODY = {"prompt": PROMPT, "width": 512, "height": 512, "n": 1}
+# What gateway/engines/qolaba.py sends for GATEWAY_BODY (request_body()), so mode "engine" is the same work.
+ENGINE_BODY = {
+    "app_id": "ap-eRSyl0imzrUrbvgdAYwDTl",
+    "prompt": PROMPT,
+    "batch": 1,
+    "celery": True,
+    "guidance_scale": 7.5,
+    "width": 512,
+    "height": 512,
+}
+ALL_MODES = ("engine", "hot", "many", "async", "rate")
+
+
+# -- the fake engine ------------------------------------------------------------------------------
+
+
+def _small_png() -> bytes:
+    from PIL import Image  # noqa: PLC0415 - only the fake engine's process needs Pillow
+
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), (40, 120, 200)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def fake_engine_app() -> Callable[..., Awaitable[None]]:
+    """A raw ASGI app for Qolaba's submit endpoint. It answers a finished task at once (`output` filled
+    with a data URL), which the gateway's engine accepts without polling or downloading. It is kept
+    minimal, so that the engine's own cost is small next to what is measured."""
+    image = "data:image/png;base64," + base64.b64encode(_small_png()).decode("ascii")
+    counter = {"n": 0}
+    paths = {"/getTextToImage", "/getImageToImage", "/getImagetoImage"}
+    expected_auth = f"Bearer {ENGINE_KEY}".encode()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        headers = dict(scope["headers"])
+        status = 200
+        answer: dict[str, Any]
+        if scope["path"] not in paths or scope["method"] != "POST":
+            status, answer = 404, {"error": "not found"}
+        elif headers.get(b"authorization") != expected_auth:
+            status, answer = 401, {"error": "unauthorized"}
+        else:
+            request = msgspec.json.decode(body)
+            counter["n"] += 1
+            answer = {
+                "time_required": "0.0",
+                "error": "",
+                "error_data": "",
+                "input": "",
+                "output": [image] * int(request.get("batch", 1)),
+                "app_id": request.get("app_id", ""),
+                "task_id": f"task-{counter['n']}",
+                "status": "SUCCESS",
+            }
+        payload = msgspec.json.encode(answer)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    return app
+
+
+def serve_fake_engine(port: int) -> None:
+    import uvicorn  # noqa: PLC0415
+
+    uvicorn.run(
+        fake_engine_app(),
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+    )
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up in {timeout:g}s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Tenants:
+    hot: str
+    many: list[str]
+    credits: int  # each tenant's starting balance, millicredits
+
+
+async def create_tenants(dsn: str, many: int) -> Tenants:
+    """A hot tenant and `many` others, each with plenty of credits and a key without a rate limit."""
+    from gateway.auth.service import KeySpec, create_tenant, create_tenant_key  # noqa: PLC0415
+    from gateway.db.migrations import apply_migrations  # noqa: PLC0415
+    from gateway.db.pool import create_pool  # noqa: PLC0415
+
+    credits = 10**12
+    pool = await create_pool(dsn, min_size=1, max_size=2, statement_cache_size=100)
+    keys = []
+    try:
+        async with pool.acquire() as conn:
+            await apply_migrations(conn)
+            for i in range(many + 1):
+                async with conn.transaction():
+                    tenant_id, _ = await create_tenant(
+                        conn, name=f"bench-{i}", credits=credits, max_concurrent_jobs=100_000
+                    )
+                    key = await create_tenant_key(
+                        conn,
+                        tenant_id=tenant_id,
+                        spec=KeySpec(name="bench", scopes=["generate", "jobs:read"], rate_limit_per_minute=10**9),
+                    )
+                keys.append(key.key)
+    finally:
+        await pool.close()
+    return Tenants(hot=keys[0], many=keys[1:], credits=credits)
+
+
+@contextlib.contextmanager
+def local_stack(args: argparse.Namespace) -> Iterator[tuple[str, str, str, Tenants, CpuMeter]]:
+    """Fake engine, embedded PostgreSQL and the gateway, all on 127.0.0.1; yields (gateway, engine, dsn,
+    tenants, a CPU meter over the three)."""
+    from gateway.db.embedded import start_embedded  # noqa: PLC0415
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    embedded = None
+    try:
+        engine_port = free_port()
+        engine_url = f"http://127.0.0.1:{engine_port}"
+        procs.append(subprocess.Popen([sys.executable, __file__, "--serve-fake-engine", str(engine_port)]))
+        embedded = start_embedded(tmp / "data")
+        dsn = embedded.uri
+        tenants = asyncio.run(create_tenants(dsn, args.tenants))
+        config = tmp / "gateway.toml"
+        config.write_text(
+            f"""
+[engines.qolaba]
+kind = "qolaba"
+base_url = "{engine_url}"
+api_key_env = "BENCH_ENGINE_KEY"
+max_concurrency = 4096
+
+[routes]
+text-to-image = ["qolaba"]
+"""
+        )
+        port = free_port()
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "GATEWAY_CONFIG": str(config),
+            "GATEWAY_DATABASE_URL": dsn,
+            "GATEWAY_DATA_DIR": str(tmp / "data"),
+            "GATEWAY_LOG_LEVEL": "warning",
+            "GATEWAY_DEMO_TENANT": "false",
+            "GATEWAY_DB_POOL_MAX": str(args.db_pool),
+            "GATEWAY_WORKER_CONCURRENCY": "256",
+            "BENCH_ENGINE_KEY": ENGINE_KEY,
+        }
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port)], env=env
+        )
+        procs.append(gateway)
+        wait_http(f"{engine_url}/", proc=procs[0])
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc=gateway)
+        print(f"gateway pid {gateway.pid} on :{port}, fake engine pid {procs[0].pid} on :{engine_port}", flush=True)
+        postmaster = int((embedded.pgdata / "postmaster.pid").read_text().split()[0])
+        meter = CpuMeter(gateway=gateway.pid, engine=procs[0].pid, postmaster=postmaster)
+        yield f"http://127.0.0.1:{port}", engine_url, dsn, tenants, meter
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        if embedded is not None:
+            embedded.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- CPU accounting -------------------------------------------------------------------------------
+
+
+def _ticks(pid: int, children: bool = False) -> int:
+    """utime + stime of a process (plus its reaped children's), in clock ticks; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0
+    # fields[0] is field 3 (state) of proc(5): utime is field 14, stime 15, cutime 16, cstime 17.
+    used = int(fields[11]) + int(fields[12])
+    return used + (int(fields[13]) + int(fields[14]) if children else 0)
+
+
+def _children(ppid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == ppid:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds used by the gateway, PostgreSQL (postmaster and backends), the fake engine and this
+    load generator. On a shared machine, CPU per request is steadier than latency."""
+
+    gateway: int | None = None
+    engine: int | None = None
+    postmaster: int | None = None
+
+    def sample(self) -> dict[str, float]:
+        hz = os.sysconf("SC_CLK_TCK")
+        out = {"client": time.process_time()}
+        if self.gateway:
+            out["gateway"] = _ticks(self.gateway) / hz
+        if self.engine:
+            out["engine"] = _ticks(self.engine) / hz
+        if self.postmaster:
+            pg = _ticks(self.postmaster, children=True) + sum(_ticks(p) for p in _children(self.postmaster))
+            out["postgres"] = pg / hz
+        return out
+
+
+# -- load -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    name: str
+    latencies: list[float] = field(default_factory=list)  # seconds, successful requests only
+    statuses: Counter[int] = field(default_factory=Counter)
+    elapsed: float = 0.0
+    offered: float | None = None
+    succeeded: int = 0  # warm-up included: every one of these was billed
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds used while measuring, by process
+
+    def cpu_ms(self, who: str) -> float:
+        """CPU milliseconds per counted request spent by `who`."""
+        return 1000 * self.cpu.get(who, float("nan")) / (sum(self.statuses.values()) or 1)
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies)
+
+    def rps(self) -> float:
+        return self.ok / self.elapsed if self.elapsed else 0.0
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        data = sorted(self.latencies)
+        return data[min(len(data) - 1, round(q * (len(data) - 1)))] * 1000
+
+
+Call = Callable[[httpx.AsyncClient, int], Awaitable[int]]
+
+
+def engine_call(engine_url: str) -> Call:
+    url = f"{engine_url}/getTextToImage"
+    headers = {"Authorization": f"Bearer {ENGINE_KEY}", "Content-Type": "application/json"}
+    body = msgspec.json.encode(ENGINE_BODY)
+
+    async def call(client: httpx.AsyncClient, worker: int) -> int:
+        response = await client.post(url, content=body, headers=headers)
+        # The gateway decodes the envelope; do the same so both sides do comparable client work.
+        msgspec.json.decode(response.content)
+        return response.status_code
+
+    return call
+
+
+def sync_call(gateway_url: str, keys: list[str]) -> Call:
+    url = f"{gateway_url}/v1/text-to-image"
+    body = msgspec.json.encode(GATEWAY_BODY)
+    headers = [{"Authorization": f"Bearer {key}", "Content-Type": "application/json"} for key in keys]
+
+    async def call(client: httpx.AsyncClient, worker: int) -> int:
+        response = await client.post(url, content=body, headers=headers[worker % len(headers)])
+        if response.status_code == 200 and msgspec.json.decode(response.content)["state"] != "succeeded":
+            return 599
+        return response.status_code
+
+    return call
+
+
+def async_call(gateway_url: str, keys: list[str], poll_s: float) -> Call:
+    url = f"{gateway_url}/v1/text-to-image"
+    body = msgspec.json.encode({**GATEWAY_BODY, "async": True})
+    headers = [{"Authorization": f"Bearer {key}", "Content-Type": "application/json"} for key in keys]
+
+    async def call(client: httpx.AsyncClient, worker: int) -> int:
+        h = headers[worker % len(headers)]
+        response = await client.post(url, content=body, headers=h)
+        if response.status_code != 202:
+            return response.status_code
+        location = gateway_url + response.headers["location"]
+        while True:
+            await asyncio.sleep(poll_s)
+            poll = await client.get(location, headers=h)
+            if poll.status_code != 200:
+                return poll.status_code
+            state = msgspec.json.decode(poll.content)["state"]
+            if state == "succeeded":
+                return 200
+            if state not in ("queued", "running"):
+                return 599
+
+    return call
+
+
+def client(connections: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(limits=limits, timeout=60.0)
+
+
+async def measure_cpu(meter: CpuMeter, result: Result, warmup: float) -> Callable[[], None]:
+    """Start measuring after `warmup`; the returned function stops and stores the CPU used."""
+    await asyncio.sleep(warmup)
+    before = meter.sample()
+
+    def done() -> None:
+        after = meter.sample()
+        result.cpu = {k: after[k] - before[k] for k in after}
+
+    return done
+
+
+async def closed_loop(
+    name: str, call: Call, concurrency: int, duration: float, warmup: float, meter: CpuMeter
+) -> Result:
+    """`concurrency` workers, each sending its next request when the previous one returns."""
+    result = Result(name)
+    async with client(concurrency) as http:
+        start = time.perf_counter()
+        counting_from = start + warmup
+        end = counting_from + duration
+        cpu = asyncio.create_task(measure_cpu(meter, result, warmup))
+
+        async def worker(i: int) -> None:
+            while (t0 := time.perf_counter()) < end:
+                try:
+                    status = await call(http, i)
+                except httpx.HTTPError:
+                    status = 0
+                t1 = time.perf_counter()
+                result.succeeded += status in (200, 202)
+                if t0 >= counting_from:
+                    result.statuses[status] += 1
+                    if status in (200, 202):
+                        result.latencies.append(t1 - t0)
+
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        result.elapsed = time.perf_counter() - counting_from
+        (await cpu)()
+    return result
+
+
+async def open_loop(
+    name: str, call: Call, rate: float, duration: float, warmup: float, workers: int, meter: CpuMeter
+) -> Result:
+    """Requests started on a fixed schedule of `rate` per second; latency counts from the scheduled start."""
+    result = Result(name, offered=rate)
+    async with client(1024) as http:
+        start = time.perf_counter()
+        counting_from = start + warmup
+        cpu = asyncio.create_task(measure_cpu(meter, result, warmup))
+        total = int((warmup + duration) * rate)
+        tasks = []
+
+        async def one(i: int, scheduled: float) -> None:
+            try:
+                status = await call(http, i % workers)
+            except httpx.HTTPError:
+                status = 0  # overloaded: the connection was refused or reset
+            done = time.perf_counter()
+            result.succeeded += status in (200, 202)
+            if scheduled >= counting_from:
+                result.statuses[status] += 1
+                if status in (200, 202):
+                    result.latencies.append(done - scheduled)
+
+        for i in range(total):
+            scheduled = start + i / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, scheduled)))
+        await asyncio.gather(*tasks)
+        result.elapsed = time.perf_counter() - counting_from
+        (await cpu)()
+    return result
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def table(results: list[Result], baseline: dict[str, Result]) -> str:
+    """One row per mode; +p50/+p99 against the engine called directly the same way; CPU ms per request."""
+    cols = [
+        ("mode", 42),
+        ("req/s", 7),
+        ("p50 ms", 7),
+        ("p90 ms", 7),
+        ("p99 ms", 7),
+        ("+p50 ms", 7),
+        ("+p99 ms", 7),
+        ("errors", 6),
+        ("CPU ms/req: gateway", 19),
+        ("postgres", 8),
+        ("engine", 6),
+        ("client", 6),
+    ]
+    lines = ["| " + " | ".join(f"{name:>{w}}" if i else f"{name:<{w}}" for i, (name, w) in enumerate(cols)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for _, w in cols) + "|")
+    for r in results:
+        base = baseline.get(r.name)
+        errors = sum(n for s, n in r.statuses.items() if s not in (200, 202))
+        values = [
+            f"{r.rps():.1f}",
+            f"{r.pct(0.5):.2f}",
+            f"{r.pct(0.9):.2f}",
+            f"{r.pct(0.99):.2f}",
+            f"{r.pct(0.5) - base.pct(0.5):.2f}" if base else "",
+            f"{r.pct(0.99) - base.pct(0.99):.2f}" if base else "",
+            str(errors),
+            *(f"{r.cpu_ms(who):.2f}" if who in r.cpu else "" for who in ("gateway", "postgres", "engine", "client")),
+        ]
+        cells = [f"{r.name:<{cols[0][1]}}"] + [f"{v:>{w}}" for v, (_, w) in zip(values, cols[1:], strict=True)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+async def account(dsn: str, tenants: Tenants, answered: int) -> bool:
+    """The ledger audit, then every succeeded answer matched with a succeeded, charged job."""
+    import asyncpg  # noqa: PLC0415
+
+    from gateway.db.audit import CHECKS, run_audit  # noqa: PLC0415
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        problems = await run_audit(conn)
+        row = await conn.fetchrow(
+            """SELECT count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+                      count(*) FILTER (WHERE state IN ('queued', 'running')) AS unfinished,
+                      count(*) FILTER (WHERE state IN ('failed', 'canceled')) AS failed,
+                      coalesce(sum(charged), 0) AS charged
+               FROM jobs"""
+        )
+        assert row is not None
+        charges = await conn.fetchval("SELECT count(*) FROM ledger_entries WHERE kind = 'charge'")
+        spent = await conn.fetchval("SELECT coalesce(sum($1::bigint - balance), 0) FROM wallets", tenants.credits)
+    finally:
+        await conn.close()
+    print("\nLedger audit (gateway billing audit):")
+    for name in CHECKS:
+        print(f"  {'FAIL' if name in problems else 'ok  '}  {name}")
+    print(
+        f"Jobs: {row['succeeded']} succeeded, {row['failed']} failed, {row['unfinished']} unfinished;"
+        f" {charges} charge entries; {spent / 1000:.3f} credits spent, {row['charged'] / 1000:.3f} charged on jobs."
+    )
+    print(f"Successful answers received by the clients (warm-up included): {answered}")
+    accounted = (
+        not problems and row["unfinished"] == 0 and row["succeeded"] == charges == answered and spent == row["charged"]
+    )
+    print("Every request accounted for: " + ("yes" if accounted else "NO"))
+    return accounted
+
+
+async def run_modes(
+    args: argparse.Namespace, gateway_url: str, engine_url: str | None, hot: str, many: list[str], meter: CpuMeter
+) -> tuple[list[Result], dict[str, Result], int]:
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    results: list[Result] = []
+    baseline: dict[str, Result] = {}
+    answered = 0
+    c, d, w = args.concurrency, args.duration, args.warmup
+
+    async def closed(name: str, call: Call, billed: bool = True) -> Result:
+        nonlocal answered
+        print(f"running {name} ...", flush=True)
+        r = await closed_loop(name, call, c, d, w, meter)
+        if billed:
+            answered += r.succeeded
+        results.append(r)
+        return r
+
+    engine: Result | None = None
+    if "engine" in modes and engine_url:
+        engine = await closed(f"engine direct, {c} clients", engine_call(engine_url), billed=False)
+    if "hot" in modes:
+        r = await closed(f"gateway sync, 1 tenant, {c} clients", sync_call(gateway_url, [hot]))
+        if engine:
+            baseline[r.name] = engine
+    if "many" in modes and many:
+        r = await closed(f"gateway sync, {len(many)} tenants, {c} clients", sync_call(gateway_url, many))
+        if engine:
+            baseline[r.name] = engine
+    if "async" in modes:
+        r = await closed(
+            f"gateway async submit + poll, {c} clients", async_call(gateway_url, many or [hot], args.poll_interval)
+        )
+        if engine:
+            baseline[r.name] = engine
+    if "rate" in modes:
+        rate_engine = None
+        if engine_url:
+            print(f"running engine at {args.rate:g} req/s ...", flush=True)
+            rate_engine = await open_loop(
+                f"engine direct at {args.rate:g} req/s", engine_call(engine_url), args.rate, d, w, c, meter
+            )
+            results.append(rate_engine)
+        print(f"running gateway at {args.rate:g} req/s ...", flush=True)
+        r = await open_loop(
+            f"gateway sync at {args.rate:g} req/s", sync_call(gateway_url, many or [hot]), args.rate, d, w, c, meter
+        )
+        answered += r.succeeded
+        results.append(r)
+        if rate_engine:
+            baseline[r.name] = rate_engine
+    return results, baseline, answered
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modes", default=",".join(ALL_MODES), help=f"comma-separated, of {', '.join(ALL_MODES)}")
+    parser.add_argument("--concurrency", type=int, default=32, help="clients in the closed-loop modes")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per mode")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds per mode before measuring")
+    parser.add_argument("--rate", type=float, default=200.0, help="requests/s in the open-loop mode")
+    parser.add_argument("--tenants", type=int, default=32, help="tenants in the many-tenant modes")
+    parser.add_argument("--poll-interval", type=float, default=0.005, help="seconds between job polls (async)")
+    parser.add_argument("--db-pool", type=int, default=20, help="the gateway's database pool size")
+    parser.add_argument("--url", help="a running gateway instead of starting one (needs --key)")
+    parser.add_argument("--key", action="append", help="tenant key(s) for --url; the first is the hot tenant")
+    parser.add_argument("--engine-url", help="with --url: the fake engine the gateway routes to, for the baseline")
+    parser.add_argument("--serve-fake-engine", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_fake_engine:
+        serve_fake_engine(args.serve_fake_engine)
+        return 0
+
+    import uvloop  # noqa: PLC0415
+
+    # Importing the embedded server's package sets the root logger to INFO; a log line per request
+    # would make the load generator, not the gateway, the thing measured.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start", flush=True)
+    if args.url:
+        if not args.key:
+            parser.error("--url needs --key")
+        results, baseline, _ = uvloop.run(
+            run_modes(args, args.url, args.engine_url, args.key[0], args.key[1:], CpuMeter())
+        )
+        print()
+        print(table(results, baseline))
+        return 0
+    with local_stack(args) as (gateway_url, engine_url, dsn, tenants, meter):
+        results, baseline, answered = uvloop.run(
+            run_modes(args, gateway_url, engine_url, tenants.hot, tenants.many, meter)
+        )
+        time.sleep(0.5)  # let the last settlements commit
+        print()
+        print(table(results, baseline))
+        print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
+        ok = uvloop.run(account(dsn, tenants, answered))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
