@@ -16,7 +16,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import Message, Scope
 
-from gateway.api import admin, files, health, images, jobs, keys, usage
+from gateway.api import admin, admin_billing, files, health, images, jobs, keys, usage
 from gateway.api.strict import decode_strictly
 from gateway.auth.guard import authorize, current_principal
 from gateway.auth.keys import KeyAuthenticator
@@ -95,6 +95,7 @@ def create_app(settings: Settings) -> Litestar:
             *keys.routes,
             *usage.routes,
             *admin.routes,
+            *admin_billing.routes,
         ],
         dependencies={
             "services": Provide(_provide_services, sync_to_thread=False),
