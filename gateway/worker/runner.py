@@ -226,10 +226,13 @@ class JobRunner:
             )
         images = []
         ext_format = job["params"].get("output_format", "png")
+        # Keys of this run's own: a runner that lost its lease but finishes anyway must not
+        # overwrite, or on discarding delete, the images of the runner that settled the job.
+        run = secrets.token_hex(8)
         for image in routed.result.images[: job["n"]]:
             data = image.data
             ext = _EXTENSIONS.get(image.media_type, ext_format)
-            key = f"outputs/{job_id}/{image.index}.{ext}"
+            key = f"outputs/{job_id}/{run}-{image.index}.{ext}"
             await self.blobs.put(key, data, image.media_type)
             images.append(
                 StoredImage(
