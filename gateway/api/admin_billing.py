@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -280,7 +280,7 @@ async def admin_usage(
     """Jobs, images, credits charged, the engines' reported spend and its cost, and the margin,
     grouped by tenant, day (UTC), operation, engine and/or key. `group_by=engine` is the margin
     per engine. Defaults: the last 30 days, grouped by tenant. `Accept: text/csv` for CSV."""
-    end = end or datetime.now().date()
+    end = end or datetime.now(UTC).date()  # the rollup's days are UTC days
     start = start or end - timedelta(days=30)
     if start > end:
         raise ValidationFailed.field("start", "must not be after end")
