@@ -72,11 +72,13 @@ async def usage_rows(conn: Any, tenant_id: UUID | None, start: date, end: date, 
     """Usage from the daily rollup; `tenant_id=None` is the whole platform (operators)."""
     cols = [_COLUMNS[g] for g in group_by]
     select = ", ".join(cols)
+    # Spliced rather than `$1 IS NULL OR ...`, so the generic plan still uses the primary key.
+    tenant = "tenant_id = $1" if tenant_id is not None else "$1::uuid IS NULL"
     rows = await conn.fetch(
         f"""SELECT {select}{", " if cols else ""} sum(jobs)::bigint AS jobs, sum(images)::bigint AS images,
                    sum(failed_images)::bigint AS failed_images, sum(charged)::bigint AS charged
             FROM usage_daily
-            WHERE ($1::uuid IS NULL OR tenant_id = $1) AND day BETWEEN $2 AND $3
+            WHERE {tenant} AND day BETWEEN $2 AND $3
             {"GROUP BY " + select if cols else ""} {"ORDER BY " + select if cols else ""}""",  # noqa: S608 - whitelisted
         tenant_id,
         start,

@@ -194,12 +194,17 @@ async def wallet(conn: Conn, tenant_id: UUID) -> asyncpg.Record | None:
 
 
 async def ledger_page(conn: Conn, tenant_id: UUID, before_id: int | None, limit: int) -> list[asyncpg.Record]:
-    """Newest first; `before_id` is the cursor (uses ledger_tenant_page)."""
+    """Newest first; `before_id` is the cursor (uses ledger_tenant_page).
+
+    Written so that the generic plan of the prepared statement stays on ledger_tenant_page too.
+    The cursor is an index bound (no `$2 IS NULL OR ...`). The tenant is matched as a range of
+    one so that ordering by tenant_id is not dropped as redundant: the primary key then has no
+    ordered path, and cannot turn a small tenant's page into a walk over every entry."""
     return await conn.fetch(
         """SELECT id, kind, amount, balance_after, job_id, api_key_id, reason, created_at
            FROM ledger_entries
-           WHERE tenant_id = $1 AND ($2::bigint IS NULL OR id < $2)
-           ORDER BY id DESC LIMIT $3""",
+           WHERE tenant_id BETWEEN $1 AND $1 AND id < coalesce($2::bigint, 9223372036854775807)
+           ORDER BY tenant_id, id DESC LIMIT $3""",
         tenant_id,
         before_id,
         limit,
