@@ -17,6 +17,7 @@ from litestar.types import Message, Scope
 from gateway import dashboard
 from gateway.api import (
     admin,
+    admin_billing,
     admin_engines,
     admin_keys,
     files,
@@ -111,6 +112,7 @@ def create_app(settings: Settings) -> Litestar:
             *webhooks.routes,
             *openai_compat.routes,
             dashboard.router(),
+            *admin_billing.routes,
         ],
         dependencies={
             "services": Provide(_provide_services, sync_to_thread=False),

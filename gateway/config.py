@@ -50,6 +50,10 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_concurrency: PositiveInt = 16
     weight: PositiveInt = 1
     options: dict[str, Any] = msgspec.field(default_factory=dict)
+    # What this engine's reported spend costs the operator, in our credits, for margin reports
+    # (/v1/admin/usage): per vendor credit it reports spending, and per GPU second.
+    cost_per_vendor_credit: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    cost_per_gpu_second: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     # Resolved from the environment variable `api_key_env` by the loader, never from the file.
     api_key: Secret | None = None
 

@@ -20,11 +20,13 @@ from gateway.errors import ValidationFailed
 from gateway.state import Services
 
 
-class Balance(msgspec.Struct, kw_only=True):
+class Balance(msgspec.Struct, kw_only=True, omit_defaults=True):
     balance: float
     held: float
     available: float
     active_jobs: int
+    # Set by an operator; a `balance.low` webhook event is sent when `available` falls below it.
+    low_balance_threshold: float | None = None
 
 
 class LedgerEntry(msgspec.Struct, kw_only=True):
@@ -93,6 +95,7 @@ async def tenant_balance(conn: Any, tenant_id: UUID) -> Balance:
         held=to_credits(w["held"]),
         available=to_credits(w["balance"] - w["held"]),
         active_jobs=w["active_jobs"],
+        low_balance_threshold=None if w["low_balance_threshold"] is None else to_credits(w["low_balance_threshold"]),
     )
 
 

@@ -198,12 +198,19 @@ async def list_jobs(
     operation: str | None,
     limit: int,
 ) -> list[asyncpg.Record]:
-    """Newest first, keyset-paginated on (created_at, id) (uses jobs_tenant_page)."""
+    """Newest first, keyset-paginated on (created_at, id) (uses jobs_tenant_page, or
+    jobs_tenant_state_page with a state filter).
+
+    The cursor is always an index bound and the state test is spliced in, not `$n IS NULL OR ...`:
+    the generic plan PostgreSQL adopts for a prepared statement could otherwise use neither, and
+    walk every job of the tenant up to the page."""
+    state_test = "state = $4" if state is not None else "$4::text IS NULL"
     return await conn.fetch(
         f"""SELECT {JOB_COLUMNS} FROM jobs
             WHERE tenant_id = $1
-              AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
-              AND ($4::text IS NULL OR state = $4)
+              AND (created_at, id) < (coalesce($2::timestamptz, 'infinity'),
+                                      coalesce($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+              AND {state_test}
               AND ($5::text IS NULL OR operation = $5)
             ORDER BY created_at DESC, id DESC LIMIT $6""",  # noqa: S608
         tenant_id,

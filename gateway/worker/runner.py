@@ -289,11 +289,14 @@ class JobRunner:
             )
         images = []
         ext_format = job["params"].get("output_format", "png")
+        # Keys of this run's own: a runner that lost its lease but finishes anyway must not
+        # overwrite, or on discarding delete, the images of the runner that settled the job.
+        run = secrets.token_hex(8)
         for image in routed.result.images[: job["n"]]:
             # Engines answer in their own format; the tenant gets the one it asked for.
             data, media_type = await asyncio.to_thread(to_output_format, image.data, image.media_type, ext_format)
             ext = _EXTENSIONS.get(media_type, ext_format)
-            key = f"outputs/{job_id}/{image.index}.{ext}"
+            key = f"outputs/{job_id}/{run}-{image.index}.{ext}"
             try:
                 await self.blobs.put(key, data, media_type)
             except BaseException:
