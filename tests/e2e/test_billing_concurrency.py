@@ -116,7 +116,7 @@ async def test_two_hundred_concurrent_requests_on_a_wallet_for_120_images_with_a
     statuses = Counter(r.status_code for r in responses)
     assert set(statuses) <= {200, 402, 503}, statuses
     succeeded = [r.json() for r in responses if r.status_code == 200]
-    failed = [r.json() for r in responses if r.status_code == 503]
+    failed = [r.json()["job"] for r in responses if r.status_code == 503]
     refused = [r.json() for r in responses if r.status_code == 402]
     assert all(j["state"] == "succeeded" and j["charged"] == 0.4 for j in succeeded)
     assert all(j["state"] == "failed" and j["charged"] == 0 for j in failed)

@@ -22,7 +22,7 @@ async def test_a_new_price_version_applies_to_the_next_request_despite_the_price
     first = await gateway.client.post("/v1/text-to-image", json=T2I, headers=auth(key))
     assert first.json()["charged"] == 0.4
     rules = [PriceRule(operation=op, base=800, cap=4000) for op in ("text-to-image", "image-to-image", "inpaint")]
-    async with gateway.pool.acquire() as conn:
+    async with gateway.pool.acquire() as conn, conn.transaction():
         await bq.insert_price_version(conn, rules, "doubled", None)
     second = await gateway.client.post("/v1/text-to-image", json=T2I, headers=auth(key))
     assert second.status_code == 200, second.text
