@@ -27,6 +27,10 @@ def _print(result: dict[str, Any], as_json: bool) -> None:
             print(f"{key}: {value}")
 
 
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415
 
@@ -35,7 +39,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, host=args.host, port=args.port)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # uvicorn's SIGTERM handling is the graceful shutdown: stop accepting, finish in-flight
-    # requests, then the lifespan drains the runner and closes the pool.
+    # requests, then the lifespan drains the runner and closes the pool. Afterwards uvicorn
+    # re-raises the signal to whatever handler was there before it; this one turns that into
+    # exit status 0, so Kubernetes and systemd see a clean stop rather than death by SIGTERM.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
