@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +25,9 @@ from gateway.engines.registry import build_engines
 from gateway.metrics import Metrics
 from gateway.routing.router import Router
 from gateway.state import Services
+from gateway.storage.base import BlobStore
 from gateway.storage.filesystem import FilesystemBlobStore
+from gateway.storage.s3 import S3BlobStore
 from gateway.webhooks.dispatcher import WebhookDispatcher
 from gateway.worker.runner import JobRunner
 
@@ -48,6 +51,16 @@ async def _in_process_diffusion(settings: Settings, extras: dict[str, Any]) -> d
     return {LOCAL_ENGINE: engine}
 
 
+def build_blob_store(settings: Settings) -> BlobStore:
+    """The store `[storage]` names: a shared folder (default `<data_dir>/blobs`) or an S3 bucket."""
+    storage = settings.storage
+    if storage.kind == "s3":
+        # No bucket check here: a least-privilege policy (Get/Put/DeleteObject) may not allow
+        # HEAD on the bucket, and a wrong bucket or key surfaces on the first job as S3StorageError.
+        return S3BlobStore.from_config(storage)
+    return FilesystemBlobStore(Path(storage.path) if storage.path else settings.data_path / "blobs")
+
+
 async def build_services(
     settings: Settings,
     *,
@@ -59,7 +72,10 @@ async def build_services(
 ) -> Services:
     """Everything the app needs, in dependency order."""
     extras: dict[str, Any] = {}
-    blobs = FilesystemBlobStore(settings.data_path / "blobs")
+    blobs = build_blob_store(settings)
+    if settings.storage.kind == "s3":
+        # Engines that fetch inputs by URL (Qolaba) can be offered jobs: the store presigns them.
+        extras["signs_inputs"] = True
     if settings.engines:
         engines = build_engines(settings)
         router = Router.from_settings(settings, engines, metrics)

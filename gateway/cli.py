@@ -28,6 +28,10 @@ def _print(result: dict[str, Any], as_json: bool) -> None:
             print(f"{key}: {value}")
 
 
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415
 
@@ -40,7 +44,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # request (httpx) through a queue thread: measurable CPU per request. The configured level rules.
     logging.getLogger().setLevel(settings.log_level.upper())
     # uvicorn's SIGTERM handling is the graceful shutdown: stop accepting, finish in-flight
-    # requests, then the lifespan drains the runner and closes the pool.
+    # requests, then the lifespan drains the runner and closes the pool. Afterwards uvicorn
+    # re-raises the signal to whatever handler was there before it; this one turns that into
+    # exit status 0, so Kubernetes and systemd see a clean stop rather than death by SIGTERM.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         app,
         host=settings.host,

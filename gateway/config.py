@@ -98,6 +98,44 @@ class WebhookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     poll_s: PositiveFloat = 5.0  # safety net; new messages wake the dispatcher by NOTIFY
 
 
+# S3 refuses presigned URLs that live longer than a week.
+_MAX_PRESIGN_TTL_S = 7 * 24 * 3600
+
+
+class StorageConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[storage]`: where input and output images live.
+
+    `filesystem` (the default) keeps them in `path` (default `<data_dir>/blobs`), which every
+    process of one deployment must share. `s3` uses a bucket on any S3-compatible server. The
+    credentials come only from the environment variables named by `*_key_env`.
+    """
+
+    kind: Literal["filesystem", "s3"] = "filesystem"
+    path: str | None = None  # filesystem only
+    bucket: str | None = None
+    # None: AWS S3 in `region`. MinIO, Ceph RGW, R2...: their URL, e.g. "http://minio:9000".
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    prefix: str = ""  # prepended to every key, e.g. "prod/": several deployments share a bucket
+    # Path-style (`endpoint/bucket/key`) works with every S3-compatible server; AWS also takes
+    # virtual-hosted style (`bucket.endpoint/key`), which bucket names with dots break under TLS.
+    path_style: bool = True
+    # Where vendors reach the store when that differs from the gateway's address (the host is signed).
+    public_endpoint_url: str | None = None
+    presign_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=_MAX_PRESIGN_TTL_S)] = 3600
+    request_timeout_s: PositiveFloat = 30.0
+    access_key_env: str = "AWS_ACCESS_KEY_ID"
+    secret_key_env: str = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 (the name of a variable, not a secret)
+    # Resolved from the variables above by the loader, never from the file.
+    access_key: Secret | None = None
+    secret_key: Secret | None = None
+
+    @property
+    def s3_endpoint_url(self) -> str:
+        """The endpoint the gateway talks to: `endpoint_url`, or AWS S3's for `region`."""
+        return self.endpoint_url or f"https://s3.{self.region}.amazonaws.com"
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Every setting of the service. Build it with `load_settings()`."""
 
@@ -131,6 +169,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     routing: RoutingConfig = RoutingConfig()
     gpu: GpuConfig = GpuConfig()
     webhooks: WebhookConfig = WebhookConfig()
+    storage: StorageConfig = StorageConfig()
 
     @property
     def data_path(self) -> Path:
@@ -141,8 +180,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 _ENV_SCALARS = {
     name: field
     for name, field in zip(Settings.__struct_fields__, msgspec.structs.fields(Settings), strict=True)
-    if name not in {"engines", "routes", "routing", "gpu", "webhooks", "fetch_allow_hosts", "blob_signing_key"}
+    if name
+    not in {"engines", "routes", "routing", "gpu", "webhooks", "storage", "fetch_allow_hosts", "blob_signing_key"}
 }
+# `[storage]` fields that may come from GATEWAY_STORAGE_<NAME> (a container sets the bucket per environment).
+_ENV_STORAGE = frozenset(StorageConfig.__struct_fields__) - {"access_key", "secret_key"}
 
 
 # Read by `gateway generate`, a client of a running gateway; never settings of the service.
@@ -170,6 +212,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             out[name] = [h.strip() for h in value.split(",") if h.strip()]
         elif name in _ENV_SCALARS:
             out[name] = value
+        elif name.startswith("storage_") and name.removeprefix("storage_") in _ENV_STORAGE:
+            out.setdefault("storage", {})[name.removeprefix("storage_")] = value
         else:
             raise ConfigError(f"unknown environment variable {key}")
     return out
@@ -196,11 +240,19 @@ def _resolve_secrets(settings: Settings, environ: Mapping[str, str]) -> Settings
         for name, cfg in settings.engines.items()
     }
     gpu = msgspec.structs.replace(settings.gpu, shared_secret=secret(settings.gpu.secret_env, "gpu.secret_env"))
+    storage = settings.storage
+    if storage.kind == "s3":
+        storage = msgspec.structs.replace(
+            storage,
+            access_key=secret(storage.access_key_env, "storage.access_key_env"),
+            secret_key=secret(storage.secret_key_env, "storage.secret_key_env"),
+        )
     signing = environ.get("GATEWAY_BLOB_SIGNING_KEY")
     return msgspec.structs.replace(
         settings,
         engines=engines,
         gpu=gpu,
+        storage=storage,
         blob_signing_key=Secret(signing) if signing else settings.blob_signing_key,
     )
 
@@ -210,6 +262,17 @@ def _check_routes(settings: Settings) -> None:
         for name in names:
             if name not in settings.engines:
                 raise ConfigError(f"routes.{operation}: unknown engine {name!r}")
+
+
+def _check_storage(storage: StorageConfig) -> None:
+    if storage.kind != "s3":
+        return
+    if not storage.bucket:
+        raise ConfigError('storage.bucket: required when storage.kind = "s3"')
+    for name in ("endpoint_url", "public_endpoint_url"):
+        url = getattr(storage, name)
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ConfigError(f"storage.{name}: must be an http(s) URL, got {url!r}")
 
 
 def load_settings(
@@ -233,8 +296,17 @@ def load_settings(
     for key in ("api_key", "shared_secret", "blob_signing_key"):
         if key in raw:
             raise ConfigError(f"{source}: {key} may only come from the environment")
-    raw.update(_env_overrides(env))
+    for key in ("access_key", "secret_key"):
+        if key in raw.get("storage", {}):
+            raise ConfigError(f"{source}: storage.{key} may only come from the environment (storage.{key}_env)")
+    env_values = _env_overrides(env)
+    # GATEWAY_STORAGE_* refine the file's [storage] table instead of replacing it.
+    if "storage" in env_values:
+        env_values["storage"] = {**raw.get("storage", {}), **env_values["storage"]}
+    raw.update(env_values)
     raw.update(overrides or {})
-    settings = _resolve_secrets(_decode(raw, source), env)
+    decoded = _decode(raw, source)
+    _check_storage(decoded.storage)
+    settings = _resolve_secrets(decoded, env)
     _check_routes(settings)
     return settings

@@ -161,7 +161,13 @@ class Gateway:
         return tenant_id, key
 
 
-def gateway_settings(database_url: str, data_dir: Path, vendors: dict[str, str], **overrides: Any) -> Any:
+def gateway_settings(
+    database_url: str,
+    data_dir: Path,
+    vendors: dict[str, str],
+    environ: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Any:
     engines = {
         "a2c": {
             "kind": "api2convert",
@@ -199,7 +205,7 @@ def gateway_settings(database_url: str, data_dir: Path, vendors: dict[str, str],
         "db_pool_max": 30,
     }
     base.update(overrides)
-    return load_settings(VENDOR_ENV, overrides=base)
+    return load_settings({**VENDOR_ENV, **(environ or {})}, overrides=base)
 
 
 @pytest.fixture
@@ -216,8 +222,9 @@ async def make_gateway(
         "aithriving": fake_aithriving.base_url,
     }
 
-    async def start(**overrides: Any) -> Gateway:
-        app = create_app(gateway_settings(database_url, data_dir, vendors, **overrides))
+    async def start(environ: dict[str, str] | None = None, **overrides: Any) -> Gateway:
+        # `environ`: extra variables the settings resolve secrets from (e.g. S3 credentials).
+        app = create_app(gateway_settings(database_url, data_dir, vendors, environ, **overrides))
         client: AsyncTestClient[Litestar] = AsyncTestClient(app, raise_server_exceptions=False)
         await client.__aenter__()
         started.append(client)

@@ -1,7 +1,7 @@
 """Forward-only SQL migrations: `migrations/NNNN_name.sql`, each in its own transaction.
 
 Applied files are recorded with a SHA-256 checksum; an applied file that was edited since is
-refused. A session-level advisory lock serializes concurrent starts of several replicas.
+refused. A transaction-level advisory lock serializes concurrent starts of several replicas.
 """
 
 from __future__ import annotations
@@ -61,15 +61,22 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 
 async def apply_migrations(conn: Conn, directory: Path = MIGRATIONS_DIR) -> list[str]:
-    """Apply what is pending; return the names applied. Safe to call from many replicas at once."""
+    """Apply what is pending; return the names applied. Safe to call from many replicas at once.
+
+    Each file's transaction first takes a transaction-scoped advisory lock, then re-reads whether
+    the file is applied, so concurrent starts apply each file once. A transaction-scoped lock (not
+    a session lock) also holds behind PgBouncer in transaction mode, where a session lock could be
+    taken on one server connection and "released" on another, leaving it held forever.
+    """
     migrations = discover(directory)
-    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
-    try:
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
         await conn.execute(_CREATE_TABLE)
-        applied = {r["name"]: r["checksum"] for r in await conn.fetch("SELECT name, checksum FROM schema_migrations")}
-        done: list[str] = []
-        for migration in migrations:
-            recorded = applied.get(migration.name)
+    done: list[str] = []
+    for migration in migrations:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+            recorded = await conn.fetchval("SELECT checksum FROM schema_migrations WHERE name = $1", migration.name)
             if recorded is not None:
                 if recorded != migration.checksum:
                     raise MigrationError(
@@ -78,16 +85,13 @@ async def apply_migrations(conn: Conn, directory: Path = MIGRATIONS_DIR) -> list
                         "migrations are forward only: add a new file instead"
                     )
                 continue
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)", migration.name, migration.checksum
-                )
-            log.info("applied migration %s", migration.name)
-            done.append(migration.name)
-        return done
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)", migration.name, migration.checksum
+            )
+        log.info("applied migration %s", migration.name)
+        done.append(migration.name)
+    return done
 
 
 async def pending_migrations(conn: Conn, directory: Path = MIGRATIONS_DIR) -> list[str]:

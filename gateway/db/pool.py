@@ -34,8 +34,12 @@ Pool = asyncpg.Pool
 async def create_pool(dsn: str, *, min_size: int, max_size: int, statement_cache_size: int) -> Pool:
     """A pool whose connections decode jsonb with msgspec.
 
-    `statement_cache_size=0` is required behind PgBouncer in transaction mode, where a prepared
-    statement may land on another server connection.
+    Behind PgBouncer in transaction mode (`db_statement_cache_size = 0`, GATEWAY_DB_STATEMENT_CACHE_SIZE=0):
+    each transaction may run on another server connection, so nothing may outlive one. With no
+    statement cache asyncpg prepares every query as the unnamed statement, which lives only until
+    the next one, instead of named statements that the next server connection would not know.
+    The rest of the gateway keeps no session state either: migrations take transaction-scoped
+    advisory locks, and the runner's LISTEN is only a wake-up hint (it also polls every second).
     """
     pool = await asyncpg.create_pool(
         dsn,

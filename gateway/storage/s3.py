@@ -13,16 +13,14 @@ import asyncio
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated
 from urllib.parse import urlsplit
 
 import httpx
-import msgspec
 
+from gateway.config import StorageConfig
 from gateway.storage.base import BlobNotFound
 from gateway.storage.signing import (
     EMPTY_PAYLOAD_SHA256,
-    MAX_PRESIGN_EXPIRES_S,
     SigV4Signer,
     sha256_hex,
     uri_encode,
@@ -35,27 +33,6 @@ _MAX_ERROR_BODY = 64 * 1024
 # S3 reports a missing object as NoSuchKey; a missing bucket (NoSuchBucket) is a deployment
 # fault, not a missing blob, and must not read as one.
 _MISSING_OBJECT_CODES = frozenset({"NoSuchKey", None})
-
-
-class S3Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """`[storage]` in gateway.toml when blobs live in an S3-compatible store.
-
-    The credentials come from the environment variables named here, never from the file.
-    """
-
-    endpoint_url: str  # e.g. "https://s3.eu-central-1.amazonaws.com" or "http://minio:9000"
-    bucket: str
-    region: str = "us-east-1"
-    access_key_env: str = "AWS_ACCESS_KEY_ID"
-    secret_key_env: str = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 (the name of a variable, not a secret)
-    # Path-style (`endpoint/bucket/key`) works with every S3-compatible server; AWS also takes
-    # virtual-hosted style (`bucket.endpoint/key`), which bucket names with dots break under TLS.
-    path_style: bool = True
-    presign_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=MAX_PRESIGN_EXPIRES_S)] = 3600
-    # Where vendors reach the store, when that differs from the address the gateway uses
-    # (an in-cluster service name vs. a public hostname): the host is part of the signature.
-    public_endpoint_url: str | None = None
-    request_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 
 
 class S3StorageError(Exception):
@@ -98,6 +75,7 @@ class S3BlobStore:
         access_key: str,
         secret_key: str,
         region: str = "us-east-1",
+        prefix: str = "",
         path_style: bool = True,
         public_endpoint_url: str | None = None,
         client: httpx.AsyncClient | None = None,
@@ -114,6 +92,9 @@ class S3BlobStore:
         self._endpoint = endpoint_url.rstrip("/")
         self._public_endpoint = (public_endpoint_url or endpoint_url).rstrip("/")
         self._bucket = bucket
+        if prefix.startswith("/") or any(part in {".", ".."} for part in prefix.split("/")):
+            raise ValueError(f"invalid key prefix {prefix!r}")
+        self._prefix = prefix
         self._path_style = path_style
         self._signer = SigV4Signer(access_key, secret_key, region, "s3")
         self._owns_client = client is None
@@ -123,21 +104,19 @@ class S3BlobStore:
         self._clock = clock or (lambda: datetime.now(UTC))
 
     @classmethod
-    def from_config(
-        cls,
-        config: S3Config,
-        *,
-        access_key: str,
-        secret_key: str,
-        client: httpx.AsyncClient | None = None,
-    ) -> S3BlobStore:
-        """A store for `[storage]`; the caller resolves the credentials from `*_key_env`."""
+    def from_config(cls, config: StorageConfig, *, client: httpx.AsyncClient | None = None) -> S3BlobStore:
+        """A store for `[storage]` with kind "s3"; `load_settings` has resolved the credentials."""
+        if not config.bucket:
+            raise ValueError("storage.bucket is required for an S3 store")
+        if config.access_key is None or config.secret_key is None:
+            raise ValueError("S3 credentials were not resolved from storage.access_key_env / secret_key_env")
         return cls(
-            endpoint_url=config.endpoint_url,
+            endpoint_url=config.s3_endpoint_url,
             bucket=config.bucket,
-            access_key=access_key,
-            secret_key=secret_key,
+            access_key=config.access_key,
+            secret_key=config.secret_key,
             region=config.region,
+            prefix=config.prefix,
             path_style=config.path_style,
             public_endpoint_url=config.public_endpoint_url,
             client=client,
@@ -148,7 +127,7 @@ class S3BlobStore:
         return f"S3BlobStore(endpoint={self._endpoint!r}, bucket={self._bucket!r})"
 
     def _url(self, endpoint: str, key: str) -> str:
-        path = uri_encode(key, keep_slash=True)
+        path = uri_encode(self._prefix + key, keep_slash=True)
         if self._path_style:
             return f"{endpoint}/{self._bucket}/{path}"
         parts = urlsplit(endpoint)

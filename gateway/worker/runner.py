@@ -339,7 +339,7 @@ class JobRunner:
         return msgspec.convert(params, EngineRequest, from_attributes=True)
 
     async def _input_url(self, blob_key: str) -> str | None:
-        url = await self.blobs.presigned_url(blob_key, 3600)
+        url = await self.blobs.presigned_url(blob_key, self.settings.storage.presign_ttl_s)
         if url is None and self.signer is not None:
             url = self.signer(blob_key)
         return url

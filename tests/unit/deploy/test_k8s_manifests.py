@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import base64
-import tomllib
 from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
-import msgspec
 import pytest
 import yaml
 
 from gateway.config import load_settings
-from gateway.storage.s3 import S3Config
 from tests.unit.deploy.conftest import DEPLOY
 
 # The oldest Kubernetes minor the manifests promise to run on (autoscaling/v2, policy/v1 PDBs).
@@ -200,23 +197,15 @@ def test_production_secret_example_is_a_valid_secret_with_placeholders_only() ->
     ["gateway.toml", "k8s/base/gateway.toml", "k8s/overlays/dev/gateway.toml", "k8s/overlays/production/gateway.toml"],
 )
 def test_shipped_gateway_toml_loads_as_settings(path: str) -> None:
-    raw = tomllib.loads((DEPLOY / path).read_text())
-    # `[storage]` is checked on its own until Settings carries it.
-    storage = msgspec.convert(raw.pop("storage"), S3Config)
-
-    # The same validation as reading the file; every variable it names must be a Secret key.
-    environ = {k: v for k, v in _secret_keys().items() if k != "GATEWAY_BLOB_SIGNING_KEY"}
-    settings = load_settings(environ, overrides=raw)
+    # The same loader as `gateway serve`; every variable the file names must be a key of the Secret.
+    settings = load_settings(_secret_keys(), config_path=DEPLOY / path)
 
     assert settings.routes, path
-    assert {storage.access_key_env, storage.secret_key_env} <= _secret_keys().keys()
-
-
-def test_the_deployed_environment_loads_with_the_blob_signing_key() -> None:
-    raw = tomllib.loads((DEPLOY / "k8s/overlays/production/gateway.toml").read_text())
-    raw.pop("storage")
-
-    load_settings(_secret_keys(), overrides=raw)
+    assert settings.storage.kind == "s3", path
+    assert settings.storage.bucket, path
+    assert settings.storage.access_key is not None
+    assert settings.storage.secret_key is not None
+    assert settings.blob_signing_key is not None
 
 
 def test_gpu_probes_wait_for_the_model_without_killing_a_loading_pod(rendered: Rendered) -> None:

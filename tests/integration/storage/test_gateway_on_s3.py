@@ -1,0 +1,93 @@
+"""A gateway whose `[storage]` is an S3 bucket: inputs and outputs live there, not on disk."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from mypy_boto3_s3 import S3Client
+
+from gateway.db.audit import run_audit
+from tests.conftest import Gateway
+from tests.fakes.images import png
+from tests.integration.storage.conftest import ACCESS_KEY, REGION, SECRET_KEY
+from tests.integration.storage.verifying_s3 import VerifyingS3Server
+
+# Names of our own choosing, so the test proves the loader reads the variables `[storage]` names.
+CREDENTIALS = {"TEST_S3_ACCESS": ACCESS_KEY, "TEST_S3_SECRET": SECRET_KEY}
+
+
+def _storage(server: VerifyingS3Server, bucket: str) -> dict[str, Any]:
+    return {
+        "kind": "s3",
+        "endpoint_url": server.endpoint_url,
+        "bucket": bucket,
+        "region": REGION,
+        "prefix": "gw-test/",
+        "access_key_env": "TEST_S3_ACCESS",
+        "secret_key_env": "TEST_S3_SECRET",
+        "presign_ttl_s": 120,
+    }
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def test_job_on_an_s3_gateway_stores_the_image_in_the_bucket_and_serves_it(
+    make_gateway: Callable[..., Awaitable[Gateway]],
+    s3_server: VerifyingS3Server,
+    boto_s3: S3Client,
+    bucket: str,
+    data_dir: Path,
+) -> None:
+    gw = await make_gateway(CREDENTIALS, storage=_storage(s3_server, bucket))
+    _, key = await gw.tenant(credits=10)
+
+    response = await gw.client.post(
+        "/v1/text-to-image", json={"prompt": "a lighthouse", "width": 512, "height": 512}, headers=_auth(key)
+    )
+
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert job["state"] == "succeeded"
+    file = await gw.client.get(job["results"][0]["url"])
+    assert file.status_code == 200
+    assert file.content.startswith(b"\x89PNG")
+    stored = boto_s3.get_object(Bucket=bucket, Key=f"gw-test/outputs/{job['id']}/0.png")["Body"].read()
+    assert stored == file.content
+    assert not (data_dir / "blobs").exists()
+    async with gw.pool.acquire() as conn:
+        assert await run_audit(conn) == {}
+
+
+async def test_vendor_that_fetches_inputs_by_url_gets_a_presigned_s3_url(
+    make_gateway: Callable[..., Awaitable[Gateway]],
+    s3_server: VerifyingS3Server,
+    bucket: str,
+    fake_qolaba: Any,
+) -> None:
+    # Qolaba takes input images only by URL: with S3 storage that URL is presigned by the store.
+    gw = await make_gateway(CREDENTIALS, storage=_storage(s3_server, bucket), routes={"image-to-image": ["qolaba"]})
+    _, key = await gw.tenant(credits=10)
+    source = png(64, 64)
+
+    response = await gw.client.post(
+        "/v1/image-to-image",
+        json={"prompt": "as a watercolour", "image": base64.b64encode(source).decode()},
+        headers=_auth(key),
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "succeeded"
+    [submit] = [call for call in fake_qolaba.calls if call.path == "/getImageToImage"]
+    url = submit.body["image"]
+    assert url.startswith(f"{s3_server.endpoint_url}/{bucket}/gw-test/inputs/")
+    assert "X-Amz-Expires=120" in url
+    async with httpx.AsyncClient() as client:
+        fetched = await client.get(url)
+    assert fetched.status_code == 200
+    assert fetched.content == source
