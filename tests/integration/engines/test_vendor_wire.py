@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from gateway.engines.base import EngineTimeout, EngineUnavailable
@@ -16,10 +18,23 @@ def _nothing(fraction: float) -> None:
     del fraction
 
 
+@pytest.fixture
+def own_api2convert() -> Iterator[FakeApi2Convert]:
+    """A fake of this test's own: tests that count the vendor's jobs must not see a job that an
+    earlier test's engine is still polling or cancelling on the shared session fake."""
+    fake = FakeApi2Convert()
+    fake.start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+    assert not fake.violations, fake.violations
+
+
 async def test_api2convert_locks_outputs_with_its_own_password_and_reports_spend(
-    fake_api2convert: FakeApi2Convert,
+    own_api2convert: FakeApi2Convert,
 ) -> None:
-    config = engine_config("api2convert", fake_api2convert.base_url)
+    config = engine_config("api2convert", own_api2convert.base_url)
     engine = build_engine("a2c", config, build_client(config))
     try:
         result = await engine.generate(sample_request("text-to-image", 2, download_password="hunter2"), _nothing)
@@ -27,12 +42,12 @@ async def test_api2convert_locks_outputs_with_its_own_password_and_reports_spend
         await engine.aclose()
     assert len(result.images) == 2
     assert result.spend.vendor_credits == 2
-    (job,) = fake_api2convert.jobs.values()
+    (job,) = own_api2convert.jobs.values()
     locks = {c["options"]["download_password"] for c in job.conversions}
     assert len(locks) == 1
     (lock,) = locks
     assert lock != "hunter2"  # the tenant's password stays in the gateway
-    downloads = [c for c in fake_api2convert.calls if c.path.startswith("/dl/")]
+    downloads = [c for c in own_api2convert.calls if c.path.startswith("/dl/")]
     # The fake answers 401 without the job's password; both images came, so it was sent.
     assert [c.headers.get("x-oc-download-password") for c in downloads] == [lock, lock]
     assert all("x-oc-api-key" not in c.headers for c in downloads)
@@ -56,17 +71,17 @@ async def test_api2convert_payment_required_falls_back(fake_api2convert: FakeApi
     await engine.aclose()
 
 
-async def test_api2convert_cancels_the_job_when_its_budget_runs_out(fake_api2convert: FakeApi2Convert) -> None:
-    fake_api2convert.slow_job(10_000)
+async def test_api2convert_cancels_the_job_when_its_budget_runs_out(own_api2convert: FakeApi2Convert) -> None:
+    own_api2convert.slow_job(10_000)
     # Long enough for the job to be created even on a loaded machine, so there is one to cancel.
-    config = engine_config("api2convert", fake_api2convert.base_url, timeout_s=1.0)
+    config = engine_config("api2convert", own_api2convert.base_url, timeout_s=1.0)
     engine = build_engine("a2c", config, build_client(config))
     with pytest.raises(EngineTimeout):
         await engine.generate(sample_request(), _nothing)
     await engine.aclose()  # waits for the cancellation it sent
-    (job,) = fake_api2convert.jobs.values()
+    (job,) = own_api2convert.jobs.values()
     assert job.status == "canceled"
-    assert any(c.method == "DELETE" for c in fake_api2convert.calls)
+    assert any(c.method == "DELETE" for c in own_api2convert.calls)
 
 
 async def test_qolaba_polls_through_unknown_statuses_with_bearer_auth(fake_qolaba: FakeQolaba) -> None:

@@ -57,7 +57,11 @@ async def test_job_on_an_s3_gateway_stores_the_image_in_the_bucket_and_serves_it
     file = await gw.client.get(job["results"][0]["url"])
     assert file.status_code == 200
     assert file.content.startswith(b"\x89PNG")
-    stored = boto_s3.get_object(Bucket=bucket, Key=f"gw-test/outputs/{job['id']}/0.png")["Body"].read()
+    # Output keys carry a per-run token (a taken-over job never overwrites the first run's files).
+    listed = boto_s3.list_objects_v2(Bucket=bucket, Prefix=f"gw-test/outputs/{job['id']}/")["Contents"]
+    (key_of_image,) = [o["Key"] for o in listed]
+    assert key_of_image.endswith("-0.png")
+    stored = boto_s3.get_object(Bucket=bucket, Key=key_of_image)["Body"].read()
     assert stored == file.content
     assert not (data_dir / "blobs").exists()
     async with gw.pool.acquire() as conn:
