@@ -172,6 +172,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     storage: StorageConfig = StorageConfig()
 
     @property
+    def engine_unit_costs(self) -> dict[str, tuple[float, float]]:
+        """Per engine: (credits per vendor credit, credits per GPU second), to price its cost of goods."""
+        return {name: (e.cost_per_vendor_credit, e.cost_per_gpu_second) for name, e in self.engines.items()}
+
+    @property
     def data_path(self) -> Path:
         return Path(self.data_dir).resolve()
 

@@ -285,9 +285,7 @@ async def admin_usage(
     if start > end:
         raise ValidationFailed.field("start", "must not be after end")
     groups = list(dict.fromkeys(group_by or ["tenant"]))
-    unit_costs = {
-        name: (cfg.cost_per_vendor_credit, cfg.cost_per_gpu_second) for name, cfg in services.settings.engines.items()
-    }
+    unit_costs = services.settings.engine_unit_costs
     async with services.pool.acquire() as conn:
         records = await bq.usage_report(
             conn, start=start, end=end, group_by=groups, tenant_id=tenant_id, unit_costs=unit_costs

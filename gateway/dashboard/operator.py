@@ -37,10 +37,9 @@ def _operator(session: DashboardSession) -> None:
 
 
 def engine_margins(rows: list[Any]) -> list[dict[str, Any]]:
-    """Per engine: what tenants were charged against what the engine cost (vendor credits, GPU time).
-
-    Vendor credits are the vendor's own unit, so the margin is a ratio (credits charged per unit of
-    cost), not a difference."""
+    """Per engine: what tenants were charged against what the engine cost: `cost` and `margin` in
+    credits (priced with the engines' configured unit costs, as /v1/admin/usage does), and the raw
+    ratios per vendor credit and per GPU hour, which need no configured price."""
     out = []
     for r in rows:
         charged = to_credits(r["charged"] or 0)
@@ -53,6 +52,8 @@ def engine_margins(rows: list[Any]) -> list[dict[str, Any]]:
                 "images": r["images"] or 0,
                 "failed_images": r["failed_images"] or 0,
                 "charged": charged,
+                "cost": to_credits(r["cost"] or 0),
+                "margin": to_credits((r["charged"] or 0) - (r["cost"] or 0)),
                 "vendor_credits": vendor,
                 "gpu_seconds": gpu_s,
                 "per_vendor_credit": charged / vendor if vendor > 0 else None,
@@ -78,7 +79,15 @@ async def platform(
     async with services.pool.acquire() as conn:
         tenants = await kq.list_tenants(conn, before=before, limit=TENANTS_PER_PAGE + 1)
         version, rules = await bq.current_price_rules(conn)
-        by_engine = await bq.usage_totals(conn, None, start, end, ["engine"])
+        # The same report as /v1/admin/usage?group_by=engine, priced with the same unit costs.
+        by_engine = await bq.usage_report(
+            conn,
+            start=start,
+            end=end,
+            group_by=["engine"],
+            tenant_id=None,
+            unit_costs=services.settings.engine_unit_costs,
+        )
         daily = await usage_rows(conn, None, start, end, ["day", "engine"])
     last = tenants[TENANTS_PER_PAGE - 1] if len(tenants) > TENANTS_PER_PAGE else None
     days_list = every_day(start, end)

@@ -228,34 +228,7 @@ async def set_low_balance_threshold(conn: Conn, tenant_id: UUID, threshold: int 
     )
 
 
-# Grouping columns a usage query may name, by their API name.
-USAGE_COLUMNS = {"day": "day", "operation": "operation", "engine": "engine", "key": "api_key_id"}
-
-
-async def usage_totals(
-    conn: Conn, tenant_id: UUID | None, start: date, end: date, group_by: list[str]
-) -> list[asyncpg.Record]:
-    """Sums from the daily rollup between `start` and `end` (inclusive), grouped by the `USAGE_COLUMNS`
-    names in `group_by`; `tenant_id=None` is the whole platform. Money in millicredits; vendor credits
-    and GPU seconds are what the engines reported spending."""
-    cols = [USAGE_COLUMNS[g] for g in group_by]
-    select = ", ".join(cols)
-    # Spliced rather than `$1 IS NULL OR ...`, so the generic plan still uses the primary key.
-    tenant = "tenant_id = $1" if tenant_id is not None else "$1::uuid IS NULL"
-    return await conn.fetch(
-        f"""SELECT {select}{", " if cols else ""} sum(jobs)::bigint AS jobs, sum(images)::bigint AS images,
-                   sum(failed_images)::bigint AS failed_images, sum(charged)::bigint AS charged,
-                   sum(vendor_credits) AS vendor_credits, sum(gpu_seconds) AS gpu_seconds
-            FROM usage_daily
-            WHERE {tenant} AND day BETWEEN $2 AND $3
-            {"GROUP BY " + select if cols else ""} {"ORDER BY " + select if cols else ""}""",  # noqa: S608 - whitelisted
-        tenant_id,
-        start,
-        end,
-    )
-
-
-# Operator usage: the rollup's grouping columns by API name (a whitelist: they are put into SQL).
+# The rollup's grouping columns by API name (a whitelist: they are put into SQL).
 USAGE_GROUPS = {
     "tenant": "u.tenant_id",
     "day": "u.day",
@@ -274,7 +247,8 @@ async def usage_report(
     tenant_id: UUID | None,
     unit_costs: dict[str, tuple[float, float]],
 ) -> list[asyncpg.Record]:
-    """Usage across tenants from the daily rollup, with the cost of goods and the margin.
+    """Usage from the daily rollup (one tenant's, or across tenants with `tenant_id=None`), with
+    the cost of goods. Every usage view (/v1/usage, /v1/admin/usage, the dashboard) reads this.
 
     `unit_costs` maps an engine to (credits per vendor credit, credits per GPU second); engines
     not in it cost nothing. `cost` and `margin` are millicredits, rounded per group."""
@@ -300,3 +274,10 @@ async def usage_report(
             {tail}""",  # noqa: S608 - columns come from USAGE_GROUPS
         *args,
     )
+
+
+async def usage_totals(
+    conn: Conn, tenant_id: UUID | None, start: date, end: date, group_by: list[str]
+) -> list[asyncpg.Record]:
+    """`usage_report` without unit costs (its `cost` is then 0): what a tenant's own views show."""
+    return await usage_report(conn, start=start, end=end, group_by=group_by, tenant_id=tenant_id, unit_costs={})

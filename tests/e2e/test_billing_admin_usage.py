@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import Gateway
 from tests.e2e.test_generation_billing import T2I, auth
+from tests.integration.dashboard.test_dashboard_http import sign_in
 
 COST_PER_A2C_CREDIT = 0.05
 COST_PER_QOLABA_CREDIT = 0.1
@@ -136,3 +137,19 @@ async def test_operator_usage_refuses_tenants_and_bad_ranges(costed: Gateway) ->
     assert backwards.status_code == 422
     assert backwards.json()["errors"][0]["field"] == "start"
     assert (await admin_usage(costed, "group_by=colour")).status_code in (400, 422)
+
+
+async def test_the_dashboard_margin_table_shows_what_the_usage_api_reports(costed: Gateway) -> None:
+    await two_tenants_of_usage(costed)
+    api = {r["engine"]: r for r in (await admin_usage(costed, "group_by=engine")).json()["data"]}
+    costed.client.follow_redirects = False  # sign_in checks the redirect itself
+    await sign_in(costed, costed.operator_key)
+    page = (await costed.client.get("/dashboard/admin")).text
+    table = page[page.index('<table class="margins">') : page.index("</table>", page.index('class="margins"'))]
+    for engine in ("a2c", "qolaba"):
+        row = table[table.index(f'<th scope="row">{engine}</th>') :].split("</tr>", 1)[0]
+        cells = [c.split("<", 1)[0] for c in row.split('<td class="num">')[1:]]
+        # Jobs, images, failed, charged, cost, margin: the same figures as /v1/admin/usage.
+        expected = [api[engine]["jobs"], api[engine]["images"], api[engine]["failed_images"]]
+        assert [int(c) for c in cells[:3]] == expected
+        assert [float(c) for c in cells[3:6]] == [api[engine]["credits"], api[engine]["cost"], api[engine]["margin"]]
