@@ -95,6 +95,11 @@ async def _add_rate_headers(message: Message, scope: Scope) -> None:
                 headers[name] = value
 
 
+def max_request_body(settings: Settings) -> int:
+    """The largest request body worth reading: two base64-encoded inputs at the size limit."""
+    return 2 * (settings.max_input_bytes * 4 // 3 + 4) + 1024 * 1024
+
+
 def create_app(settings: Settings) -> Litestar:
     """The ASGI application for `settings`. Resources are built in the lifespan."""
     app = Litestar(
@@ -125,6 +130,9 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[_lifespan],
         openapi_config=openapi_config(),
         response_cache_config=ResponseCacheConfig(),
+        # Litestar's default (10 MB) would refuse inputs our own limits allow: an image and a mask
+        # of `max_input_bytes` each, base64 in JSON (4/3), with room for the other fields.
+        request_max_body_size=max_request_body(settings),
         template_config=dashboard.template_config(),
         debug=False,
     )

@@ -239,6 +239,26 @@ async def test_a_decompression_bomb_is_refused_before_it_is_decoded(gateway: Gat
     assert (await balance(gateway, key))["balance"] == 10
 
 
+async def test_bodies_are_read_up_to_two_inputs_at_the_size_limit_and_no_further(
+    make_gateway: Callable[..., Awaitable[Gateway]],
+) -> None:
+    gw = await make_gateway(max_input_bytes=1024 * 1024)
+    _, key = await gw.tenant(credits=10)
+    # Too big for one input, small enough for the body: our own check answers, naming the field.
+    big_image = data_uri(b"\x89PNG" + bytes(1024 * 1024 + 1))
+    over_input = await gw.client.post("/v1/image-to-image", json={"prompt": "x", "image": big_image}, headers=auth(key))
+    assert over_input.status_code == 413, over_input.text
+    assert over_input.json()["detail"].startswith("image: ")
+    # Beyond two such inputs: refused before the body is read, as problem+json.
+    huge = await gw.client.post(
+        "/v1/image-to-image", json={"prompt": "x", "image": "A" * (4 * 1024 * 1024)}, headers=auth(key)
+    )
+    assert huge.status_code == 413, huge.text
+    assert huge.headers["content-type"].startswith("application/problem+json")
+    assert not huge.json().get("detail", "").startswith("image")
+    assert (await balance(gw, key))["balance"] == 10
+
+
 # -- outputs: formats and zip ---------------------------------------------------------------
 
 
