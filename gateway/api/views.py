@@ -45,6 +45,8 @@ class JobView(msgspec.Struct, kw_only=True):
     engine: str | None
     download_protected: bool
     results: list[ResultView]
+    # Every image in one download (same password rules), once the job has more than one.
+    zip_url: str | None = None
     attempts: list[AttemptView]
     error: dict[str, Any] | None
     created_at: datetime
@@ -54,6 +56,7 @@ class JobView(msgspec.Struct, kw_only=True):
 
 def job_view(job: Any, results: list[Any], attempts: list[Any]) -> JobView:
     """A job as the API shows it; file URLs are relative to the API root."""
+    files = sum(1 for r in results if r["file_id"])
     return JobView(
         id=job["id"],
         operation=job["operation"],
@@ -76,6 +79,7 @@ def job_view(job: Any, results: list[Any], attempts: list[Any]) -> JobView:
             )
             for r in results
         ],
+        zip_url=f"/v1/jobs/{job['id']}/files.zip" if files > 1 else None,
         attempts=[
             AttemptView(
                 engine=a["engine"],

@@ -284,7 +284,10 @@ async def test_a_job_with_several_images_downloads_as_one_zip(gateway: Gateway) 
     _, key = await gateway.tenant(credits=10)
     job = (await gateway.client.post("/v1/text-to-image", json={**T2I, "n": 3}, headers=auth(key))).json()
     assert job["images_succeeded"] == 3, job
-    response = await gateway.client.get(f"/v1/jobs/{job['id']}/files.zip", headers=auth(key))
+    assert job["zip_url"] == f"/v1/jobs/{job['id']}/files.zip"
+    single = (await gateway.client.post("/v1/text-to-image", json=T2I, headers=auth(key))).json()
+    assert "zip_url" not in single or single["zip_url"] is None
+    response = await gateway.client.get(job["zip_url"], headers=auth(key))
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/zip"
     assert response.headers["content-disposition"] == f'attachment; filename="{job["id"]}.zip"'
