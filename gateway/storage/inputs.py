@@ -64,28 +64,36 @@ def decode_image(data: bytes, field: str, *, max_pixels: int) -> CheckedImage:
     return CheckedImage(data=data, media_type=FORMATS[fmt], width=width, height=height, mode=mode)
 
 
-def _is_public(address: str) -> bool:
+def is_public_address(address: str) -> bool:
+    """Whether the gateway may connect to `address`: the SSRF rule for every URL a client gives us."""
     ip = ipaddress.ip_address(address)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_link_local or ip.is_loopback)
 
 
-async def _check_host(url: str, field: str, allow_hosts: frozenset[str]) -> None:
-    parts = urlsplit(url)
+async def check_public_url(url: str, field: str, allow_hosts: frozenset[str], *, what: str) -> None:
+    """Refuse (ValidationFailed naming `field`) a URL that is not https or whose host resolves to any
+    non-public address. `what` names the URL's kind in messages ("remote images", "webhook URLs").
+    Hosts in `allow_hosts` (config `fetch_allow_hosts`, e.g. 127.0.0.1 in tests) skip both rules."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValidationFailed.field(field, "not a valid URL") from exc
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ValidationFailed.field(field, "must be an https URL, a data: URI or base64")
+        raise ValidationFailed.field(field, "must be an https URL")
     host = parts.hostname
     if host in allow_hosts:
         return
     if parts.scheme != "https":
-        raise ValidationFailed.field(field, "remote images must use https")
+        raise ValidationFailed.field(field, f"{what} must use https")
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port or 443, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
         raise ValidationFailed.field(field, f"cannot resolve {host}") from exc
     for info in infos:
-        if not _is_public(str(info[4][0])):
+        if not is_public_address(str(info[4][0])):
             raise ValidationFailed.field(field, f"{host} resolves to a non-public address; refused")
 
 
@@ -94,7 +102,7 @@ async def fetch_remote(
 ) -> bytes:
     """GET `url` following at most 3 redirects, checking every hop's resolved addresses."""
     for _ in range(_MAX_REDIRECTS + 1):
-        await _check_host(url, field, allow_hosts)
+        await check_public_url(url, field, allow_hosts, what="remote images")
         try:
             async with client.stream("GET", url, follow_redirects=False) as response:
                 if response.is_redirect:
@@ -138,11 +146,6 @@ async def load_image(
     else:
         data = decode_inline(ref, field, max_bytes)
     return await asyncio.to_thread(decode_image, data, field, max_pixels=max_pixels)
-
-
-def is_public_address(address: str) -> bool:
-    """Whether the gateway may connect to `address`: the SSRF rule for every URL a client gives us."""
-    return _is_public(address)
 
 
 def _alpha(img: Image.Image) -> Image.Image | None:
