@@ -29,6 +29,7 @@ from gateway.db.pool import Pool
 from gateway.errors import ValidationFailed
 from gateway.webhooks.signing import sign
 from gateway.webhooks.urls import check_webhook_url
+from gateway.worker.drain import drain
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +92,7 @@ class WebhookDispatcher:
         self._wake.set()
         if self._loop_task is not None:
             await self._loop_task
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=drain_s)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await drain(self._tasks, drain_s)
         await self._client.aclose()
 
     async def _claim_loop(self) -> None:

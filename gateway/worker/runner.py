@@ -29,6 +29,7 @@ from gateway.routing.errors import AllEnginesFailed, NoEngineCanServe, RequestRe
 from gateway.routing.router import Router
 from gateway.storage.base import BlobStore
 from gateway.storage.formats import to_output_format
+from gateway.worker.drain import drain
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +85,7 @@ class JobRunner:
         self._wake.set()
         if self._loop_task is not None:
             await self._loop_task
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=drain_s)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await drain(self._tasks, drain_s)
         if self._listener is not None:
             await self._listener.close()
 
