@@ -14,10 +14,9 @@ from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody
 
 from gateway.api.multipart import FormOrJsonOperation, FormOrJsonRequest, is_multipart
-from gateway.api.views import JobView, job_view, load_job_view
+from gateway.api.views import JobView, load_job_view
 from gateway.auth.keys import Principal
 from gateway.billing.admission import InputBlob, admit
-from gateway.db import generations as gq
 from gateway.domain.generation import EngineRequest, ImageInput
 from gateway.domain.requests import GenerationRequest, ImageToImageRequest, InpaintRequest, TextToImageRequest
 from gateway.errors import PROBLEM_BASE, Conflict, GatewayError, Problem, ValidationFailed, problem_response
@@ -263,9 +262,9 @@ async def generate(
         except TimeoutError:
             run_async = True  # still running: answer like an async request; the runner finishes it
     async with services.pool.acquire() as conn:
-        found = await gq.job_with_details(conn, job_id, principal.tenant_id)
-    assert found is not None
-    return Submitted(job_view(*found), pending=run_async)
+        view = await load_job_view(conn, job_id, principal.tenant_id)
+    assert view is not None
+    return Submitted(view, pending=run_async)
 
 
 def _failure_response(view: JobView, headers: dict[str, str]) -> Response[Any]:

@@ -59,9 +59,9 @@ async def list_jobs(
         rows = await jq.list_jobs(
             conn, principal.tenant_id, before=before, state=job_state, operation=operation, limit=limit + 1
         )
-        views = [
-            job_view(r, await jq.job_results(conn, r["id"]), await jq.job_attempts(conn, r["id"])) for r in rows[:limit]
-        ]
+        page = rows[:limit]
+        results, attempts = await jq.details_of(conn, [r["id"] for r in page])
+        views = [job_view(r, results[r["id"]], attempts[r["id"]]) for r in page]
     more = len(rows) > limit
     last = rows[limit - 1] if more else None
     return JobPage(data=views, next_cursor=encode_cursor(last["created_at"], last["id"]) if last else None)

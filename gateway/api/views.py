@@ -9,7 +9,7 @@ from uuid import UUID
 import msgspec
 
 from gateway.db import Conn
-from gateway.db import jobs as jq
+from gateway.db import generations as gq
 from gateway.domain.jobs import JobState
 from gateway.domain.money import to_credits
 
@@ -99,8 +99,6 @@ def job_view(job: Any, results: list[Any], attempts: list[Any]) -> JobView:
 
 
 async def load_job_view(conn: Conn, job_id: UUID, tenant_id: UUID | None) -> JobView | None:
-    """The job with its results and attempts, or None when it is not this tenant's."""
-    job = await jq.get_job(conn, job_id, tenant_id)
-    if job is None:
-        return None
-    return job_view(job, await jq.job_results(conn, job_id), await jq.job_attempts(conn, job_id))
+    """The job with its results and attempts (one round trip), or None when it is not this tenant's."""
+    found = await gq.job_with_details(conn, job_id, tenant_id)
+    return None if found is None else job_view(*found)

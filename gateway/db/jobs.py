@@ -175,18 +175,25 @@ async def get_job(conn: Conn, job_id: UUID, tenant_id: UUID | None = None) -> as
     )
 
 
-async def job_results(conn: Conn, job_id: UUID) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        "SELECT index, status, file_id, seed, error FROM job_results WHERE job_id = $1 ORDER BY index", job_id
-    )
-
-
-async def job_attempts(conn: Conn, job_id: UUID) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        """SELECT engine, outcome, latency_ms, error_class, error, images FROM job_attempts
-           WHERE job_id = $1 ORDER BY id""",
-        job_id,
-    )
+async def details_of(
+    conn: Conn, job_ids: list[UUID]
+) -> tuple[dict[UUID, list[asyncpg.Record]], dict[UUID, list[asyncpg.Record]]]:
+    """Results (by index) and attempts (in order) of many jobs, in two queries whatever their number."""
+    results: dict[UUID, list[asyncpg.Record]] = {job_id: [] for job_id in job_ids}
+    attempts: dict[UUID, list[asyncpg.Record]] = {job_id: [] for job_id in job_ids}
+    for row in await conn.fetch(
+        """SELECT job_id, index, status, file_id, seed, error FROM job_results
+           WHERE job_id = ANY($1::uuid[]) ORDER BY job_id, index""",
+        job_ids,
+    ):
+        results[row["job_id"]].append(row)
+    for row in await conn.fetch(
+        """SELECT job_id, engine, outcome, latency_ms, error_class, error, images FROM job_attempts
+           WHERE job_id = ANY($1::uuid[]) ORDER BY job_id, id""",
+        job_ids,
+    ):
+        attempts[row["job_id"]].append(row)
+    return results, attempts
 
 
 async def list_jobs(
