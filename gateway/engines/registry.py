@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib
 
+import httpcore
 import httpx
 
 from gateway.config import EngineConfig, Settings
 from gateway.engines.aithriving import AithrivingEngine
 from gateway.engines.api2convert import Api2ConvertEngine
 from gateway.engines.base import Engine
+from gateway.engines.http import AsyncioNetworkBackend
 from gateway.engines.qolaba import QolabaEngine
 
 
@@ -30,14 +32,24 @@ def build_engine(name: str, config: EngineConfig, client: httpx.AsyncClient) -> 
 
 def build_client(config: EngineConfig, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
     """The HTTP client of one engine: its timeouts, a pool sized to its concurrency, no env proxies."""
+    limits = httpx.Limits(
+        max_connections=config.max_concurrency * 2,  # job creation and polling overlap
+        max_keepalive_connections=config.max_concurrency,
+    )
+    if transport is None:
+        # httpx's own transport and pool, on asyncio sockets instead of anyio's: a third less
+        # client CPU per request (see AsyncioNetworkBackend). httpx takes no backend argument, so
+        # the pool's is replaced; without that attribute this stays on httpx's default.
+        http_transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+        pool = getattr(http_transport, "_pool", None)
+        if isinstance(getattr(pool, "_network_backend", None), httpcore.AsyncNetworkBackend):
+            pool._network_backend = AsyncioNetworkBackend()  # type: ignore[union-attr]
+        transport = http_transport
     return httpx.AsyncClient(
         base_url=config.base_url,
         transport=transport,
         timeout=httpx.Timeout(config.request_timeout_s, connect=config.connect_timeout_s),
-        limits=httpx.Limits(
-            max_connections=config.max_concurrency * 2,  # job creation and polling overlap
-            max_keepalive_connections=config.max_concurrency,
-        ),
+        limits=limits,
         # Vendor calls carry secrets; they go where the config says, not via environment proxies.
         trust_env=False,
         follow_redirects=False,

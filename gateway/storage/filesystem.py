@@ -8,6 +8,12 @@ from pathlib import Path
 
 from gateway.storage.base import BlobNotFound
 
+# Blobs up to this size are written on the event loop. Measured here (ext4, page cache): writing a
+# blob of up to 64 KiB (mkdir, temp file, rename) costs 90-100 µs, while `asyncio.to_thread` costs
+# about 80 µs of CPU for the hop alone, on top of the same write in the thread. Bigger blobs take the
+# thread, so a multi-megabyte image does not stall every other request for a millisecond or more.
+INLINE_WRITE_MAX_BYTES = 64 * 1024
+
 
 class FilesystemBlobStore:
     """A BlobStore over `root`. Keys are relative paths; `..` and absolute keys are refused."""
@@ -24,7 +30,10 @@ class FilesystemBlobStore:
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         path = self._path(key)
-        await asyncio.to_thread(self._write, path, data)
+        if len(data) <= INLINE_WRITE_MAX_BYTES:
+            self._write(path, data)
+        else:
+            await asyncio.to_thread(self._write, path, data)
 
     @staticmethod
     def _write(path: Path, data: bytes) -> None:

@@ -14,15 +14,20 @@ log = logging.getLogger(__name__)
 _PIL_FORMATS: dict[OutputFormat, str] = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
+def needs_conversion(media_type: str, output_format: OutputFormat) -> bool:
+    """Whether `to_output_format` has work to do, so callers can skip a thread hop when it has none."""
+    return media_type != MEDIA_TYPES[output_format]
+
+
 def to_output_format(data: bytes, media_type: str, output_format: OutputFormat) -> tuple[bytes, str]:
     """The image as `output_format`; unchanged when the engine already produced that format.
 
     JPEG has no alpha channel, so transparent pixels are flattened onto white rather than
     turning black, which is what a viewer would have shown for them.
     """
-    target = MEDIA_TYPES[output_format]
-    if media_type == target:
+    if not needs_conversion(media_type, output_format):
         return data, media_type
+    target = MEDIA_TYPES[output_format]
     buffer = io.BytesIO()
     try:
         with Image.open(io.BytesIO(data)) as img:
