@@ -16,7 +16,7 @@ from litestar.params import HeaderParameter, JSONBody
 from gateway.api.multipart import FormOrJsonOperation, FormOrJsonRequest, is_multipart
 from gateway.api.views import JobView, load_job_view
 from gateway.auth.keys import Principal
-from gateway.billing.admission import InputBlob, admit
+from gateway.billing.admission import InputBlob, JobRequest, admit
 from gateway.domain.generation import EngineRequest, ImageInput
 from gateway.domain.requests import GenerationRequest, ImageToImageRequest, InpaintRequest, TextToImageRequest
 from gateway.errors import PROBLEM_BASE, Conflict, GatewayError, Problem, ValidationFailed, problem_response
@@ -213,9 +213,7 @@ async def generate(
     run_async = body.run_async or "respond-async" in (prefer or "")
     runner = services.runner
     try:
-        admission = await admit(
-            services.pool,
-            principal,
+        spec = JobRequest(
             job_id=job_id,
             operation=operation,
             params=params,
@@ -231,8 +229,8 @@ async def generate(
             deadline_s=max(services.settings.sync_wait_s, 600.0),
             lease_owner=None if run_async else runner.owner,
             lease_s=services.settings.lease_s,
-            prices=services.prices,
         )
+        admission = await admit(services.pool, principal, spec, prices=services.prices)
     except GatewayError:
         # Nothing was admitted: free the key so a retry (after a top-up, say) can go through.
         if idempotency_key:

@@ -64,27 +64,28 @@ class InputBlob:
     height: int
 
 
-async def admit(
-    pool: Pool,
-    principal: Principal,
-    *,
-    job_id: UUID,
-    operation: str,
-    params: dict[str, Any],
-    width: int,
-    height: int,
-    steps: int,
-    n: int,
-    model: str | None,
-    allowed_engines: list[str] | None,
-    password_hash: str | None,
-    webhook_url: str | None,
-    inputs: list[InputBlob],
-    deadline_s: float,
-    lease_owner: str | None,
-    lease_s: float,
-    prices: PriceCache | None = None,
-) -> Admission:
+@dataclass(frozen=True, kw_only=True)
+class JobRequest:
+    """What admission needs to price, reserve and create one job (width/height/steps price it)."""
+
+    job_id: UUID
+    operation: str
+    params: dict[str, Any]
+    width: int
+    height: int
+    steps: int
+    n: int
+    model: str | None
+    allowed_engines: list[str] | None
+    password_hash: str | None
+    webhook_url: str | None
+    inputs: list[InputBlob]
+    deadline_s: float
+    lease_owner: str | None
+    lease_s: float
+
+
+async def admit(pool: Pool, principal: Principal, spec: JobRequest, *, prices: PriceCache | None = None) -> Admission:
     """Reserve `n x unit price` and insert the job; 402 when the wallet cannot cover it,
     429 when the tenant already has its maximum of unfinished jobs."""
     assert principal.tenant_id is not None
@@ -92,30 +93,30 @@ async def admit(
     if prices is not None and principal.monthly_cap is None:
         for attempt in range(_PRICE_RETRIES):
             version, rules = await prices.get(pool, refresh=attempt > 0)
-            unit = pick_rule(rules, operation, model).unit_price(width, height, steps)
-            amount = unit * n
+            unit = pick_rule(rules, spec.operation, spec.model).unit_price(spec.width, spec.height, spec.steps)
+            amount = unit * spec.n
             async with pool.acquire() as conn:
                 row = await gq.admit_job(
                     conn,
-                    job_id=job_id,
+                    job_id=spec.job_id,
                     tenant_id=tenant_id,
                     key_id=principal.key_id,
-                    operation=operation,
-                    params=params,
-                    n=n,
+                    operation=spec.operation,
+                    params=spec.params,
+                    n=spec.n,
                     unit_price=unit,
                     price_version_id=version,
                     amount=amount,
-                    allowed_engines=allowed_engines,
-                    password_hash=password_hash,
-                    webhook_url=webhook_url,
-                    deadline_s=deadline_s,
-                    lease_owner=lease_owner,
-                    lease_s=lease_s,
-                    inputs=[gq.Input(b.role, b.blob_key, b.content_type, b.width, b.height) for b in inputs],
+                    allowed_engines=spec.allowed_engines,
+                    password_hash=spec.password_hash,
+                    webhook_url=spec.webhook_url,
+                    deadline_s=spec.deadline_s,
+                    lease_owner=spec.lease_owner,
+                    lease_s=spec.lease_s,
+                    inputs=[gq.Input(b.role, b.blob_key, b.content_type, b.width, b.height) for b in spec.inputs],
                 )
             if row["id"] is not None:
-                return Admission(job_id=job_id, unit_price=unit, reserved=amount, job=row)
+                return Admission(job_id=spec.job_id, unit_price=unit, reserved=amount, job=row)
             if row["current_price_version"] != version:
                 continue  # priced with an old version: price again
             _refuse(
@@ -127,25 +128,7 @@ async def admit(
             )
             raise AssertionError("the admission statement refused a request that passes every check")
     async with pool.acquire() as conn, conn.transaction():
-        return await _admit_locked(
-            conn,
-            principal,
-            job_id=job_id,
-            operation=operation,
-            params=params,
-            width=width,
-            height=height,
-            steps=steps,
-            n=n,
-            model=model,
-            allowed_engines=allowed_engines,
-            password_hash=password_hash,
-            webhook_url=webhook_url,
-            inputs=inputs,
-            deadline_s=deadline_s,
-            lease_owner=lease_owner,
-            lease_s=lease_s,
-        )
+        return await _admit_locked(conn, principal, spec)
 
 
 def _refuse(active_jobs: int, max_jobs: int, balance: int, held: int, amount: int) -> None:
@@ -167,32 +150,13 @@ def _refuse(active_jobs: int, max_jobs: int, balance: int, held: int, amount: in
         )
 
 
-async def _admit_locked(
-    conn: Conn,
-    principal: Principal,
-    *,
-    job_id: UUID,
-    operation: str,
-    params: dict[str, Any],
-    width: int,
-    height: int,
-    steps: int,
-    n: int,
-    model: str | None,
-    allowed_engines: list[str] | None,
-    password_hash: str | None,
-    webhook_url: str | None,
-    inputs: list[InputBlob],
-    deadline_s: float,
-    lease_owner: str | None,
-    lease_s: float,
-) -> Admission:
+async def _admit_locked(conn: Conn, principal: Principal, spec: JobRequest) -> Admission:
     """The multi-statement admission, inside the caller's transaction: lock the wallet, then check."""
     assert principal.tenant_id is not None
     tenant_id = principal.tenant_id
     version, rules = await bq.current_price_rules(conn)
-    unit = pick_rule(rules, operation, model).unit_price(width, height, steps)
-    amount = unit * n
+    unit = pick_rule(rules, spec.operation, spec.model).unit_price(spec.width, spec.height, spec.steps)
+    amount = unit * spec.n
     wallet = await bq.lock_wallet(conn, tenant_id)
     _refuse(wallet["active_jobs"], wallet["max_concurrent_jobs"], wallet["balance"], wallet["held"], amount)
     if principal.monthly_cap is not None:
@@ -207,31 +171,31 @@ async def _admit_locked(
             )
     await jq.insert_job(
         conn,
-        job_id=job_id,
+        job_id=spec.job_id,
         tenant_id=tenant_id,
         key_id=principal.key_id,
-        operation=operation,
-        params=params,
-        n=n,
+        operation=spec.operation,
+        params=spec.params,
+        n=spec.n,
         unit_price=unit,
         price_version_id=version,
-        allowed_engines=allowed_engines,
-        password_hash=password_hash,
-        webhook_url=webhook_url,
-        deadline_s=deadline_s,
-        lease_owner=lease_owner,
-        lease_s=lease_s,
+        allowed_engines=spec.allowed_engines,
+        password_hash=spec.password_hash,
+        webhook_url=spec.webhook_url,
+        deadline_s=spec.deadline_s,
+        lease_owner=spec.lease_owner,
+        lease_s=spec.lease_s,
     )
-    for blob in inputs:
+    for blob in spec.inputs:
         await jq.insert_input(
             conn,
-            job_id=job_id,
+            job_id=spec.job_id,
             role=blob.role,
             blob_key=blob.blob_key,
             content_type=blob.content_type,
             width=blob.width,
             height=blob.height,
         )
-    await bq.hold(conn, job_id=job_id, tenant_id=tenant_id, key_id=principal.key_id, amount=amount)
-    job = await jq.get_job(conn, job_id) if lease_owner is not None else None
-    return Admission(job_id=job_id, unit_price=unit, reserved=amount, job=job)
+    await bq.hold(conn, job_id=spec.job_id, tenant_id=tenant_id, key_id=principal.key_id, amount=amount)
+    job = await jq.get_job(conn, spec.job_id) if spec.lease_owner is not None else None
+    return Admission(job_id=spec.job_id, unit_price=unit, reserved=amount, job=job)
