@@ -133,7 +133,6 @@ class EngineRequest(msgspec.Struct, frozen=True, kw_only=True):
     resize_mode: ResizeMode = "simple"
     image: ImageInput | None = None
     mask: ImageInput | None = None
-    download_password: str | None = None
     engine_options: dict[str, Any] = msgspec.field(default_factory=dict)
 
 

@@ -102,8 +102,7 @@ class DiffusionEngine:
 
     async def generate(self, request: EngineRequest, progress: ProgressCallback) -> EngineResult:
         """Send the request to the service and follow its event stream to the result."""
-        # The service never needs the download password; it stays inside the gateway.
-        body = msgspec.json.encode(msgspec.structs.replace(request, download_password=None))
+        body = msgspec.json.encode(request)
         # The budget covers waiting for a slot too, as it does the vendors' queues.
         return await within_budget(self._config, WHAT, lambda: self._exchange(body, progress))
 

@@ -28,7 +28,6 @@ REQUEST = EngineRequest(
     guidance_scale=7.0,
     seed=42,
     n=1,
-    download_password="hunter2",
 )
 
 
@@ -61,7 +60,7 @@ async def test_result_and_progress_events_become_an_engine_result() -> None:
     await eng.aclose()
 
 
-async def test_request_carries_the_shared_secret_but_not_the_download_password() -> None:
+async def test_request_carries_the_shared_secret_and_nothing_of_the_tenants_password() -> None:
     captured: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -74,7 +73,7 @@ async def test_request_carries_the_shared_secret_but_not_the_download_password()
     assert sent.url == "http://gpu:8090/v1/generate"
     assert sent.headers["authorization"] == "Bearer s3cret"
     payload = json.loads(sent.content)
-    assert payload["download_password"] is None
+    assert "download_password" not in payload  # engines never see it: it is not in EngineRequest
     assert msgspec.convert(payload, EngineRequest).prompt == "a lighthouse"
     await eng.aclose()
 
