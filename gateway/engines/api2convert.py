@@ -48,6 +48,7 @@ from gateway.engines.http import (
     error_for_status,
     inspect_image,
     is_bool,
+    json_post,
     one_of,
     option_error,
     poll_delays,
@@ -321,9 +322,7 @@ class Api2ConvertEngine:
     async def _run(self, request: EngineRequest, progress: ProgressCallback, job_id: list[str]) -> EngineResult:
         what = f"{self.name} create job"
         password = secrets.token_urlsafe(24)  # printable ASCII, within the documented ^[ -~]{0,1000}$
-        post = self._client.build_request(
-            "POST", f"{self._base}/v2/jobs", json=job_body(request, password), headers=self._headers()
-        )
+        post = json_post(self._client, f"{self._base}/v2/jobs", job_body(request, password), self._headers())
         response = await send(self._client, post, what)
         if response.status_code not in (200, 201):
             # 204 ("the JSON body is empty") is our bug, not the tenant's; http_failure says 5xx-like.

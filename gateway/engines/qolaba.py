@@ -27,6 +27,7 @@ from gateway.engines.http import (
     download,
     error_for_status,
     inspect_image,
+    json_post,
     one_of,
     option_error,
     poll_delays,
@@ -191,7 +192,7 @@ class QolabaEngine:
         return {"Authorization": f"Bearer {self.config.api_key}"}
 
     async def _call(self, path: str, body: dict[str, Any], what: str) -> Envelope:
-        post = self._client.build_request("POST", f"{self._base}{path}", json=body, headers=self._headers())
+        post = json_post(self._client, f"{self._base}{path}", body, self._headers())
         response = await send(self._client, post, what)
         if response.status_code != 200:
             # A 500 carries the same envelope; its error text changes nothing: the task failed.
