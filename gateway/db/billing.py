@@ -118,46 +118,6 @@ async def hold(conn: Conn, *, job_id: UUID, tenant_id: UUID, key_id: UUID | None
     )
 
 
-async def close_reservation(conn: Conn, job_id: UUID, charge: int) -> asyncpg.Record | None:
-    """Charge `charge` and release the rest, exactly once.
-
-    Returns None when the reservation was already closed (another runner finished the job):
-    the caller must then discard its own outcome. Otherwise writes the wallet change and the
-    ledger entry and returns the wallet after it."""
-    res = await conn.fetchrow(
-        """UPDATE reservations
-           SET state = CASE WHEN $2 > 0 THEN 'settled' ELSE 'released' END,
-               charged = $2, released = amount - $2, closed_at = now()
-           WHERE job_id = $1 AND state = 'held' AND $2 <= amount
-           RETURNING tenant_id, api_key_id, amount""",
-        job_id,
-        charge,
-    )
-    if res is None:
-        return None
-    wallet = await conn.fetchrow(
-        """UPDATE wallets SET balance = balance - $2, held = held - $3, active_jobs = active_jobs - 1,
-                              updated_at = now()
-           WHERE tenant_id = $1
-           RETURNING tenant_id, balance, held, low_balance_threshold, low_balance_notified""",
-        res["tenant_id"],
-        charge,
-        res["amount"],
-    )
-    assert wallet is not None
-    if charge > 0:
-        await conn.execute(
-            """INSERT INTO ledger_entries (tenant_id, kind, amount, balance_after, job_id, api_key_id, reason)
-               VALUES ($1, 'charge', $2, $3, $4, $5, 'images produced')""",
-            res["tenant_id"],
-            -charge,
-            wallet["balance"],
-            job_id,
-            res["api_key_id"],
-        )
-    return wallet
-
-
 async def credit(
     conn: Conn, *, tenant_id: UUID, kind: str, amount: int, reason: str, operator_key_id: UUID | None
 ) -> asyncpg.Record:

@@ -110,18 +110,6 @@ async def claim_jobs(conn: Conn, owner: str, lease_s: float, limit: int) -> list
     )
 
 
-async def renew_lease(conn: Conn, job_id: UUID, owner: str, lease_s: float) -> bool:
-    """Extend our lease; False when it is no longer ours (taken over or finished)."""
-    row = await conn.fetchval(
-        """UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
-           WHERE id = $1 AND lease_owner = $2 AND state = 'running' RETURNING true""",
-        job_id,
-        owner,
-        lease_s,
-    )
-    return bool(row)
-
-
 async def renew_lease_or_cancel(conn: Conn, job_id: UUID, owner: str, lease_s: float) -> tuple[bool, bool]:
     """Extend our lease; returns (still ours, cancel requested) so a runner stops a canceled job."""
     row = await conn.fetchrow(
@@ -238,58 +226,6 @@ async def request_cancel(conn: Conn, job_id: UUID, tenant_id: UUID) -> asyncpg.R
     )
 
 
-async def finish_job(
-    conn: Conn,
-    *,
-    job_id: UUID,
-    state: str,
-    engine: str | None,
-    images_succeeded: int,
-    charged: int,
-    vendor_credits: float,
-    gpu_seconds: float,
-    error: dict[str, Any] | None,
-) -> asyncpg.Record | None:
-    """Move a job to its terminal state. Only called after its reservation was closed by us."""
-    return await conn.fetchrow(
-        """UPDATE jobs SET state = $2, engine = $3, images_succeeded = $4, charged = $5, vendor_credits = $6,
-                           gpu_seconds = $7, error = $8, progress = CASE WHEN $2 = 'succeeded' THEN 1 ELSE progress END,
-                           finished_at = now(), updated_at = now(), lease_owner = NULL, lease_expires_at = NULL
-           WHERE id = $1 AND state IN ('queued', 'running')
-           RETURNING tenant_id, api_key_id, operation, webhook_url, n, unit_price, created_at, finished_at""",
-        job_id,
-        state,
-        engine,
-        images_succeeded,
-        charged,
-        vendor_credits,
-        gpu_seconds,
-        error,
-    )
-
-
-async def record_result(
-    conn: Conn,
-    job_id: UUID,
-    *,
-    index: int,
-    status: str,
-    file_id: str | None,
-    seed: int | None,
-    error: str | None,
-) -> None:
-    await conn.execute(
-        """UPDATE job_results SET status = $3, file_id = $4, seed = $5, error = $6
-           WHERE job_id = $1 AND index = $2""",
-        job_id,
-        index,
-        status,
-        file_id,
-        seed,
-        error,
-    )
-
-
 async def insert_file(
     conn: Conn,
     *,
@@ -317,52 +253,4 @@ async def insert_file(
         etag,
         filename,
         ttl_s,
-    )
-
-
-async def add_usage(
-    conn: Conn,
-    *,
-    tenant_id: UUID,
-    operation: str,
-    engine: str,
-    key_id: UUID | None,
-    images: int,
-    failed_images: int,
-    charged: int,
-    vendor_credits: float,
-    gpu_seconds: float,
-) -> None:
-    """Fold one finished job into the daily rollup (same transaction as its settlement)."""
-    await conn.execute(
-        """INSERT INTO usage_daily AS u (tenant_id, day, operation, engine, api_key_id, jobs, images, failed_images,
-                                         charged, vendor_credits, gpu_seconds)
-           VALUES ($1, (now() AT TIME ZONE 'UTC')::date, $2, $3,
-                   coalesce($4::uuid, '00000000-0000-0000-0000-000000000000'::uuid), 1, $5, $6, $7, $8, $9)
-           ON CONFLICT (tenant_id, day, operation, engine, api_key_id) DO UPDATE
-           SET jobs = u.jobs + 1, images = u.images + $5, failed_images = u.failed_images + $6,
-               charged = u.charged + $7, vendor_credits = u.vendor_credits + $8, gpu_seconds = u.gpu_seconds + $9""",
-        tenant_id,
-        operation,
-        engine,
-        key_id,
-        images,
-        failed_images,
-        charged,
-        vendor_credits,
-        gpu_seconds,
-    )
-
-
-async def enqueue_webhook(
-    conn: Conn, *, tenant_id: UUID, message_id: str, url: str, event_type: str, payload: dict[str, Any]
-) -> None:
-    await conn.execute(
-        """INSERT INTO webhook_outbox (tenant_id, message_id, url, event_type, payload)
-           VALUES ($1, $2, $3, $4, $5) ON CONFLICT (message_id) DO NOTHING""",
-        tenant_id,
-        message_id,
-        url,
-        event_type,
-        payload,
     )
