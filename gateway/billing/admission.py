@@ -3,7 +3,8 @@
 The usual case is one statement, one round trip (gateway/db/generations.py): the price rules come
 from a per-app cache keyed by price version, and the statement admits only if that version is still
 the newest, so a price change is never missed (a stale cache costs one retry). A key with a monthly
-cap takes the multi-statement path, whose spend query must run after the wallet lock is taken.
+cap runs the same statement inside a transaction that first locks the wallet, since its spend this
+month must be read under that lock.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from gateway.auth.keys import Principal
 from gateway.db import Conn
 from gateway.db import billing as bq
 from gateway.db import generations as gq
-from gateway.db import jobs as jq
 from gateway.db.pool import Pool
 from gateway.domain.money import PriceRule, pick_rule, to_credits
 from gateway.errors import InsufficientCredits, RateLimited
@@ -88,35 +88,14 @@ class JobRequest:
 async def admit(pool: Pool, principal: Principal, spec: JobRequest, *, prices: PriceCache | None = None) -> Admission:
     """Reserve `n x unit price` and insert the job; 402 when the wallet cannot cover it,
     429 when the tenant already has its maximum of unfinished jobs."""
-    assert principal.tenant_id is not None
-    tenant_id = principal.tenant_id
     if prices is not None and principal.monthly_cap is None:
         for attempt in range(_PRICE_RETRIES):
             version, rules = await prices.get(pool, refresh=attempt > 0)
             unit = pick_rule(rules, spec.operation, spec.model).unit_price(spec.width, spec.height, spec.steps)
-            amount = unit * spec.n
             async with pool.acquire() as conn:
-                row = await gq.admit_job(
-                    conn,
-                    job_id=spec.job_id,
-                    tenant_id=tenant_id,
-                    key_id=principal.key_id,
-                    operation=spec.operation,
-                    params=spec.params,
-                    n=spec.n,
-                    unit_price=unit,
-                    price_version_id=version,
-                    amount=amount,
-                    allowed_engines=spec.allowed_engines,
-                    password_hash=spec.password_hash,
-                    webhook_url=spec.webhook_url,
-                    deadline_s=spec.deadline_s,
-                    lease_owner=spec.lease_owner,
-                    lease_s=spec.lease_s,
-                    inputs=[gq.Input(b.role, b.blob_key, b.content_type, b.width, b.height) for b in spec.inputs],
-                )
+                row = await _admit_statement(conn, principal, spec, version, unit)
             if row["id"] is not None:
-                return Admission(job_id=spec.job_id, unit_price=unit, reserved=amount, job=row)
+                return Admission(job_id=spec.job_id, unit_price=unit, reserved=unit * spec.n, job=row)
             if row["current_price_version"] != version:
                 continue  # priced with an old version: price again
             _refuse(
@@ -124,11 +103,37 @@ async def admit(pool: Pool, principal: Principal, spec: JobRequest, *, prices: P
                 row["wallet_max_concurrent_jobs"],
                 row["wallet_balance"],
                 row["wallet_held"],
-                amount,
+                unit * spec.n,
             )
             raise AssertionError("the admission statement refused a request that passes every check")
     async with pool.acquire() as conn, conn.transaction():
         return await _admit_locked(conn, principal, spec)
+
+
+async def _admit_statement(
+    conn: Conn, principal: Principal, spec: JobRequest, version: int, unit: int
+) -> asyncpg.Record:
+    """Run the one admission statement (gateway/db/generations.py) priced at `unit` under `version`."""
+    assert principal.tenant_id is not None
+    return await gq.admit_job(
+        conn,
+        job_id=spec.job_id,
+        tenant_id=principal.tenant_id,
+        key_id=principal.key_id,
+        operation=spec.operation,
+        params=spec.params,
+        n=spec.n,
+        unit_price=unit,
+        price_version_id=version,
+        amount=unit * spec.n,
+        allowed_engines=spec.allowed_engines,
+        password_hash=spec.password_hash,
+        webhook_url=spec.webhook_url,
+        deadline_s=spec.deadline_s,
+        lease_owner=spec.lease_owner,
+        lease_s=spec.lease_s,
+        inputs=[gq.Input(b.role, b.blob_key, b.content_type, b.width, b.height) for b in spec.inputs],
+    )
 
 
 def _refuse(active_jobs: int, max_jobs: int, balance: int, held: int, amount: int) -> None:
@@ -151,13 +156,15 @@ def _refuse(active_jobs: int, max_jobs: int, balance: int, held: int, amount: in
 
 
 async def _admit_locked(conn: Conn, principal: Principal, spec: JobRequest) -> Admission:
-    """The multi-statement admission, inside the caller's transaction: lock the wallet, then check."""
+    """Admission inside the caller's transaction, for what must be read under the wallet lock (a
+    key's spend this month). The price book is share-locked first, so the version read here is still
+    the newest when the admission statement checks it (a price publish waits for this transaction)."""
     assert principal.tenant_id is not None
-    tenant_id = principal.tenant_id
+    await conn.execute("LOCK TABLE price_versions IN SHARE MODE")
     version, rules = await bq.current_price_rules(conn)
     unit = pick_rule(rules, spec.operation, spec.model).unit_price(spec.width, spec.height, spec.steps)
     amount = unit * spec.n
-    wallet = await bq.lock_wallet(conn, tenant_id)
+    wallet = await bq.lock_wallet(conn, principal.tenant_id)
     _refuse(wallet["active_jobs"], wallet["max_concurrent_jobs"], wallet["balance"], wallet["held"], amount)
     if principal.monthly_cap is not None:
         spent = await bq.key_month_spend(conn, principal.key_id)
@@ -169,33 +176,7 @@ async def _admit_locked(conn: Conn, principal: Principal, spec: JobRequest) -> A
                 price=to_credits(amount),
                 shortfall=to_credits(spent + amount - principal.monthly_cap),
             )
-    await jq.insert_job(
-        conn,
-        job_id=spec.job_id,
-        tenant_id=tenant_id,
-        key_id=principal.key_id,
-        operation=spec.operation,
-        params=spec.params,
-        n=spec.n,
-        unit_price=unit,
-        price_version_id=version,
-        allowed_engines=spec.allowed_engines,
-        password_hash=spec.password_hash,
-        webhook_url=spec.webhook_url,
-        deadline_s=spec.deadline_s,
-        lease_owner=spec.lease_owner,
-        lease_s=spec.lease_s,
-    )
-    for blob in spec.inputs:
-        await jq.insert_input(
-            conn,
-            job_id=spec.job_id,
-            role=blob.role,
-            blob_key=blob.blob_key,
-            content_type=blob.content_type,
-            width=blob.width,
-            height=blob.height,
-        )
-    await bq.hold(conn, job_id=spec.job_id, tenant_id=tenant_id, key_id=principal.key_id, amount=amount)
-    job = await jq.get_job(conn, spec.job_id) if spec.lease_owner is not None else None
-    return Admission(job_id=spec.job_id, unit_price=unit, reserved=amount, job=job)
+    row = await _admit_statement(conn, principal, spec, version, unit)
+    if row["id"] is None:  # the wallet and the price book are locked: every check above still holds
+        raise AssertionError("the admission statement refused a request that passes every check")
+    return Admission(job_id=spec.job_id, unit_price=unit, reserved=amount, job=row)

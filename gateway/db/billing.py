@@ -102,22 +102,6 @@ async def key_month_spend(conn: Conn, key_id: UUID) -> int:
     return value
 
 
-async def hold(conn: Conn, *, job_id: UUID, tenant_id: UUID, key_id: UUID | None, amount: int) -> None:
-    """Reserve `amount` for a job and count it as active. Caller holds the wallet lock."""
-    await conn.execute(
-        "UPDATE wallets SET held = held + $2, active_jobs = active_jobs + 1, updated_at = now() WHERE tenant_id = $1",
-        tenant_id,
-        amount,
-    )
-    await conn.execute(
-        "INSERT INTO reservations (job_id, tenant_id, api_key_id, amount) VALUES ($1, $2, $3, $4)",
-        job_id,
-        tenant_id,
-        key_id,
-        amount,
-    )
-
-
 async def credit(
     conn: Conn, *, tenant_id: UUID, kind: str, amount: int, reason: str, operator_key_id: UUID | None
 ) -> asyncpg.Record:

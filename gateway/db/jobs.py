@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -17,73 +16,6 @@ JOB_COLUMNS = """id, tenant_id, api_key_id, operation, state, params, n, unit_pr
     progress, engine, vendor_credits, gpu_seconds, images_succeeded, charged, error, download_password_hash,
     webhook_url, cancel_requested, runs, lease_owner, lease_expires_at, deadline_at, created_at, started_at,
     finished_at"""
-
-
-async def insert_job(
-    conn: Conn,
-    *,
-    job_id: UUID,
-    tenant_id: UUID,
-    key_id: UUID | None,
-    operation: str,
-    params: dict[str, Any],
-    n: int,
-    unit_price: int,
-    price_version_id: int,
-    allowed_engines: list[str] | None,
-    password_hash: str | None,
-    webhook_url: str | None,
-    deadline_s: float,
-    lease_owner: str | None,
-    lease_s: float,
-) -> None:
-    """A new job: queued, or already running under `lease_owner` (sync requests run inline)."""
-    await conn.execute(
-        """INSERT INTO jobs (id, tenant_id, api_key_id, operation, state, params, n, unit_price, price_version_id,
-                             allowed_engines, download_password_hash, webhook_url, deadline_at,
-                             lease_owner, lease_expires_at, started_at, runs)
-           VALUES ($1, $2, $3, $4, CASE WHEN $13::text IS NULL THEN 'queued' ELSE 'running' END, $5, $6, $7, $8,
-                   $9, $10, $11, now() + make_interval(secs => $12),
-                   $13, CASE WHEN $13::text IS NULL THEN NULL ELSE now() + make_interval(secs => $14) END,
-                   CASE WHEN $13::text IS NULL THEN NULL ELSE now() END,
-                   CASE WHEN $13::text IS NULL THEN 0 ELSE 1 END)""",
-        job_id,
-        tenant_id,
-        key_id,
-        operation,
-        params,
-        n,
-        unit_price,
-        price_version_id,
-        allowed_engines,
-        password_hash,
-        webhook_url,
-        deadline_s,
-        lease_owner,
-        lease_s,
-    )
-    await conn.execute(
-        """INSERT INTO job_results (job_id, index, status)
-           SELECT $1, i, 'pending' FROM generate_series(0, $2 - 1) AS i""",
-        job_id,
-        n,
-    )
-    if lease_owner is None:
-        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(job_id))
-
-
-async def insert_input(
-    conn: Conn, *, job_id: UUID, role: str, blob_key: str, content_type: str, width: int, height: int
-) -> None:
-    await conn.execute(
-        "INSERT INTO job_inputs (job_id, role, blob_key, content_type, width, height) VALUES ($1, $2, $3, $4, $5, $6)",
-        job_id,
-        role,
-        blob_key,
-        content_type,
-        width,
-        height,
-    )
 
 
 async def inputs(conn: Conn, job_id: UUID) -> list[asyncpg.Record]:
