@@ -81,14 +81,14 @@ async def test_open_breaker_is_skipped_and_recovers_after_a_successful_probe() -
     backup = ScriptedEngine("backup")
     router = make_router(flaky, backup, clock=clock)
     for _ in range(3):
-        assert (await run(router)).engine == "backup"
+        assert (await run(router, clock=clock)).engine == "backup"
     assert router.health()[0].breaker == "open"
-    routed = await run(router)
+    routed = await run(router, clock=clock)
     assert [(a.engine, a.outcome) for a in routed.attempts] == [("flaky", "skipped"), ("backup", "succeeded")]
     assert [e.name for e in router.candidates(sample_request())] == ["backup"]
     clock.now += FAST.breaker_open_s
     assert router.health()[0].breaker == "half_open"
-    routed = await run(router)
+    routed = await run(router, clock=clock)
     assert routed.engine == "flaky"
     assert router.health()[0].breaker == "closed"
 

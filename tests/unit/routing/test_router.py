@@ -60,12 +60,19 @@ class Recorder:
 
 
 async def run(
-    router: Router, n: int = 1, *, within: float = 5.0, recorder: Recorder | None = None, **fields: Any
+    router: Router,
+    n: int = 1,
+    *,
+    within: float = 5.0,
+    recorder: Recorder | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    **fields: Any,
 ) -> RoutedResult:
     rec = recorder or Recorder()
+    # The deadline is on the router's clock: a router built with a fake clock needs it passed here.
     return await router.run(
         sample_request("text-to-image", n, **fields),
-        deadline=time.monotonic() + within,
+        deadline=clock() + within,
         on_attempt=rec.on_attempt,
         progress=rec.progress.append,
     )
