@@ -49,6 +49,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import msgspec
@@ -249,11 +250,13 @@ text-to-image = ["qolaba"]
 """
         )
         port = free_port()
+        pg_options = [tuple(option.split("=", 1)) for option in args.pg_option]
         env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
             "GATEWAY_CONFIG": str(config),
-            "GATEWAY_DATABASE_URL": dsn,
+            # asyncpg passes a DSN's unknown query parameters to the server as session settings.
+            "GATEWAY_DATABASE_URL": dsn + ("&" if "?" in dsn else "?") + urlencode(pg_options) if pg_options else dsn,
             "GATEWAY_DATA_DIR": str(tmp / "data"),
             "GATEWAY_LOG_LEVEL": "warning",
             "GATEWAY_DEMO_TENANT": "false",
@@ -635,6 +638,13 @@ def main() -> int:
     parser.add_argument("--tenants", type=int, default=32, help="tenants in the many-tenant modes")
     parser.add_argument("--poll-interval", type=float, default=0.005, help="seconds between job polls (async)")
     parser.add_argument("--db-pool", type=int, default=20, help="the gateway's database pool size")
+    parser.add_argument(
+        "--pg-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a PostgreSQL setting for the gateway's sessions (e.g. synchronous_commit=off); repeatable",
+    )
     parser.add_argument("--url", help="a running gateway instead of starting one (needs --key)")
     parser.add_argument("--key", action="append", help="tenant key(s) for --url; the first is the hot tenant")
     parser.add_argument("--engine-url", help="with --url: the fake engine the gateway routes to, for the baseline")

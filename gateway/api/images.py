@@ -14,7 +14,7 @@ from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody
 
 from gateway.api.multipart import FormOrJsonOperation, FormOrJsonRequest, is_multipart
-from gateway.api.views import JobView, load_job_view
+from gateway.api.views import JobView, job_view, load_job_view
 from gateway.auth.keys import Principal
 from gateway.billing.admission import InputBlob, JobRequest, admit
 from gateway.domain.generation import EngineRequest, ImageInput
@@ -256,9 +256,12 @@ async def generate(
             raise RuntimeError(f"job {job_id} was admitted without its row")
         task = runner.spawn(admission.job)
         try:
-            await asyncio.wait_for(asyncio.shield(task), timeout=services.settings.sync_wait_s)
+            finished = await asyncio.wait_for(asyncio.shield(task), timeout=services.settings.sync_wait_s)
         except TimeoutError:
             run_async = True  # still running: answer like an async request; the runner finishes it
+        else:
+            if finished is not None:  # the settlement's own view of the job: no read back
+                return Submitted(job_view(*finished), pending=False)
     async with services.pool.acquire() as conn:
         view = await load_job_view(conn, job_id, principal.tenant_id)
     assert view is not None

@@ -8,8 +8,10 @@ import enum
 import logging
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
+
+import asyncpg
 
 from gateway.db import generations as gq
 from gateway.db.pool import Pool
@@ -44,6 +46,8 @@ class Outcome:
     error: dict[str, Any] | None = None
     # Engine attempts not yet written; the settlement statement records them with the result.
     attempts: list[EngineAttempt] = field(default_factory=list)
+    # Every attempt of this run in order, written or not: a sync answer shows them without a read.
+    history: list[EngineAttempt] = field(default_factory=list)
 
 
 def webhook_message_id(job_id: UUID, event: str) -> str:
@@ -59,15 +63,23 @@ class Settled(enum.Enum):
     CANCEL_REQUESTED = "cancel-requested"  # nothing done: the job's cancellation was requested
 
 
+class Settlement(NamedTuple):
+    """What one settlement attempt did; when it settled, the job as it left it and its results."""
+
+    status: Settled
+    job: asyncpg.Record | None = None
+    results: tuple[gq.ResultRow, ...] = ()
+
+
 async def settle(pool: Pool, job_id: UUID, unit_price: int, n: int, outcome: Outcome, *, file_ttl_s: int) -> bool:
     """Close the job's books exactly once. Returns False when someone else already did."""
     result = await settle_run(pool, job_id, unit_price, n, outcome, file_ttl_s=file_ttl_s, unless_canceled=False)
-    return result is Settled.SETTLED
+    return result.status is Settled.SETTLED
 
 
 async def settle_run(
     pool: Pool, job_id: UUID, unit_price: int, n: int, outcome: Outcome, *, file_ttl_s: int, unless_canceled: bool
-) -> Settled:
+) -> Settlement:
     """Close the job's books exactly once, in one statement (gateway/db/generations.py).
 
     With `unless_canceled`, a job whose cancellation was requested is left as it is and
@@ -83,6 +95,7 @@ async def settle_run(
         for index in range(n)
         if index not in done
     ]
+    results.sort(key=lambda r: r.index)
     files = [
         gq.FileRow(image.file_id, image.blob_key, image.content_type, image.size, image.etag, image.filename)
         for image in stored
@@ -113,10 +126,11 @@ async def settle_run(
             attempts=outcome.attempts,
         )
     if row["closed"]:
-        if not row["finished"]:
+        if row["id"] is None:
             # An open reservation means the job is unfinished; `gateway billing audit` reports this too.
             log.error("job %s: reservation closed but the job was already finished", job_id)
-        return Settled.SETTLED
-    if unless_canceled and row["cancel_requested"]:
-        return Settled.CANCEL_REQUESTED
-    return Settled.ALREADY_CLOSED
+            return Settlement(Settled.SETTLED)
+        return Settlement(Settled.SETTLED, row, tuple(results))
+    if unless_canceled and row["cancel_was_requested"]:
+        return Settlement(Settled.CANCEL_REQUESTED)
+    return Settlement(Settled.ALREADY_CLOSED)

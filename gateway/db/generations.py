@@ -26,6 +26,7 @@ from gateway.db.jobs import JOB_COLUMNS, NOTIFY_CHANNEL
 from gateway.domain.generation import EngineAttempt
 
 _RETURNED_JOB = ", ".join(f"job.{c.strip()}" for c in JOB_COLUMNS.split(","))
+_UPDATED_JOB = ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
 
 ADMIT = f"""
 WITH wallet AS (
@@ -135,7 +136,7 @@ async def admit_job(
     return row
 
 
-SETTLE = """
+SETTLE = f"""
 WITH job0 AS (
     SELECT id, cancel_requested FROM jobs WHERE id = $1
 ), reservation AS (
@@ -171,7 +172,7 @@ WITH job0 AS (
         finished_at = now(), updated_at = now(), lease_owner = NULL, lease_expires_at = NULL
     FROM wallet
     WHERE j.id = $1 AND j.state IN ('queued', 'running')
-    RETURNING j.tenant_id, j.api_key_id, j.operation, j.webhook_url
+    RETURNING {_UPDATED_JOB}
 ), files AS (
     INSERT INTO files (id, tenant_id, job_id, kind, blob_key, content_type, size, etag, filename, expires_at)
     SELECT f.id, job.tenant_id, $1, 'image', f.blob_key, f.content_type, f.size, f.etag, f.filename,
@@ -216,9 +217,10 @@ WITH job0 AS (
     WHERE wallet.crossed AND tenant.url IS NOT NULL
     ON CONFLICT (message_id) DO NOTHING
 )
-SELECT (SELECT count(*) FROM reservation) AS closed, (SELECT count(*) FROM job) AS finished,
-       coalesce((SELECT cancel_requested FROM job0), false) AS cancel_requested
-"""
+SELECT (SELECT count(*) FROM reservation) AS closed,
+       coalesce((SELECT cancel_requested FROM job0), false) AS cancel_was_requested, {_RETURNED_JOB}
+FROM (SELECT) AS one LEFT JOIN job ON true
+"""  # noqa: S608 - only constants are interpolated
 
 
 class ResultRow(msgspec.Struct, frozen=True):
@@ -264,7 +266,8 @@ async def settle_job(
     `event` is (message id, event type, payload) of the job's webhook.
 
     With `unless_cancel_requested`, nothing happens when the job's cancellation was requested.
-    Returns (closed, finished, cancel_requested); closed is 0 when someone else settled the job."""
+    The row has `closed` (0 when someone else settled the job), `cancel_was_requested`, and the
+    finished job's columns (NULL when the job was not finished here)."""
     message_id, event_type, payload = event
     row: asyncpg.Record | None = await conn.fetchrow(
         SETTLE,

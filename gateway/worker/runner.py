@@ -13,7 +13,7 @@ import hashlib
 import logging
 import secrets
 import time
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import asyncpg
@@ -39,6 +39,14 @@ _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 def _problem(slug: str, title: str, status: int, detail: str) -> dict[str, Any]:
     return {"type": f"https://gateway.invalid/problems/{slug}", "title": title, "status": status, "detail": detail}
+
+
+class Finished(NamedTuple):
+    """A job as its settlement left it, with its results and attempts (rows as the API views read them)."""
+
+    job: asyncpg.Record
+    results: list[dict[str, Any]]
+    attempts: list[dict[str, Any]]
 
 
 class JobRunner:
@@ -112,7 +120,7 @@ class JobRunner:
     def _free_slots(self) -> int:
         return max(0, self.settings.worker_concurrency - len(self._tasks))
 
-    def spawn(self, row: asyncpg.Record) -> asyncio.Task[None]:
+    def spawn(self, row: asyncpg.Record) -> asyncio.Task[Finished | None]:
         """Run a claimed job in the background; the returned task ends when it is settled."""
         task = asyncio.create_task(self.execute(row), name=f"job-{row['id']}")
         self._tasks.add(task)
@@ -120,7 +128,7 @@ class JobRunner:
         task.add_done_callback(self._slot_freed)
         return task
 
-    def _slot_freed(self, _: asyncio.Task[None]) -> None:
+    def _slot_freed(self, _: asyncio.Task[Finished | None]) -> None:
         # Wake the claim loop only when it stopped for want of a slot: waking it after every job
         # (every sync request) cost a claim query each time.
         if self._starved:
@@ -128,8 +136,11 @@ class JobRunner:
 
     # -- one job ------------------------------------------------------------------------
 
-    async def execute(self, job: asyncpg.Record) -> None:
-        """Run one job we hold the lease on, then settle it (exactly once, whoever finishes)."""
+    async def execute(self, job: asyncpg.Record) -> Finished | None:
+        """Run one job we hold the lease on, then settle it (exactly once, whoever finishes).
+
+        Returns the job as this settlement left it when that is the whole story (a first run that
+        succeeded), so a sync request can answer without reading the job back; otherwise None."""
         job_id: UUID = job["id"]
         progress = {"value": 0.0, "written": 0.0}
         lost = asyncio.Event()
@@ -158,9 +169,9 @@ class JobRunner:
             await asyncio.gather(keeper, run, return_exceptions=True)
         if lost.is_set():
             await self._discard(job_id, outcome)
-            return
+            return None
         # The settlement statement itself checks for a cancellation request: no extra round trip.
-        settled = await settle_run(
+        settlement = await settle_run(
             self.pool,
             job_id,
             job["unit_price"],
@@ -169,6 +180,7 @@ class JobRunner:
             file_ttl_s=self.settings.file_ttl_s,
             unless_canceled=True,
         )
+        settled = settlement.status
         if settled is Settled.CANCEL_REQUESTED:
             await self._discard(job_id, outcome)
             outcome = Outcome(
@@ -177,7 +189,7 @@ class JobRunner:
                 spend=outcome.spend,
                 error=_problem("canceled", "Canceled", 409, "The job was canceled."),
             )
-            settled = await settle_run(
+            settlement = await settle_run(
                 self.pool,
                 job_id,
                 job["unit_price"],
@@ -186,12 +198,22 @@ class JobRunner:
                 file_ttl_s=self.settings.file_ttl_s,
                 unless_canceled=False,
             )
+            settled = settlement.status
         if settled is not Settled.SETTLED:
             await self._discard(job_id, outcome)
-            return
+            return None
         self.metrics.jobs_finished.labels(job["operation"], outcome.state).inc()
         if outcome.images:
             self.metrics.images_produced.labels(job["operation"], outcome.engine or "none").inc(len(outcome.images))
+        # Only a first run's success is known whole here: an earlier run's attempts, or failed ones
+        # of a crashed run, are in the database only.
+        if outcome.state != "succeeded" or job["runs"] != 1 or settlement.job is None:
+            return None
+        return Finished(
+            job=settlement.job,
+            results=[msgspec.structs.asdict(r) for r in settlement.results],
+            attempts=[msgspec.structs.asdict(a) for a in outcome.history],
+        )
 
     async def _discard(self, job_id: UUID, outcome: Outcome) -> None:
         """Drop an outcome that will not be settled; its engine attempts still belong to the history."""
@@ -322,6 +344,7 @@ class JobRunner:
             failed=dict(routed.result.failed),
             spend=routed.result.spend,
             attempts=finished,
+            history=list(routed.attempts),
         )
 
     async def _engine_request(self, job: asyncpg.Record) -> EngineRequest:

@@ -8,6 +8,8 @@ import asyncio
 import json
 from uuid import uuid4
 
+import pytest
+
 from gateway.auth import tokens
 from gateway.auth.keys import SCOPES
 from gateway.db import billing as bq
@@ -112,3 +114,22 @@ async def test_a_job_canceled_while_its_engine_works_costs_nothing(gateway: Gate
     assert [r["status"] for r in job["results"]] == ["failed"]
     assert await balance(gateway, key) == {"balance": 10.0, "held": 0.0, "available": 10.0, "active_jobs": 0}
     await audit_clean(gateway)
+
+
+@pytest.mark.parametrize("case", ["one image", "two of four images", "after a fallback"])
+async def test_a_sync_answer_shows_the_job_exactly_as_reading_it_back_does(gateway: Gateway, case: str) -> None:
+    # The sync answer is built from what the settlement statement returned, not read back: it must
+    # not differ from GET /v1/jobs/{id} in any field (results, attempts, timestamps, progress).
+    _, key = await gateway.tenant(credits=10)
+    body = dict(T2I)
+    if case == "two of four images":
+        gateway.extra["a2c"].fewer_outputs(2)
+        body["n"] = 4
+    if case == "after a fallback":
+        gateway.extra["a2c"].fail_with_status(503)
+    answer = await gateway.client.post("/v1/text-to-image", json=body, headers=auth(key))
+    assert answer.status_code == 200, answer.text
+    read_back = await gateway.client.get(f"/v1/jobs/{answer.json()['id']}", headers=auth(key))
+    assert read_back.status_code == 200
+    assert answer.json() == read_back.json()
+    assert len(answer.json()["attempts"]) == (2 if case == "after a fallback" else 1)
