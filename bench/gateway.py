@@ -226,7 +226,8 @@ def local_stack(args: argparse.Namespace) -> Iterator[tuple[str, str, str, Tenan
     tenants, a CPU meter over the three)."""
     from gateway.db.embedded import start_embedded  # noqa: PLC0415
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    args.tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-", dir=args.tmp_dir))
     procs: list[subprocess.Popen[bytes]] = []
     embedded = None
     try:
@@ -638,6 +639,13 @@ def main() -> int:
     parser.add_argument("--tenants", type=int, default=32, help="tenants in the many-tenant modes")
     parser.add_argument("--poll-interval", type=float, default=0.005, help="seconds between job polls (async)")
     parser.add_argument("--db-pool", type=int, default=20, help="the gateway's database pool size")
+    parser.add_argument(
+        "--tmp-dir",
+        type=Path,
+        default=ROOT / ".bench",
+        help="where PostgreSQL's data and the blobs go (default: .bench/ in the repository; on the development VM "
+        "creating a file under /tmp costs ~550 µs of CPU against ~12 µs elsewhere on the same disk)",
+    )
     parser.add_argument(
         "--pg-option",
         action="append",
