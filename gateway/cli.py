@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -32,6 +33,17 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
+def freeze_startup_heap(*_: Any) -> None:
+    """Move everything alive after startup out of the garbage collector's reach.
+
+    A long-running process keeps ~80,000 objects from its imports and app (modules, routes,
+    Structs, templates) that never become garbage, yet every full collection walks them all:
+    45-50 ms measured here, once every ~10 s at 150 requests/s, stalling every request in flight,
+    which is the p99. Frozen, a full collection only walks what was allocated since."""
+    gc.collect()
+    gc.freeze()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415
 
@@ -40,6 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, host=args.host, port=args.port)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = create_app(settings)
+    app.on_startup.append(freeze_startup_heap)  # after the lifespan built its pools, engines and caches
     # Litestar's default logging config sets the root logger to INFO, which logged every engine HTTP
     # request (httpx) through a queue thread: measurable CPU per request. The configured level rules.
     logging.getLogger().setLevel(settings.log_level.upper())
@@ -74,6 +87,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         async with _lifespan(app):
+            freeze_startup_heap()
             await stop.wait()
 
     asyncio.run(run())

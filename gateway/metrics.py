@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import gc
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -12,6 +23,15 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # The process's own figures (CPU seconds, memory, open fds, Python GC runs and pauses), as the
+        # default registry would export them: stateless collectors, safe to share between registries.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(collector)
+        Gauge(
+            "python_gc_frozen_objects",
+            "Objects gc.freeze() took out of the collector's passes (gateway serve freezes its startup heap)",
+            registry=self.registry,
+        ).set_function(gc.get_freeze_count)
         self.http_requests = Counter(
             "gateway_http_requests", "HTTP requests answered", ["method", "route", "status"], registry=self.registry
         )

@@ -73,6 +73,13 @@ async def test_two_replicas_started_together_on_an_empty_database_both_serve_and
         for migration in migrations:
             assert logs.count(f"applied migration {migration.name}") == 1, logs
 
+        # Once started, `serve` takes its startup heap out of the collector's full passes.
+        async with httpx.AsyncClient(base_url=first.base_url) as client:
+            metrics = (await client.get("/metrics")).text
+        frozen = next(line for line in metrics.splitlines() if line.startswith("python_gc_frozen_objects "))
+        assert float(frozen.split()[1]) > 10_000, frozen
+        assert "process_cpu_seconds_total" in metrics
+
 
 def _postmaster_pid(data_dir: Path) -> int | None:
     pid_file = data_dir / "pg" / "postmaster.pid"
