@@ -230,7 +230,9 @@ async def generate(
             lease_owner=None if run_async else runner.owner,
             lease_s=services.settings.lease_s,
         )
-        admission = await admit(services.pool, principal, spec, prices=services.prices)
+        assert principal.tenant_id is not None
+        async with runner.gate.hold(principal.tenant_id):
+            admission = await admit(services.pool, principal, spec, prices=services.prices)
     except GatewayError:
         # Nothing was admitted: free the key so a retry (after a top-up, say) can go through.
         if idempotency_key:

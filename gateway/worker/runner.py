@@ -19,6 +19,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
+from gateway.billing.gate import WalletGate
 from gateway.billing.settlement import Outcome, Settled, StoredImage, settle_run
 from gateway.config import Settings
 from gateway.db import jobs as jq
@@ -62,8 +63,11 @@ class JobRunner:
         metrics: Metrics,
         dsn: str,
         signer: Any = None,
+        gate: WalletGate | None = None,
     ) -> None:
         self.pool = pool
+        # Shared with admission (Services.runner.gate): one wallet statement per tenant at a time.
+        self.gate = gate or WalletGate()
         self.router = router
         self.blobs = blobs
         self.settings = settings
@@ -171,15 +175,16 @@ class JobRunner:
             await self._discard(job_id, outcome)
             return None
         # The settlement statement itself checks for a cancellation request: no extra round trip.
-        settlement = await settle_run(
-            self.pool,
-            job_id,
-            job["unit_price"],
-            job["n"],
-            outcome,
-            file_ttl_s=self.settings.file_ttl_s,
-            unless_canceled=True,
-        )
+        async with self.gate.hold(job["tenant_id"]):
+            settlement = await settle_run(
+                self.pool,
+                job_id,
+                job["unit_price"],
+                job["n"],
+                outcome,
+                file_ttl_s=self.settings.file_ttl_s,
+                unless_canceled=True,
+            )
         settled = settlement.status
         if settled is Settled.CANCEL_REQUESTED:
             await self._discard(job_id, outcome)
@@ -189,15 +194,16 @@ class JobRunner:
                 spend=outcome.spend,
                 error=_problem("canceled", "Canceled", 409, "The job was canceled."),
             )
-            settlement = await settle_run(
-                self.pool,
-                job_id,
-                job["unit_price"],
-                job["n"],
-                outcome,
-                file_ttl_s=self.settings.file_ttl_s,
-                unless_canceled=False,
-            )
+            async with self.gate.hold(job["tenant_id"]):
+                settlement = await settle_run(
+                    self.pool,
+                    job_id,
+                    job["unit_price"],
+                    job["n"],
+                    outcome,
+                    file_ttl_s=self.settings.file_ttl_s,
+                    unless_canceled=False,
+                )
             settled = settlement.status
         if settled is not Settled.SETTLED:
             await self._discard(job_id, outcome)
