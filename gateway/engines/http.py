@@ -9,15 +9,11 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import io
-import select
-import socket
-import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-import httpcore
 import httpx
 import msgspec
 from PIL import Image, UnidentifiedImageError
@@ -90,126 +86,6 @@ async def translate_transport_errors(what: str) -> AsyncIterator[None]:
         raise EngineTimeout(f"{what}: no answer in time ({type(exc).__name__})") from exc
     except httpx.TransportError as exc:
         raise EngineUnavailable(f"{what}: connection failed ({type(exc).__name__})") from exc
-
-
-@contextmanager
-def _raising(timeout_error: type[Exception], os_error: type[Exception]) -> Iterator[None]:
-    """Socket errors as the httpcore exceptions that httpx maps to its own (as httpcore's backends do)."""
-    try:
-        yield
-    except TimeoutError as exc:
-        raise timeout_error(str(exc)) from exc
-    except OSError as exc:  # ssl.SSLError is one too
-        raise os_error(str(exc)) from exc
-
-
-def _is_readable(sock: socket.socket | None) -> bool:
-    """Whether an idle connection's socket has data or EOF waiting: then the server closed it."""
-    if sock is None or sock.fileno() == -1:
-        return True
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN)
-    return bool(poller.poll(0))
-
-
-# The `timeout` parameters are httpcore's interface (ASYNC109).
-class AsyncioNetworkStream(httpcore.AsyncNetworkStream):
-    """One connection of `AsyncioNetworkBackend`: asyncio streams, timeouts by `asyncio.timeout`."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
-        with _raising(httpcore.ReadTimeout, httpcore.ReadError):
-            async with asyncio.timeout(timeout):
-                return await self._reader.read(max_bytes)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        if not buffer:
-            return
-        with _raising(httpcore.WriteTimeout, httpcore.WriteError):
-            async with asyncio.timeout(timeout):
-                self._writer.write(buffer)
-                await self._writer.drain()
-
-    async def aclose(self) -> None:
-        self._writer.close()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
-    ) -> httpcore.AsyncNetworkStream:
-        try:
-            with _raising(httpcore.ConnectTimeout, httpcore.ConnectError):
-                async with asyncio.timeout(timeout):
-                    await self._writer.start_tls(ssl_context, server_hostname=server_hostname)
-        except BaseException:
-            await self.aclose()
-            raise
-        return self
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "ssl_object":
-            return self._writer.get_extra_info("ssl_object")
-        if info == "client_addr":
-            return self._writer.get_extra_info("sockname")
-        if info == "server_addr":
-            return self._writer.get_extra_info("peername")
-        if info == "socket":
-            return self._writer.get_extra_info("socket")
-        if info == "is_readable":
-            # The pool asks this of every idle connection before each request: a closed-by-the-server
-            # keep-alive connection reads as readable (EOF) and is dropped instead of reused.
-            return _is_readable(self._writer.get_extra_info("socket"))
-        return None
-
-
-class AsyncioNetworkBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network layer on plain asyncio instead of anyio, for the engine clients.
-
-    Same contract and the same httpcore exceptions (so httpx raises the same errors), but each
-    socket read or write is an `asyncio.timeout` instead of an anyio cancel scope that looks up
-    the running async library and task every time. Measured against the fake engine (16
-    concurrent clients, uvloop): httpx's CPU per request fell from 1.20-1.30 ms to 0.77-0.81 ms.
-    """
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        with _raising(httpcore.ConnectTimeout, httpcore.ConnectError):
-            async with asyncio.timeout(timeout):
-                # No happy_eyeballs_delay: uvloop, the server's loop, does not take it.
-                local_addr = (local_address, 0) if local_address else None
-                reader, writer = await asyncio.open_connection(host, port, local_addr=local_addr)
-            sock = writer.get_extra_info("socket")
-            for option in socket_options or ():
-                sock.setsockopt(*option)
-        return AsyncioNetworkStream(reader, writer)
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        with _raising(httpcore.ConnectTimeout, httpcore.ConnectError):
-            async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_unix_connection(path)
-            sock = writer.get_extra_info("socket")
-            for option in socket_options or ():
-                sock.setsockopt(*option)
-        return AsyncioNetworkStream(reader, writer)
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
 
 
 def json_post(client: httpx.AsyncClient, url: str, body: Any, headers: dict[str, str]) -> httpx.Request:

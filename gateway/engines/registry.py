@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import importlib
 
-import httpcore
 import httpx
 
 from gateway.config import EngineConfig, Settings
 from gateway.engines.aithriving import AithrivingEngine
 from gateway.engines.api2convert import Api2ConvertEngine
 from gateway.engines.base import Engine
-from gateway.engines.http import AsyncioNetworkBackend
 from gateway.engines.qolaba import QolabaEngine
+from gateway.engines.transport import EngineTransport
 
 
 def build_engine(name: str, config: EngineConfig, client: httpx.AsyncClient) -> Engine:
@@ -37,14 +36,9 @@ def build_client(config: EngineConfig, transport: httpx.AsyncBaseTransport | Non
         max_keepalive_connections=config.max_concurrency,
     )
     if transport is None:
-        # httpx's own transport and pool, on asyncio sockets instead of anyio's: a third less
-        # client CPU per request (see AsyncioNetworkBackend). httpx takes no backend argument, so
-        # the pool's is replaced; without that attribute this stays on httpx's default.
-        http_transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
-        pool = getattr(http_transport, "_pool", None)
-        if isinstance(getattr(pool, "_network_backend", None), httpcore.AsyncNetworkBackend):
-            pool._network_backend = AsyncioNetworkBackend()  # type: ignore[union-attr]
-        transport = http_transport
+        # Our HTTP/1.1 transport instead of httpx's httpcore: a fraction of the client CPU per
+        # engine call (see gateway/engines/transport.py), with httpx's exceptions unchanged.
+        transport = EngineTransport(limits=limits)
     return httpx.AsyncClient(
         base_url=config.base_url,
         transport=transport,

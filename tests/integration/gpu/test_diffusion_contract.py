@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
-import httpx
 import pytest
 
 from gateway.domain.generation import OPERATIONS, EngineRequest, Operation
 from gateway.engines.diffusion import DiffusionEngine
+from gateway.engines.registry import build_client
 from gateway.gpu.pipelines import LoadedModel
 from tests.fakes.samples import engine_config, sample_request
 from tests.integration.engines.contract import CHECKS, Subject
@@ -37,7 +37,7 @@ async def subject(request: pytest.FixtureRequest, gpu_server: FaultyGpuService) 
     # A real (tiny) model runs on the CPU here: on a loaded 2-core runner a step can take longer
     # than the vendor fakes' 0.4 s between bytes. Between bytes stays under the 5 s hang check.
     config = engine_config("diffusion", gpu_server.base_url, SECRET, request_timeout_s=3.0, timeout_s=10.0)
-    engine = DiffusionEngine("diffusion-test", config, httpx.AsyncClient())
+    engine = DiffusionEngine("diffusion-test", config, build_client(config))
     yield Subject(
         engine=engine, control=gpu_server, make_request=tiny_request, operation=request.param, synchronous=True
     )
