@@ -342,6 +342,21 @@ class Result:
     offered: float | None = None
     succeeded: int = 0  # warm-up included: every one of these was billed
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds used while measuring, by process
+    # Open loop: (scheduled start from the end of the warm-up, latency) of each counted success, in
+    # seconds, to tell a stall (slow requests bunched in time) from steady queueing.
+    timeline: list[tuple[float, float]] = field(default_factory=list)
+
+    def stalls(self, slowest: float = 0.01, window: float = 0.1) -> str:
+        """Where the slowest `slowest` share of requests started: how many `window`-long spans hold them."""
+        if not self.timeline:
+            return ""
+        worst = sorted(self.timeline, key=lambda t: t[1])[-max(1, round(len(self.timeline) * slowest)) :]
+        spans = sorted({int(at / window) for at, _ in worst})
+        where = ", ".join(f"{span * window:.1f}s" for span in spans[:12])
+        return (
+            f"{self.name}: the slowest {len(worst)} requests ({min(t[1] for t in worst) * 1000:.1f} ms and over) "
+            f"started in {len(spans)} spans of {window * 1000:.0f} ms: {where}{' ...' if len(spans) > 12 else ''}"
+        )
 
     def cpu_ms(self, who: str) -> float:
         """CPU milliseconds per counted request spent by `who`."""
@@ -492,6 +507,7 @@ async def open_loop(
                 result.statuses[status] += 1
                 if status in (200, 202):
                     result.latencies.append(done - scheduled)
+                    result.timeline.append((scheduled - counting_from, done - scheduled))
 
         for i in range(total):
             scheduled = start + i / rate
@@ -681,6 +697,7 @@ def main() -> int:
         )
         print()
         print(table(results, baseline))
+        print(*(r.stalls() for r in results if r.timeline), sep="\n")
         return 0
     with local_stack(args) as (gateway_url, engine_url, dsn, tenants, meter):
         results, baseline, answered = uvloop.run(
@@ -689,6 +706,7 @@ def main() -> int:
         time.sleep(0.5)  # let the last settlements commit
         print()
         print(table(results, baseline))
+        print(*(r.stalls() for r in results if r.timeline), sep="\n")
         print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
         ok = uvloop.run(account(dsn, tenants, answered))
     return 0 if ok else 1
