@@ -10,8 +10,9 @@ import pytest
 from gateway.billing.gate import WalletGate
 
 
-async def test_one_tenants_statements_take_turns_while_other_tenants_go_at_once() -> None:
-    gate = WalletGate()
+@pytest.mark.parametrize("width", [1, 2])
+async def test_a_tenant_has_at_most_width_statements_in_while_other_tenants_go_at_once(width: int) -> None:
+    gate = WalletGate(width=width)
     busy = uuid4()
     inside: list[str] = []
     peak = {"busy": 0, "now": 0}
@@ -26,20 +27,20 @@ async def test_one_tenants_statements_take_turns_while_other_tenants_go_at_once(
                 await release.wait()
                 peak["now"] -= 1
 
-    tasks = [asyncio.create_task(statement(busy, f"busy-{i}")) for i in range(3)]
+    tasks = [asyncio.create_task(statement(busy, f"busy-{i}")) for i in range(4)]
     others = [asyncio.create_task(statement(uuid4(), f"other-{i}")) for i in range(3)]
     await asyncio.gather(*others)
-    # Every other tenant got through while the busy tenant's first statement still runs.
-    assert inside == ["busy-0", "other-0", "other-1", "other-2"]
+    # Every other tenant got through while the busy tenant's first statements still run.
+    assert inside == [f"busy-{i}" for i in range(width)] + ["other-0", "other-1", "other-2"]
     release.set()
     await asyncio.gather(*tasks)
-    assert inside[4:] == ["busy-1", "busy-2"]
-    assert peak["busy"] == 1
+    assert inside[width + 3 :] == [f"busy-{i}" for i in range(width, 4)]
+    assert peak["busy"] == width
     assert len(gate) == 0
 
 
 async def test_a_statement_that_fails_or_is_cancelled_gives_the_turn_back() -> None:
-    gate = WalletGate()
+    gate = WalletGate(width=1)
     tenant = uuid4()
 
     async def failing() -> None:
