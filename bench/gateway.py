@@ -7,8 +7,9 @@ One run starts (or is pointed at) everything on 127.0.0.1 and prints one table:
 * PostgreSQL (embedded, in a temporary folder) with migrations applied and benchmark tenants;
 * `gateway serve` (uvicorn, uvloop, httptools) in its own process, routing text-to-image to the fake.
 
-Closed-loop modes run `--concurrency` httpx clients, each sending its next request when the previous one
-returns, for `--duration` seconds after `--warmup` seconds that are not counted:
+Closed-loop modes run `--concurrency` clients (httpx on the gateway's lean EngineTransport, so the load
+generator costs little of the CPU it shares with what it measures), each sending its next request when
+the previous one returns, for `--duration` seconds after `--warmup` seconds that are not counted:
 
 * engine: the fake engine's endpoint called directly, with the body the gateway's Qolaba engine sends;
 * hot: sync text-to-image through the gateway (auth, pricing, reservation, engine call, blob write,
@@ -18,7 +19,8 @@ returns, for `--duration` seconds after `--warmup` seconds that are not counted:
 
 The open-loop mode sends `--rate` requests per second on a fixed schedule, to the engine and then through
 the gateway, and reports latency from each request's scheduled start (so a stall is not hidden by the
-load generator waiting). The difference of the two is the latency the gateway adds at that rate.
+load generator waiting). The difference of the two is the latency the gateway adds at that rate. A line
+after the table says when the slowest 1 % started: bunched in a few spans is a stall, spread out is queueing.
 
 Afterwards the ledger audit (`gateway billing audit`'s checks) runs, and the jobs and charges in the
 database are matched against the answers the clients received.

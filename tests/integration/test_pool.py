@@ -28,3 +28,22 @@ async def test_without_a_statement_cache_no_prepared_statement_stays_on_the_serv
 async def test_with_the_default_cache_statements_are_kept_prepared_on_the_server(database_url: str) -> None:
     # The contrast that makes the test above meaningful: the cache is what leaves them there.
     assert await _named_statements_after_queries(database_url, statement_cache_size=100) > 0
+
+
+async def test_settings_in_the_database_url_become_session_settings(database_url: str) -> None:
+    # docs/production.md offers `?synchronous_commit=off` on GATEWAY_DATABASE_URL for throughput.
+    separator = "&" if "?" in database_url else "?"
+    pool = await create_pool(
+        f"{database_url}{separator}synchronous_commit=off", min_size=1, max_size=1, statement_cache_size=0
+    )
+    try:
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW synchronous_commit") == "off"
+    finally:
+        await pool.close()
+    pool = await create_pool(database_url, min_size=1, max_size=1, statement_cache_size=0)
+    try:
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW synchronous_commit") == "on"
+    finally:
+        await pool.close()
