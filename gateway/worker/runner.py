@@ -20,7 +20,7 @@ import asyncpg
 import msgspec
 
 from gateway.billing.gate import WalletGate
-from gateway.billing.settlement import Outcome, Settled, StoredImage, settle_run
+from gateway.billing.settlement import Outcome, Settled, Settlement, StoredImage, settle_run
 from gateway.config import Settings
 from gateway.db import jobs as jq
 from gateway.db.pool import Pool
@@ -175,16 +175,7 @@ class JobRunner:
             await self._discard(job_id, outcome)
             return None
         # The settlement statement itself checks for a cancellation request: no extra round trip.
-        async with self.gate.hold(job["tenant_id"]):
-            settlement = await settle_run(
-                self.pool,
-                job_id,
-                job["unit_price"],
-                job["n"],
-                outcome,
-                file_ttl_s=self.settings.file_ttl_s,
-                unless_canceled=True,
-            )
+        settlement = await self._settle(job, outcome, unless_canceled=True)
         settled = settlement.status
         if settled is Settled.CANCEL_REQUESTED:
             await self._discard(job_id, outcome)
@@ -194,16 +185,7 @@ class JobRunner:
                 spend=outcome.spend,
                 error=_problem("canceled", "Canceled", 409, "The job was canceled."),
             )
-            async with self.gate.hold(job["tenant_id"]):
-                settlement = await settle_run(
-                    self.pool,
-                    job_id,
-                    job["unit_price"],
-                    job["n"],
-                    outcome,
-                    file_ttl_s=self.settings.file_ttl_s,
-                    unless_canceled=False,
-                )
+            settlement = await self._settle(job, outcome, unless_canceled=False)
             settled = settlement.status
         if settled is not Settled.SETTLED:
             await self._discard(job_id, outcome)
@@ -220,6 +202,18 @@ class JobRunner:
             results=[msgspec.structs.asdict(r) for r in settlement.results],
             attempts=[msgspec.structs.asdict(a) for a in outcome.history],
         )
+
+    async def _settle(self, job: asyncpg.Record, outcome: Outcome, *, unless_canceled: bool) -> Settlement:
+        async with self.gate.hold(job["tenant_id"]):
+            return await settle_run(
+                self.pool,
+                job["id"],
+                job["unit_price"],
+                job["n"],
+                outcome,
+                file_ttl_s=self.settings.file_ttl_s,
+                unless_canceled=unless_canceled,
+            )
 
     async def _discard(self, job_id: UUID, outcome: Outcome) -> None:
         """Drop an outcome that will not be settled; its engine attempts still belong to the history."""
