@@ -18,7 +18,31 @@ async def test_blob_reads_back_what_was_written_whatever_its_size(tmp_path: Path
     await store.put(f"outputs/job-{size}/run-0.png", data, "image/png")
     assert await store.get(f"outputs/job-{size}/run-0.png") == data
     # The write went through a temporary file and a rename; none is left behind.
-    assert [p.name for p in (tmp_path / "blobs" / "outputs" / f"job-{size}").iterdir()] == ["run-0.png"]
+    files = [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
+    assert [p.name for p in files] == [f"job-{size}%2Frun-0.png"]
+
+
+async def test_blobs_of_many_jobs_share_a_few_fan_out_folders_instead_of_one_each(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    keys = [f"outputs/{i:04d}/run-0.png" for i in range(600)] + ["outputs/0001%2Frun-0.png", "loose.bin"]
+    for key in keys:
+        await store.put(key, key.encode(), "image/png")
+    for key in keys:  # escaped names never collide, not even with a key that looks escaped
+        assert await store.get(key) == key.encode()
+    folders = [p for p in tmp_path.rglob("*") if p.is_dir()]
+    assert len(folders) <= 2 + 2 * 256  # outputs/ and the folder-less keys' %/, each with <= 256 fan-outs
+    assert not (tmp_path / "outputs" / "0001").exists()
+
+
+async def test_a_blob_written_in_the_old_layout_is_still_read_and_deleted(tmp_path: Path) -> None:
+    (tmp_path / "outputs" / "job-1").mkdir(parents=True)
+    (tmp_path / "outputs" / "job-1" / "run-0.png").write_bytes(b"old layout")
+    store = FilesystemBlobStore(tmp_path)
+    assert await store.get("outputs/job-1/run-0.png") == b"old layout"
+    await store.delete("outputs/job-1/run-0.png")
+    assert not (tmp_path / "outputs" / "job-1" / "run-0.png").exists()
+    with pytest.raises(BlobNotFound):
+        await store.get("outputs/job-1/run-0.png")
 
 
 @pytest.mark.parametrize("size", [100, INLINE_WRITE_MAX_BYTES + 1])
