@@ -89,8 +89,8 @@ def _job(job_id: UUID) -> JobRequest:
 
 
 async def one_request(pool: Pool, prices: PriceCache, principal: Principal, gate: WalletGate | None) -> None:
-    """What a sync text-to-image request asks of PostgreSQL (before this pass's answer-without-reread,
-    the client's view read is counted too, as a GET /v1/jobs/{id} would)."""
+    """What a sync text-to-image request asks of PostgreSQL: admission, settlement, and a read of
+    the job view, as a client's GET /v1/jobs/{id} would cost."""
     assert principal.tenant_id is not None
     tenant = principal.tenant_id
 

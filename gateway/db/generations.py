@@ -25,8 +25,14 @@ from gateway.db import Conn
 from gateway.db.jobs import JOB_COLUMNS, NOTIFY_CHANNEL
 from gateway.domain.generation import EngineAttempt
 
-_RETURNED_JOB = ", ".join(f"job.{c.strip()}" for c in JOB_COLUMNS.split(","))
-_UPDATED_JOB = ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+
+def _job_columns(alias: str) -> str:
+    """JOB_COLUMNS qualified by a table alias (the `job` CTE, or `jobs` as `j`)."""
+    return ", ".join(f"{alias}.{c.strip()}" for c in JOB_COLUMNS.split(","))
+
+
+_RETURNED_JOB = _job_columns("job")
+_UPDATED_JOB = _job_columns("j")
 
 ADMIT = f"""
 WITH wallet AS (

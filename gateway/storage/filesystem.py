@@ -51,17 +51,19 @@ class FilesystemBlobStore:
             raise ValueError(f"invalid blob key {key!r}")
         return path
 
-    def _path(self, key: str) -> str:
-        relative = self._legacy(key)[len(self._inside) :]
+    def _locations(self, key: str) -> tuple[str, str]:
+        """Where `key` is written, and where versions before the fan-out layout wrote it."""
+        legacy = self._legacy(key)
+        relative = legacy[len(self._inside) :]
         top, _, rest = relative.partition(os.sep)
         # Escaped so that no two keys share a path: a key without a folder goes under `%`, which no
         # escaped folder name can be.
         folder = _escape(top) if rest else "%"
         fan = hashlib.blake2b(relative.encode(), digest_size=1).hexdigest()
-        return os.path.join(self.root, folder, fan, _escape(rest or top))
+        return os.path.join(self.root, folder, fan, _escape(rest or top)), legacy
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
-        path = self._path(key)
+        path, _ = self._locations(key)
         if len(data) <= INLINE_WRITE_MAX_BYTES:
             self._write(path, data)
         else:
@@ -83,7 +85,7 @@ class FilesystemBlobStore:
         os.replace(tmp, path)
 
     async def get(self, key: str) -> bytes:
-        path, legacy = self._path(key), self._legacy(key)
+        path, legacy = self._locations(key)
         return await asyncio.to_thread(self._read, key, path, legacy)
 
     @staticmethod
@@ -97,7 +99,7 @@ class FilesystemBlobStore:
         raise BlobNotFound(key)
 
     async def delete(self, key: str) -> None:
-        path, legacy = self._path(key), self._legacy(key)
+        path, legacy = self._locations(key)
         await asyncio.to_thread(self._unlink, path, legacy)
 
     @staticmethod
