@@ -261,6 +261,7 @@ async def generate(
             finished = await asyncio.wait_for(asyncio.shield(task), timeout=services.settings.sync_wait_s)
         except TimeoutError:
             run_async = True  # still running: answer like an async request; the runner finishes it
+            await runner.make_durable(job_id)  # the 202 hands the job out, so it must survive a crash
         else:
             if finished is not None:  # the settlement's own view of the job: no read back
                 return Submitted(job_view(*finished), pending=False)

@@ -11,6 +11,16 @@ which waits for a concurrent writer and then returns the newest committed row, s
 arithmetic use current values; the UPDATE of that row later in the statement finds it locked by us.
 Every later CTE reads the rows the previous one returned, so nothing runs unless the step it
 depends on happened (no wallet change, no job).
+
+Why a sync request's admission may commit without waiting for its WAL flush (`synchronous_commit`
+off for that one transaction): its job is leased to this process and run at once, and nobody outside
+learns of it before a later commit of ours that does wait: the settlement (or release) before the
+answer, or the lease renewal before a sync request that ran out of time answers 202. WAL is flushed
+in order, so that later flush makes the admission durable too. If PostgreSQL crashes in between,
+the admission may be lost whole (job, reservation and hold together, nothing charged) and the
+request fails; it is never half kept. A queued job's admission is answered with 202 at once, so it
+keeps the session's setting. This saves one WAL flush wait per sync request, time during which the
+wallet gate is held.
 """
 
 from __future__ import annotations
@@ -75,10 +85,16 @@ WITH wallet AS (
     SELECT job.id, job.tenant_id, $3, $15 FROM job
 ), notified AS (
     SELECT pg_notify('{NOTIFY_CHANNEL}', job.id::text) FROM job WHERE $13::text IS NULL
+), durability AS (
+    -- A job run at once for a waiting client (leased, $13) commits without waiting for its WAL flush:
+    -- nobody outside learns of it until a later commit that does wait (see the module docstring).
+    SELECT set_config('synchronous_commit', 'off', true) AS synchronous_commit FROM job WHERE $13::text IS NOT NULL
 )
 SELECT wallet.balance AS wallet_balance, wallet.held AS wallet_held, wallet.active_jobs AS wallet_active_jobs,
        wallet.max_concurrent_jobs AS wallet_max_concurrent_jobs, price.version AS current_price_version,
-       (SELECT count(*) FROM notified) AS notified, {_RETURNED_JOB}
+       (SELECT count(*) FROM notified) AS notified,
+       coalesce((SELECT synchronous_commit FROM durability), current_setting('synchronous_commit'))
+           AS synchronous_commit, {_RETURNED_JOB}
 FROM wallet CROSS JOIN price LEFT JOIN job ON true
 """  # noqa: S608 - only constants are interpolated
 

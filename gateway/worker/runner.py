@@ -203,6 +203,13 @@ class JobRunner:
             attempts=[msgspec.structs.asdict(a) for a in outcome.history],
         )
 
+    async def make_durable(self, job_id: UUID) -> None:
+        """Renew a running job's lease now. That commit waits for its WAL flush, so the job's sync
+        admission, which did not (gateway/db/generations.py), is durable when this returns; a job
+        that is no longer ours was made durable by whoever took or settled it."""
+        async with self.pool.acquire() as conn:
+            await jq.renew_lease_or_cancel(conn, job_id, self.owner, self.settings.lease_s)
+
     async def _settle(self, job: asyncpg.Record, outcome: Outcome, *, unless_canceled: bool) -> Settlement:
         async with self.gate.hold(job["tenant_id"]):
             return await settle_run(
