@@ -11,6 +11,7 @@ from typing import Any
 
 from litestar import Request
 from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
 
 from gateway.auth.keys import Principal, presented_key
@@ -48,7 +49,11 @@ async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: Bas
     connection.state.rate_headers = headers
 
 
-def current_principal(request: Request[Any, Any, Any]) -> Principal:
-    """Dependency: the principal the guard resolved."""
+def current_principal(request: Request[Any, Any, Any], services: NamedDependency[Services]) -> Principal:
+    """Dependency: the principal the guard resolved.
+
+    It takes `services` only to be resolved after it. Litestar resolves the dependencies of one level
+    of the graph concurrently, in an anyio task group: two tasks per request for two plain attribute
+    reads, about 2 % of a sync generation's CPU in the profile. One per level resolves inline."""
     principal: Principal = request.state.principal
     return principal
