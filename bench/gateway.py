@@ -42,6 +42,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -251,6 +252,26 @@ async def warm_wal(dsn: str, segments: int) -> int:
         await conn.close()
 
 
+def file_create_cpu_us(folder: Path, count: int = 200) -> float:
+    """Median CPU µs to create, write and rename a small file in `folder`, the filesystem blob store's
+    pattern. On the development VM's ext4 this ranged from about 20 µs to over 1 ms, by folder and by
+    day (inode allocation near a crowded parent), so each run states it."""
+    probe = Path(tempfile.mkdtemp(prefix="create-probe-", dir=folder))
+    costs = []
+    try:
+        for i in range(count):
+            path = probe / f"blob-{i}"
+            start = time.process_time()
+            fd = os.open(f"{path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.write(fd, b"x" * 256)
+            os.close(fd)
+            os.replace(f"{path}.tmp", path)
+            costs.append(time.process_time() - start)
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+    return statistics.median(costs) * 1e6
+
+
 @contextlib.contextmanager
 def local_stack(args: argparse.Namespace) -> Iterator[tuple[str, str, str, Tenants, CpuMeter]]:
     """Fake engine, embedded PostgreSQL and the gateway, all on 127.0.0.1; yields (gateway, engine, dsn,
@@ -266,6 +287,7 @@ def local_stack(args: argparse.Namespace) -> Iterator[tuple[str, str, str, Tenan
         engine_url = f"http://127.0.0.1:{engine_port}"
         procs.append(subprocess.Popen([sys.executable, __file__, "--serve-fake-engine", str(engine_port)]))
         embedded = start_embedded(tmp / "data")
+        print(f"creating a small file in {tmp}: {file_create_cpu_us(tmp / 'data'):.0f} µs of CPU (median)", flush=True)
         dsn = embedded.uri
         tenants = asyncio.run(create_tenants(dsn, args.tenants))
         if args.warm_wal:
@@ -698,8 +720,9 @@ def main() -> int:
         "--tmp-dir",
         type=Path,
         default=ROOT / ".bench",
-        help="where PostgreSQL's data and the blobs go (default: .bench/ in the repository; on the development VM, "
-        "creating a file under /tmp cost 130-550 µs of CPU against 12-24 µs under /work at the same moments)",
+        help="where PostgreSQL's data and the blobs go (default: .bench/ in the repository). The run prints what "
+        "creating a file there costs: on the development VM's disk it ranged from 20 µs to over 1 ms of CPU by "
+        "folder and by day, so pick a folder where it is small (a new top-level folder was)",
     )
     parser.add_argument(
         "--warm-wal",
