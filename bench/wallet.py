@@ -4,8 +4,9 @@ No HTTP and no engine: each request runs what the gateway runs against PostgreSQ
 text-to-image job (`admit`, `settle_run`, and the job view a client reads back) through the real
 functions and the real pool, on an embedded PostgreSQL in a temporary folder. `--concurrency` tasks each
 loop over requests. Either every task bills the same tenant (every statement wants the same wallet row)
-or each bills its own tenant. The CPU is that of the PostgreSQL backends, read from /proc, divided by
-the requests. Variants run in turns within each round; the table gives the median of the rounds.
+or each bills its own tenant. The CPU is that of the PostgreSQL backends, read from /proc, and of this
+process (the client side: asyncpg and the billing code), divided by the requests. Variants run in
+turns within each round; the table gives the median of the rounds.
 
     .venv/bin/python bench/wallet.py
     .venv/bin/python bench/wallet.py --concurrency 16 --requests 3000 --rounds 3 --pg-option synchronous_commit=off
@@ -142,7 +143,7 @@ async def main(args: argparse.Namespace) -> None:
             ]
             for _ in range(200):  # warm the statement cache and the price cache
                 await one_request(pool, prices, hot, None)
-            figures: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in variants}
+            figures: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _, _ in variants}
             each = args.requests // args.concurrency
             for _ in range(args.rounds):
                 for name, principals, width in variants:
@@ -152,23 +153,28 @@ async def main(args: argparse.Namespace) -> None:
                         for _ in range(each):
                             await one_request(pool, prices, principals[i % len(principals)], gate)
 
-                    ticks, started = _backend_ticks(pgdata), time.perf_counter()
+                    ticks, started, client = _backend_ticks(pgdata), time.perf_counter(), time.process_time()
                     await asyncio.gather(*(worker(i) for i in range(args.concurrency)))
                     elapsed, used = time.perf_counter() - started, _backend_ticks(pgdata) - ticks
                     done = each * args.concurrency
-                    figures[name].append((1e6 * used / os.sysconf("SC_CLK_TCK") / done, done / elapsed))
+                    figures[name].append(
+                        (
+                            1e6 * used / os.sysconf("SC_CLK_TCK") / done,
+                            1e6 * (time.process_time() - client) / done,
+                            done / elapsed,
+                        )
+                    )
         finally:
             await pool.close()
     print(f"\n{args.concurrency} requests in flight, {each * args.concurrency} a round, median of {args.rounds} rounds")
     if args.pg_option:
         print(f"PostgreSQL settings: {', '.join(args.pg_option)}")
     print()
-    print("| variant | PostgreSQL CPU µs/request | requests/s |")
-    print("|---|---:|---:|")
+    print("| variant | PostgreSQL CPU µs/request | client (asyncpg + Python) CPU µs/request | requests/s |")
+    print("|---|---:|---:|---:|")
     for name, runs in figures.items():
-        cpu = statistics.median(r[0] for r in runs)
-        rate = statistics.median(r[1] for r in runs)
-        print(f"| {name} | {cpu:,.0f} | {rate:,.0f} |")
+        cpu, client, rate = (statistics.median(r[i] for r in runs) for i in range(3))
+        print(f"| {name} | {cpu:,.0f} | {client:,.0f} | {rate:,.0f} |")
 
 
 if __name__ == "__main__":
