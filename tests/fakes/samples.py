@@ -48,7 +48,10 @@ def engine_config(kind: EngineKind, base_url: str, api_key: str = "test-key", **
         "base_url": base_url,
         "api_key": Secret(api_key),
         "timeout_s": 2.0,
-        "connect_timeout_s": 0.5,
+        # Connecting to 127.0.0.1 is instant, but a loaded test machine can stall the event loop
+        # past a short limit (0.5 s failed once, with another test run beside the suite); no check
+        # here is about connect timeouts (test_transport.py has its own).
+        "connect_timeout_s": 2.0,
         "request_timeout_s": 0.4,
         "poll_interval_s": 0.01,
         "max_poll_interval_s": 0.03,
