@@ -3,8 +3,10 @@
 httpx's default transport (httpcore, h11, anyio) costs about 1 ms of CPU per engine call here;
 this one does what the engines need (keep-alive pool, timeouts, TLS, streamed bodies) with one
 event-loop wakeup per small response, and raises httpx's exceptions, so the engines see no
-difference. Deliberately absent: HTTP/2, proxies, and retries (a POST creating a vendor job is
-not idempotent, so a failed exchange is reported, never repeated).
+difference. Deliberately absent: HTTP/2, proxies, and retries, but for one case: a request that
+crossed the server closing a kept-alive connection (its idle timeout) got no byte of answer, and is
+sent once more on a new connection when its method is idempotent. A POST creating a vendor job is
+not, so a failed POST is reported, never repeated.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ _HIGH_WATER = 256 * 1024
 _JOIN_BODY_LIMIT = 64 * 1024
 # A response head larger than this is a broken or hostile server, not a vendor (h11 allows 16 KiB).
 _MAX_HEAD_BYTES = 64 * 1024
+# Methods whose request may be sent twice to the same effect (RFC 9110, 9.2.2).
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
 @functools.cache
@@ -39,6 +43,15 @@ def _expire(waiter: asyncio.Future[None], error: type[httpx.TimeoutException]) -
         waiter.set_exception(error("timed out"))
 
 
+def _replayable(request: httpx.Request) -> bool:
+    """Whether the request's body can be sent again: bytes can, a stream was consumed."""
+    try:
+        request.content  # noqa: B018 - raises for a body that is a stream
+    except httpx.RequestNotRead:
+        return False
+    return True
+
+
 class _Connection(asyncio.Protocol):
     """One socket to an origin: parses one response at a time and wakes the task waiting on it."""
 
@@ -49,6 +62,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False  # by either side: never usable again
         self.in_use = True  # False while idle in the pool
+        self.reused = False  # handed out from the pool at least once: the server may be closing it
         self.idle_since = 0.0
         self._waiter: asyncio.Future[None] | None = None  # the request's task, waiting for an event
         self._paused_writing = False
@@ -344,6 +358,19 @@ class EngineTransport(httpx.AsyncBaseTransport):
         # the connection just handed to the first of them.
         conn = (None if self._waiters else self._take_idle(key)) or await self._acquire(key, timeouts)
         try:
+            return await self._exchange(conn, request, timeouts)
+        except (httpx.RemoteProtocolError, httpx.ReadError):  # the connection closed or was reset
+            if not (conn.reused and conn.received == 0 and request.method in _IDEMPOTENT and _replayable(request)):
+                raise
+        # The server closed this kept-alive connection as our request reached it, so it was not
+        # answered: send it once more, on a new connection (the other idle ones may be as old).
+        return await self._exchange(await self._acquire(key, timeouts, idle=False), request, timeouts)
+
+    async def _exchange(
+        self, conn: _Connection, request: httpx.Request, timeouts: dict[str, float | None]
+    ) -> httpx.Response:
+        """Send `request` on `conn` and read the response head; the body streams from the socket."""
+        try:
             if conn.write_request(request):
                 assert isinstance(request.stream, httpx.AsyncByteStream)  # httpx's client checked it
                 chunked = "content-length" not in request.headers
@@ -371,13 +398,14 @@ class EngineTransport(httpx.AsyncBaseTransport):
             conn = idle.pop()  # the most recently used first: the likeliest to be still open
             self._idle_count -= 1
             if not conn.closed and (self._expiry is None or conn.loop.time() - conn.idle_since < self._expiry):
-                conn.in_use = True
+                conn.in_use = conn.reused = True
                 return conn
             self._forget(conn)  # closed, or idle so long that the server may be closing it now
         return None
 
-    async def _acquire(self, key: _Key, timeouts: dict[str, float | None]) -> _Connection:
-        """A connection once the pool has room, first come first served, within the pool timeout."""
+    async def _acquire(self, key: _Key, timeouts: dict[str, float | None], *, idle: bool = True) -> _Connection:
+        """A connection once the pool has room, first come first served, within the pool timeout;
+        a new one unless `idle`."""
         loop = asyncio.get_running_loop()
         pool_timeout = timeouts.get("pool")
         deadline = None if pool_timeout is None else loop.time() + pool_timeout
@@ -387,7 +415,7 @@ class EngineTransport(httpx.AsyncBaseTransport):
                 raise httpx.ConnectError("the engine client's transport is closed")
             # A newcomer queues behind the waiters, even those woken but not yet running.
             if queued or not self._waiters:
-                conn = self._take_idle(key)
+                conn = self._take_idle(key) if idle else None
                 if conn is not None or self._free_slots() > 0 or self._evict():
                     if queued and (self._idle_count or self._free_slots() > (conn is None)):
                         self._wake_waiter()  # room for the next one too (two releases, one wakeup)

@@ -169,6 +169,59 @@ async def test_an_idle_connection_past_keepalive_expiry_is_replaced(serve: Serve
     assert server.connections == 2
 
 
+def closes_on_the_second_request() -> tuple[Handler, list[bytes]]:
+    """A server that answers a connection's first request and closes it when the second arrives,
+    as one whose keep-alive timeout ran out just as the client reused the connection; it records
+    every request line it read."""
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head, _ = await read_request(reader)
+        seen.append(head.split(b"\r\n")[0])
+        writer.write(OK)
+        await writer.drain()
+        head, _ = await read_request(reader)
+        seen.append(head.split(b"\r\n")[0])
+        writer.close()
+
+    return handle, seen
+
+
+async def test_an_idempotent_request_on_a_connection_closed_under_it_goes_again_on_a_new_one(serve: Serve) -> None:
+    handle, seen = closes_on_the_second_request()
+    port = await serve(handle)
+    async with engine_client(port) as client:
+        assert (await client.get("/first")).text == "ok"
+        assert (await client.get("/poll")).text == "ok"
+    assert seen == [b"GET /first HTTP/1.1", b"GET /poll HTTP/1.1", b"GET /poll HTTP/1.1"]
+
+
+async def test_a_post_on_a_connection_closed_under_it_is_an_error_not_sent_twice(serve: Serve) -> None:
+    handle, seen = closes_on_the_second_request()
+    port = await serve(handle)
+    async with engine_client(port) as client:
+        assert (await client.get("/first")).text == "ok"
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.post("/jobs", json={"prompt": "x"})
+    assert seen == [b"GET /first HTTP/1.1", b"POST /jobs HTTP/1.1"]
+
+
+async def test_a_new_connection_closed_without_an_answer_is_an_error_not_a_retry(serve: Serve) -> None:
+    seen = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal seen
+        await read_request(reader)
+        seen += 1
+        writer.close()
+
+    port = await serve(handle)
+    async with engine_client(port) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get("/")
+    assert seen == 1
+
+
 async def test_closing_the_client_closes_its_pooled_connections(serve: Serve) -> None:
     server = TinyServer()
     port = await serve(server.handle)
