@@ -1,4 +1,5 @@
-"""Client CPU per engine call: httpx's default transport, the old asyncio backend, and EngineTransport.
+"""Client CPU per engine call: httpx's default transport, the old asyncio backend, EngineTransport, and
+EngineTransport under EngineClient (the engines' client, which skips httpx's per-request client layer).
 
 A minimal HTTP server (uvicorn, uvloop, httptools, a raw ASGI app answering a small JSON body) runs in
 its own process; this process sends `--requests` POSTs with a small JSON body from `--concurrency`
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if __name__ == "__main__":
     sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent)]
 
+from gateway.engines.client import EngineClient  # noqa: E402
 from gateway.engines.http import json_post, send  # noqa: E402
 from gateway.engines.transport import EngineTransport  # noqa: E402
 
@@ -205,22 +207,33 @@ def engine_transport() -> httpx.AsyncBaseTransport:
     return EngineTransport(limits=LIMITS)
 
 
-VARIANTS: dict[str, Callable[[], httpx.AsyncBaseTransport]] = {
-    "(a) httpx default (httpcore, anyio)": httpx_default,
-    "(b) httpcore on asyncio streams (before)": old_backend,
-    "(c) EngineTransport (httptools)": engine_transport,
+def httpx_client(transport: Callable[[], httpx.AsyncBaseTransport]) -> Callable[[str], httpx.AsyncClient]:
+    return lambda url: httpx.AsyncClient(base_url=url, transport=transport(), timeout=10, trust_env=False)
+
+
+def engine_client(url: str) -> httpx.AsyncClient:
+    return EngineClient(base_url=url, transport=engine_transport(), timeout=10)
+
+
+VARIANTS: dict[str, Callable[[str], httpx.AsyncClient]] = {
+    "(a) httpx default (httpcore, anyio)": httpx_client(httpx_default),
+    "(b) httpcore on asyncio streams (before)": httpx_client(old_backend),
+    "(c) EngineTransport (httptools)": httpx_client(engine_transport),
+    "(d) EngineClient on EngineTransport": engine_client,
 }
 
 
 async def run(
-    url: str, make: Callable[[], httpx.AsyncBaseTransport], requests: int, concurrency: int
+    url: str, make: Callable[[str], httpx.AsyncClient], requests: int, concurrency: int
 ) -> tuple[float, float]:
     """CPU µs per request and requests per second for `requests` calls, after a warm-up."""
-    async with httpx.AsyncClient(base_url=url, transport=make(), timeout=10, trust_env=False) as client:
+    async with make(url) as client:
 
         async def worker(count: int) -> None:
             for _ in range(count):
-                response = await send(client, json_post(client, "/submit", BODY, {"Authorization": "Bearer k"}), "b")
+                response = await send(
+                    client, json_post(client, f"{url}/submit", BODY, {"Authorization": "Bearer k"}), "b"
+                )
                 assert response.status_code == 200
 
         await asyncio.gather(*(worker(20) for _ in range(concurrency)))  # connections opened, caches warm

@@ -10,6 +10,7 @@ from gateway.config import EngineConfig, Settings
 from gateway.engines.aithriving import AithrivingEngine
 from gateway.engines.api2convert import Api2ConvertEngine
 from gateway.engines.base import Engine
+from gateway.engines.client import EngineClient
 from gateway.engines.qolaba import QolabaEngine
 from gateway.engines.transport import EngineTransport
 
@@ -39,13 +40,13 @@ def build_client(config: EngineConfig, transport: httpx.AsyncBaseTransport | Non
         # Our HTTP/1.1 transport instead of httpx's httpcore: a fraction of the client CPU per
         # engine call (see gateway/engines/transport.py), with httpx's exceptions unchanged.
         transport = EngineTransport(limits=limits)
-    return httpx.AsyncClient(
+    # httpx's client without its per-request merging and cookie jar (gateway/engines/client.py); it
+    # takes no proxies from the environment: vendor calls carry secrets and go where the config says.
+    return EngineClient(
         base_url=config.base_url,
         transport=transport,
         timeout=httpx.Timeout(config.request_timeout_s, connect=config.connect_timeout_s),
         limits=limits,
-        # Vendor calls carry secrets; they go where the config says, not via environment proxies.
-        trust_env=False,
         follow_redirects=False,
     )
 
