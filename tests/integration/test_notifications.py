@@ -46,6 +46,37 @@ async def test_job_rows_notify_on_state_and_progress_changes_but_not_on_lease_re
         await listener.stop()
 
 
+async def test_outbox_inserts_wake_dispatchers_once_per_transaction_and_empty_inserts_not_at_all(
+    database_url: str,
+) -> None:
+    heard: list[str] = []
+    listening = await asyncpg.connect(database_url)
+    await listening.add_listener(WEBHOOKS_CHANNEL, lambda *args: heard.append(args[3]))
+    conn = await asyncpg.connect(database_url)
+
+    async def heard_after_commit() -> list[str]:
+        # A notification committed before this query is sent to the listener ahead of its answer.
+        await listening.execute("SELECT 1")
+        await asyncio.sleep(0.05)  # asyncpg runs the callbacks soon after
+        return heard
+
+    insert = """INSERT INTO webhook_outbox (tenant_id, message_id, url, event_type, payload)
+                SELECT $1, m, 'https://hooks.test/', 'job.succeeded', '{}' FROM unnest($2::text[]) AS m"""
+    try:
+        tenant = uuid4()
+        await conn.execute("INSERT INTO tenants (id, name, webhook_secret) VALUES ($1, 't', 'whsec_dGVzdA==')", tenant)
+        # Settlement's outbox INSERT ... SELECT for a job without a webhook URL inserts nothing.
+        await conn.execute(insert, tenant, [])
+        assert await heard_after_commit() == []
+        async with conn.transaction():
+            await conn.execute(insert, tenant, [f"msg-{uuid4()}", f"msg-{uuid4()}"])
+            await conn.execute(insert, tenant, [f"msg-{uuid4()}"])
+        assert await heard_after_commit() == [""]
+    finally:
+        await conn.close()
+        await listening.close()
+
+
 async def test_the_listener_reconnects_and_wakes_everyone_after_losing_its_connection(database_url: str) -> None:
     watchers = JobWatchers()
     woken: list[str | None] = []
