@@ -17,8 +17,11 @@ Credits = Annotated[
 
 
 def to_credits(millicredits: int) -> float:
-    """For display in the API: 1234 -> 1.234 (exact: at most 3 decimals)."""
-    return float(Decimal(millicredits) / MILLI)
+    """For display in the API: 1234 -> 1.234, the float nearest to the exact amount.
+
+    Python's `int / int` rounds the exact quotient once, so this equals `float(Decimal(m) / 1000)`
+    at a fraction of its cost (the job view converts several amounts per request)."""
+    return millicredits / MILLI
 
 
 def from_credits(credits: float) -> int:
