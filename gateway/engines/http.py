@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import io
+import struct
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -142,11 +144,32 @@ class ImageInfo(msgspec.Struct, frozen=True):
 _FORMAT_MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IHDR = struct.Struct(">I4sII5sI")  # length, type, width, height, 5 more bytes, CRC
+
+
+def _png_header(data: bytes) -> ImageInfo | None:
+    """The size from a PNG's first chunk (IHDR), when that chunk is well formed; else None.
+
+    Every engine output we have seen is PNG, and opening it with Pillow (plugin probing, reading the
+    chunks up to the pixel data) cost about 3 % of the gateway's CPU per sync request."""
+    if len(data) < 8 + _PNG_IHDR.size or not data.startswith(_PNG_SIGNATURE):
+        return None
+    length, kind, width, height, _, crc = _PNG_IHDR.unpack_from(data, 8)
+    if length != 13 or kind != b"IHDR" or zlib.crc32(data[12:29]) != crc or not (width and height):
+        return None
+    return ImageInfo("image/png", width, height)
+
+
 def inspect_image(data: bytes) -> ImageInfo | None:
     """Media type and size of `data`, or None when it is not an image we accept.
 
-    Only the header is parsed (Pillow opens lazily), so this is cheap even for large outputs.
+    Only the header is parsed (Pillow opens lazily; a PNG's size is read from its IHDR chunk), so
+    this is cheap even for large outputs.
     """
+    png = _png_header(data)
+    if png is not None:
+        return png
     try:
         with Image.open(io.BytesIO(data)) as image:
             media_type = _FORMAT_MEDIA_TYPES.get(image.format or "")

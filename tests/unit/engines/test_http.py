@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import email.utils
+import io
 
 import pytest
+from PIL import Image
 
 from gateway.engines.base import EngineRateLimited, EngineRejected, EngineTimeout, EngineUnavailable
 from gateway.engines.http import error_for_status, inspect_image, parse_retry_after
@@ -42,3 +44,25 @@ def test_images_are_recognised_by_content_not_by_claims() -> None:
     assert info is not None
     assert (info.media_type, info.width, info.height) == ("image/png", 16, 8)
     assert inspect_image(b"<html>not an image</html>") is None
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "1", "I;16"])
+@pytest.mark.parametrize("size", [(1, 1), (64, 64), (640, 3)])
+def test_a_png_reads_the_size_pillow_reads(mode: str, size: tuple[int, int]) -> None:
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, format="PNG")
+    info = inspect_image(buffer.getvalue())
+    assert info is not None
+    assert (info.media_type, info.width, info.height) == ("image/png", *size)
+
+
+def test_other_formats_and_damaged_png_headers_are_left_to_pillow() -> None:
+    for fmt, media_type in (("JPEG", "image/jpeg"), ("WEBP", "image/webp"), ("GIF", "image/gif")):
+        buffer = io.BytesIO()
+        Image.new("RGB", (5, 7)).save(buffer, format=fmt)
+        info = inspect_image(buffer.getvalue())
+        assert info is not None
+        assert (info.media_type, info.width, info.height) == (media_type, 5, 7)
+    good = png(16, 8)
+    assert inspect_image(good[:20]) is None  # cut inside the header
+    assert inspect_image(good[:16] + b"\xff\xff\xff\xff" + good[20:]) is None  # width changed, CRC does not match
