@@ -11,7 +11,8 @@ PostgreSQL CPU in three alternating runs out of three. Many tenants, each with f
 flight, pay one uncontended semaphore per statement.
 
 The gate is only an optimization: correctness still rests on the row lock, which other processes
-(replicas, the worker, the CLI) take without it.
+(replicas, the worker, the CLI) take without it. Settlements that wait here together go through as
+one statement (batching.py).
 """
 
 from __future__ import annotations

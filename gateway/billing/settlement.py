@@ -1,6 +1,8 @@
 """Settlement: ONE statement (its own transaction) records results, charges each success, releases the rest and
 moves the job to its terminal state. Whoever closes the reservation first wins; a late runner
-(its lease expired and another took over) finds it closed and discards its own outcome."""
+(its lease expired and another took over) finds it closed and discards its own outcome. The runner's
+settlements of one tenant that wait for its wallet gate together share one statement
+(gateway/billing/batching.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from uuid import UUID
 
 import asyncpg
 
-from gateway.db import generations as gq
+from gateway.db import settlements as sq
 from gateway.db.pool import Pool
 from gateway.domain.generation import EngineAttempt, EngineSpend
 from gateway.domain.jobs import JobState
@@ -68,7 +70,7 @@ class Settlement(NamedTuple):
 
     status: Settled
     job: asyncpg.Record | None = None
-    results: tuple[gq.ResultRow, ...] = ()
+    results: tuple[sq.ResultRow, ...] = ()
 
 
 async def settle(pool: Pool, job_id: UUID, unit_price: int, n: int, outcome: Outcome, *, file_ttl_s: int) -> bool:
@@ -80,24 +82,34 @@ async def settle(pool: Pool, job_id: UUID, unit_price: int, n: int, outcome: Out
 async def settle_run(
     pool: Pool, job_id: UUID, unit_price: int, n: int, outcome: Outcome, *, file_ttl_s: int, unless_canceled: bool
 ) -> Settlement:
-    """Close the job's books exactly once, in one statement (gateway/db/generations.py).
+    """Close the job's books exactly once, in one statement (gateway/db/settlements.py).
 
     With `unless_canceled`, a job whose cancellation was requested is left as it is and
     `CANCEL_REQUESTED` comes back, so the runner can settle it as canceled instead."""
+    args = settlement_args(job_id, unit_price, n, outcome, file_ttl_s=file_ttl_s, unless_canceled=unless_canceled)
+    async with pool.acquire() as conn:
+        row = await sq.settle_job(conn, args)
+    return settlement_from_row(row, args)
+
+
+def settlement_args(
+    job_id: UUID, unit_price: int, n: int, outcome: Outcome, *, file_ttl_s: int, unless_canceled: bool
+) -> sq.SettleArgs:
+    """The settlement statement's input for `outcome`: each stored image charged, every other index failed."""
     succeeded = len(outcome.images) if outcome.state == "succeeded" else 0
     charge = succeeded * unit_price
     stored = outcome.images if outcome.state == "succeeded" else []
     done = {image.index for image in stored}
     reason = str((outcome.error or {}).get("detail") or outcome.state)
-    results = [gq.ResultRow(image.index, "succeeded", image.file_id, image.seed, None) for image in stored]
+    results = [sq.ResultRow(image.index, "succeeded", image.file_id, image.seed, None) for image in stored]
     results += [
-        gq.ResultRow(index, "failed", None, None, outcome.failed.get(index, reason))
+        sq.ResultRow(index, "failed", None, None, outcome.failed.get(index, reason))
         for index in range(n)
         if index not in done
     ]
     results.sort(key=lambda r: r.index)
     files = [
-        gq.FileRow(image.file_id, image.blob_key, image.content_type, image.size, image.etag, image.filename)
+        sq.FileRow(image.file_id, image.blob_key, image.content_type, image.size, image.etag, image.filename)
         for image in stored
     ]
     event = f"job.{outcome.state}"
@@ -105,32 +117,34 @@ async def settle_run(
         "type": event,
         "data": {"id": str(job_id), "state": outcome.state, "images": succeeded, "charged": to_credits(charge)},
     }
-    async with pool.acquire() as conn:
-        row = await gq.settle_job(
-            conn,
-            job_id=job_id,
-            charge=charge,
-            state=outcome.state,
-            engine=outcome.engine,
-            images_succeeded=succeeded,
-            failed_images=n - succeeded,
-            vendor_credits=outcome.spend.vendor_credits,
-            gpu_seconds=outcome.spend.gpu_seconds,
-            error=outcome.error,
-            file_ttl_s=file_ttl_s,
-            unless_cancel_requested=unless_canceled,
-            files=files,
-            results=results,
-            event=(webhook_message_id(job_id, event), event, payload),
-            low_balance_message_id=f"msg_low_{secrets.token_hex(8)}",
-            attempts=outcome.attempts,
-        )
+    return sq.SettleArgs(
+        job_id=job_id,
+        charge=charge,
+        state=outcome.state,
+        engine=outcome.engine,
+        images_succeeded=succeeded,
+        failed_images=n - succeeded,
+        vendor_credits=outcome.spend.vendor_credits,
+        gpu_seconds=outcome.spend.gpu_seconds,
+        error=outcome.error,
+        file_ttl_s=file_ttl_s,
+        unless_cancel_requested=unless_canceled,
+        files=files,
+        results=results,
+        event=(webhook_message_id(job_id, event), event, payload),
+        low_balance_message_id=f"msg_low_{secrets.token_hex(8)}",
+        attempts=outcome.attempts,
+    )
+
+
+def settlement_from_row(row: asyncpg.Record, args: sq.SettleArgs) -> Settlement:
+    """What the settlement statement's row for `args` says happened."""
     if row["closed"]:
         if row["id"] is None:
             # An open reservation means the job is unfinished; `gateway billing audit` reports this too.
-            log.error("job %s: reservation closed but the job was already finished", job_id)
+            log.error("job %s: reservation closed but the job was already finished", args.job_id)
             return Settlement(Settled.SETTLED)
-        return Settlement(Settled.SETTLED, row, tuple(results))
-    if unless_canceled and row["cancel_was_requested"]:
+        return Settlement(Settled.SETTLED, row, tuple(args.results))
+    if args.unless_cancel_requested and row["cancel_was_requested"]:
         return Settlement(Settled.CANCEL_REQUESTED)
     return Settlement(Settled.ALREADY_CLOSED)

@@ -1,5 +1,5 @@
-"""SQL of a generation's hot path: admission and settlement as ONE statement each, and a job with
-its results and attempts in one query.
+"""SQL of a generation's hot path: admission as ONE statement, and a job with its results and attempts
+in one query. Settlement, also one statement, is in gateway/db/settlements.py.
 
 Each statement is a chain of data-modifying CTEs, so it runs as its own transaction in a single
 round trip, and the wallet row lock it takes is held only while PostgreSQL executes it, not across
@@ -33,16 +33,14 @@ import msgspec
 
 from gateway.db import Conn
 from gateway.db.jobs import JOB_COLUMNS, NOTIFY_CHANNEL
-from gateway.domain.generation import EngineAttempt
 
 
-def _job_columns(alias: str) -> str:
+def job_columns(alias: str) -> str:
     """JOB_COLUMNS qualified by a table alias (the `job` CTE, or `jobs` as `j`)."""
     return ", ".join(f"{alias}.{c.strip()}" for c in JOB_COLUMNS.split(","))
 
 
-_RETURNED_JOB = _job_columns("job")
-_UPDATED_JOB = _job_columns("j")
+_RETURNED_JOB = job_columns("job")
 
 ADMIT = f"""
 WITH wallet AS (
@@ -155,178 +153,6 @@ async def admit_job(
         [i.height for i in inputs],
     )
     assert row is not None, "every tenant has a wallet"
-    return row
-
-
-SETTLE = f"""
-WITH job0 AS (
-    SELECT id, cancel_requested FROM jobs WHERE id = $1
-), reservation AS (
-    UPDATE reservations r
-    SET state = CASE WHEN $2::bigint > 0 THEN 'settled' ELSE 'released' END,
-        charged = $2, released = r.amount - $2, closed_at = now()
-    FROM job0
-    WHERE r.job_id = $1 AND r.state = 'held' AND $2 <= r.amount AND NOT ($10 AND job0.cancel_requested)
-    RETURNING r.tenant_id, r.api_key_id, r.amount
-), before AS (
-    SELECT w.tenant_id, w.low_balance_notified
-    FROM wallets w JOIN reservation ON reservation.tenant_id = w.tenant_id
-    FOR UPDATE OF w
-), wallet AS (
-    UPDATE wallets w
-    SET balance = w.balance - $2, held = w.held - reservation.amount, active_jobs = w.active_jobs - 1,
-        updated_at = now(),
-        low_balance_notified = w.low_balance_notified OR coalesce(
-            (w.balance - $2) - (w.held - reservation.amount) < w.low_balance_threshold, false)
-    FROM reservation JOIN before ON before.tenant_id = reservation.tenant_id
-    WHERE w.tenant_id = reservation.tenant_id
-    RETURNING w.tenant_id, w.balance, w.held, w.low_balance_threshold,
-              w.low_balance_notified AND NOT before.low_balance_notified AS crossed
-), ledger AS (
-    INSERT INTO ledger_entries (tenant_id, kind, amount, balance_after, job_id, api_key_id, reason)
-    SELECT wallet.tenant_id, 'charge', -$2::bigint, wallet.balance, $1, reservation.api_key_id, 'images produced'
-    FROM wallet, reservation
-    WHERE $2 > 0
-), job AS (
-    UPDATE jobs j
-    SET state = $3, engine = $4, images_succeeded = $5, charged = $2, vendor_credits = $6, gpu_seconds = $7,
-        error = $8, progress = CASE WHEN $3 = 'succeeded' THEN 1 ELSE j.progress END,
-        finished_at = now(), updated_at = now(), lease_owner = NULL, lease_expires_at = NULL
-    FROM wallet
-    WHERE j.id = $1 AND j.state IN ('queued', 'running')
-    RETURNING {_UPDATED_JOB}
-), files AS (
-    INSERT INTO files (id, tenant_id, job_id, kind, blob_key, content_type, size, etag, filename, expires_at)
-    SELECT f.id, job.tenant_id, $1, 'image', f.blob_key, f.content_type, f.size, f.etag, f.filename,
-           now() + make_interval(secs => $9)
-    FROM job, unnest($11::text[], $12::text[], $13::text[], $14::bigint[], $15::text[], $16::text[])
-              AS f(id, blob_key, content_type, size, etag, filename)
-), results AS (
-    UPDATE job_results r SET status = x.status, file_id = x.file_id, seed = x.seed, error = x.error
-    FROM job, unnest($17::int[], $18::text[], $19::text[], $20::bigint[], $21::text[])
-              AS x(index, status, file_id, seed, error)
-    WHERE r.job_id = $1 AND r.index = x.index
-), usage AS (
-    INSERT INTO usage_daily AS u (tenant_id, day, operation, engine, api_key_id, jobs, images, failed_images,
-                                  charged, vendor_credits, gpu_seconds)
-    SELECT job.tenant_id, (now() AT TIME ZONE 'UTC')::date, job.operation, coalesce($4, 'none'),
-           coalesce(job.api_key_id, '00000000-0000-0000-0000-000000000000'::uuid), 1, $5, $22, $2, $6, $7
-    FROM job
-    ON CONFLICT (tenant_id, day, operation, engine, api_key_id) DO UPDATE
-    SET jobs = u.jobs + 1, images = u.images + $5, failed_images = u.failed_images + $22,
-        charged = u.charged + $2, vendor_credits = u.vendor_credits + $6, gpu_seconds = u.gpu_seconds + $7
-), attempts AS (
-    INSERT INTO job_attempts (job_id, engine, outcome, latency_ms, error_class, error, images)
-    SELECT $1, a.engine, a.outcome, a.latency_ms, a.error_class, a.error, a.images
-    FROM job, unnest($27::text[], $28::text[], $29::int[], $30::text[], $31::text[], $32::int[])
-              WITH ORDINALITY AS a(engine, outcome, latency_ms, error_class, error, images, ord)
-    ORDER BY a.ord
-), tenant AS (
-    SELECT nullif(t.webhook_url, '') AS url FROM tenants t JOIN job ON job.tenant_id = t.id
-), job_event AS (
-    INSERT INTO webhook_outbox (tenant_id, message_id, url, event_type, payload)
-    SELECT job.tenant_id, $23, coalesce(nullif(job.webhook_url, ''), tenant.url), $24, $25
-    FROM job, tenant
-    WHERE coalesce(nullif(job.webhook_url, ''), tenant.url) IS NOT NULL
-    ON CONFLICT (message_id) DO NOTHING
-), low_balance AS (
-    INSERT INTO webhook_outbox (tenant_id, message_id, url, event_type, payload)
-    SELECT wallet.tenant_id, $26, tenant.url, 'balance.low',
-           jsonb_build_object('type', 'balance.low', 'data', jsonb_build_object(
-               'available', trim_scale((wallet.balance - wallet.held)::numeric / 1000),
-               'threshold', trim_scale(wallet.low_balance_threshold::numeric / 1000)))
-    FROM wallet, tenant
-    WHERE wallet.crossed AND tenant.url IS NOT NULL
-    ON CONFLICT (message_id) DO NOTHING
-)
-SELECT (SELECT count(*) FROM reservation) AS closed,
-       coalesce((SELECT cancel_requested FROM job0), false) AS cancel_was_requested, {_RETURNED_JOB}
-FROM (SELECT) AS one LEFT JOIN job ON true
-"""  # noqa: S608 - only constants are interpolated
-
-
-class ResultRow(msgspec.Struct, frozen=True):
-    index: int
-    status: str
-    file_id: str | None
-    seed: int | None
-    error: str | None
-
-
-class FileRow(msgspec.Struct, frozen=True):
-    id: str
-    blob_key: str
-    content_type: str
-    size: int
-    etag: str
-    filename: str
-
-
-async def settle_job(
-    conn: Conn,
-    *,
-    job_id: UUID,
-    charge: int,
-    state: str,
-    engine: str | None,
-    images_succeeded: int,
-    failed_images: int,
-    vendor_credits: float,
-    gpu_seconds: float,
-    error: dict[str, Any] | None,
-    file_ttl_s: int,
-    unless_cancel_requested: bool,
-    files: list[FileRow],
-    results: list[ResultRow],
-    event: tuple[str, str, dict[str, Any]],
-    low_balance_message_id: str,
-    attempts: list[EngineAttempt],
-) -> asyncpg.Record:
-    """Close the reservation (charge `charge`, release the rest) and, only if that happened, write the
-    ledger entry, finish the job, insert its files, record its results, fold it into the daily usage and
-    enqueue its webhooks, and record `attempts` (the run's last engine attempts, not yet written).
-    `event` is (message id, event type, payload) of the job's webhook.
-
-    With `unless_cancel_requested`, nothing happens when the job's cancellation was requested.
-    The row has `closed` (0 when someone else settled the job), `cancel_was_requested`, and the
-    finished job's columns (NULL when the job was not finished here)."""
-    message_id, event_type, payload = event
-    row: asyncpg.Record | None = await conn.fetchrow(
-        SETTLE,
-        job_id,
-        charge,
-        state,
-        engine,
-        images_succeeded,
-        vendor_credits,
-        gpu_seconds,
-        error,
-        file_ttl_s,
-        unless_cancel_requested,
-        [f.id for f in files],
-        [f.blob_key for f in files],
-        [f.content_type for f in files],
-        [f.size for f in files],
-        [f.etag for f in files],
-        [f.filename for f in files],
-        [r.index for r in results],
-        [r.status for r in results],
-        [r.file_id for r in results],
-        [r.seed for r in results],
-        [r.error for r in results],
-        failed_images,
-        message_id,
-        event_type,
-        payload,
-        low_balance_message_id,
-        [a.engine for a in attempts],
-        [a.outcome for a in attempts],
-        [a.latency_ms for a in attempts],
-        [a.error_class for a in attempts],
-        [a.error for a in attempts],
-        [a.images for a in attempts],
-    )
-    assert row is not None, "the final SELECT always returns one row"
     return row
 
 

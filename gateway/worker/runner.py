@@ -19,8 +19,9 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
+from gateway.billing.batching import SettlementBatcher
 from gateway.billing.gate import WalletGate
-from gateway.billing.settlement import Outcome, Settled, Settlement, StoredImage, settle_run
+from gateway.billing.settlement import Outcome, Settled, Settlement, StoredImage, settlement_args, settlement_from_row
 from gateway.config import Settings
 from gateway.db import jobs as jq
 from gateway.db.pool import Pool
@@ -68,6 +69,8 @@ class JobRunner:
         self.pool = pool
         # Shared with admission (Services.runner.gate): one wallet statement per tenant at a time.
         self.gate = gate or WalletGate()
+        # Settlements of one tenant that wait for its gate together go in one statement.
+        self.settlements = SettlementBatcher(pool, self.gate)
         self.router = router
         self.blobs = blobs
         self.settings = settings
@@ -211,16 +214,16 @@ class JobRunner:
             await jq.renew_lease_or_cancel(conn, job_id, self.owner, self.settings.lease_s)
 
     async def _settle(self, job: asyncpg.Record, outcome: Outcome, *, unless_canceled: bool) -> Settlement:
-        async with self.gate.hold(job["tenant_id"]):
-            return await settle_run(
-                self.pool,
-                job["id"],
-                job["unit_price"],
-                job["n"],
-                outcome,
-                file_ttl_s=self.settings.file_ttl_s,
-                unless_canceled=unless_canceled,
-            )
+        args = settlement_args(
+            job["id"],
+            job["unit_price"],
+            job["n"],
+            outcome,
+            file_ttl_s=self.settings.file_ttl_s,
+            unless_canceled=unless_canceled,
+        )
+        row = await self.settlements.settle(job["tenant_id"], args)
+        return settlement_from_row(row, args)
 
     async def _discard(self, job_id: UUID, outcome: Outcome) -> None:
         """Drop an outcome that will not be settled; its engine attempts still belong to the history."""

@@ -1,4 +1,4 @@
-"""Admission and settlement run as one statement each (gateway/db/generations.py); they keep every rule
+"""Admission and settlement run as one statement each (gateway/db/generations.py, settlements.py); they keep every rule
 of the multi-statement versions: current prices, no overdraft under contention, monthly caps,
 low-balance webhooks, cancellation while the engine works."""
 
