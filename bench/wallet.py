@@ -36,8 +36,9 @@ from gateway.api.views import load_job_view  # noqa: E402
 from gateway.auth.keys import Principal  # noqa: E402
 from gateway.auth.service import KeySpec, create_tenant, create_tenant_key  # noqa: E402
 from gateway.billing.admission import JobRequest, PriceCache, admit  # noqa: E402
+from gateway.billing.batching import SettlementBatcher  # noqa: E402
 from gateway.billing.gate import WalletGate  # noqa: E402
-from gateway.billing.settlement import Outcome, StoredImage, settle_run  # noqa: E402
+from gateway.billing.settlement import Outcome, StoredImage, settle_run, settlement_args  # noqa: E402
 from gateway.db.embedded import start_embedded  # noqa: E402
 from gateway.db.migrations import apply_migrations  # noqa: E402
 from gateway.db.pool import Pool, create_pool  # noqa: E402
@@ -89,9 +90,12 @@ def _job(job_id: UUID) -> JobRequest:
     )
 
 
-async def one_request(pool: Pool, prices: PriceCache, principal: Principal, gate: WalletGate | None) -> None:
+async def one_request(
+    pool: Pool, prices: PriceCache, principal: Principal, gate: WalletGate | None, batched: bool = False
+) -> None:
     """What a sync text-to-image request asks of PostgreSQL: admission, settlement, and a read of
-    the job view, as a client's GET /v1/jobs/{id} would cost."""
+    the job view, as a client's GET /v1/jobs/{id} would cost. `batched`: settlements go through the
+    runner's batcher, which waits for the gate itself and settles the tenant's waiting ones together."""
     assert principal.tenant_id is not None
     tenant = principal.tenant_id
 
@@ -108,10 +112,18 @@ async def one_request(pool: Pool, prices: PriceCache, principal: Principal, gate
         images=[image],
         attempts=[EngineAttempt(engine="qolaba", outcome="succeeded", latency_ms=3, images=1)],
     )
-    async with turn():
-        await settle_run(pool, job_id, admission.unit_price, 1, outcome, file_ttl_s=3600, unless_canceled=True)
+    if batched:
+        assert gate is not None
+        args = settlement_args(job_id, admission.unit_price, 1, outcome, file_ttl_s=3600, unless_canceled=True)
+        await _batchers.setdefault(gate, SettlementBatcher(pool, gate)).settle(tenant, args)
+    else:
+        async with turn():
+            await settle_run(pool, job_id, admission.unit_price, 1, outcome, file_ttl_s=3600, unless_canceled=True)
     async with pool.acquire() as conn:
         await load_job_view(conn, job_id, tenant)
+
+
+_batchers: dict[WalletGate, SettlementBatcher] = {}  # one per gate, as the runner has
 
 
 @asynccontextmanager
@@ -135,23 +147,26 @@ async def main(args: argparse.Namespace) -> None:
             prices = PriceCache()
             hot = await _tenant(pool, "hot")
             own = [await _tenant(pool, f"tenant-{i}") for i in range(args.concurrency)]
-            variants: list[tuple[str, list[Principal], int | None]] = [
-                ("one tenant, no gate", [hot], None),
-                ("one tenant, gate of 2", [hot], 2),
-                ("one tenant, gate of 1", [hot], 1),
-                (f"{args.concurrency} tenants, gate of 2", own, 2),
+            variants: list[tuple[str, list[Principal], int | None, bool]] = [
+                ("one tenant, no gate", [hot], None, False),
+                ("one tenant, gate of 2", [hot], 2, False),
+                ("one tenant, gate of 1", [hot], 1, False),
+                ("one tenant, gate of 1, settlements batched", [hot], 1, True),
+                (f"{args.concurrency} tenants, gate of 2", own, 2, False),
             ]
             for _ in range(200):  # warm the statement cache and the price cache
                 await one_request(pool, prices, hot, None)
-            figures: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _, _ in variants}
+            figures: dict[str, list[tuple[float, float, float]]] = {name: [] for name, *_ in variants}
             each = args.requests // args.concurrency
             for _ in range(args.rounds):
-                for name, principals, width in variants:
+                for name, principals, width, batched in variants:
                     gate = WalletGate(width) if width else None
 
-                    async def worker(i: int, principals: list[Principal] = principals, gate: Any = gate) -> None:
+                    async def worker(
+                        i: int, principals: list[Principal] = principals, gate: Any = gate, batched: bool = batched
+                    ) -> None:
                         for _ in range(each):
-                            await one_request(pool, prices, principals[i % len(principals)], gate)
+                            await one_request(pool, prices, principals[i % len(principals)], gate, batched)
 
                     ticks, started, client = _backend_ticks(pgdata), time.perf_counter(), time.process_time()
                     await asyncio.gather(*(worker(i) for i in range(args.concurrency)))
