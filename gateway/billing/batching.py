@@ -44,8 +44,8 @@ class SettlementBatcher:
     pool: Pool
     gate: WalletGate
     max_batch: int = 32
-    _waiting: dict[UUID, list[_Waiting]] = field(default_factory=dict)
-    _batches: set[asyncio.Task[None]] = field(default_factory=set)
+    _waiting: dict[UUID, list[_Waiting]] = field(default_factory=dict, init=False)
+    _batches: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     async def settle(self, tenant_id: UUID, args: sq.SettleArgs) -> asyncpg.Record:
         """The settlement statement's row for `args`, run alone or with others of the tenant."""
