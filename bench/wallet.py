@@ -91,11 +91,16 @@ def _job(job_id: UUID) -> JobRequest:
 
 
 async def one_request(
-    pool: Pool, prices: PriceCache, principal: Principal, gate: WalletGate | None, batched: bool = False
+    pool: Pool,
+    prices: PriceCache,
+    principal: Principal,
+    gate: WalletGate | None,
+    batcher: SettlementBatcher | None = None,
 ) -> None:
     """What a sync text-to-image request asks of PostgreSQL: admission, settlement, and a read of
-    the job view, as a client's GET /v1/jobs/{id} would cost. `batched`: settlements go through the
-    runner's batcher, which waits for the gate itself and settles the tenant's waiting ones together."""
+    the job view, as a client's GET /v1/jobs/{id} would cost. With `batcher` (on the same gate), the
+    settlement goes through it as the runner's does: it waits for the gate itself and settles the
+    tenant's waiting ones together."""
     assert principal.tenant_id is not None
     tenant = principal.tenant_id
 
@@ -112,18 +117,14 @@ async def one_request(
         images=[image],
         attempts=[EngineAttempt(engine="qolaba", outcome="succeeded", latency_ms=3, images=1)],
     )
-    if batched:
-        assert gate is not None
+    if batcher is not None:
         args = settlement_args(job_id, admission.unit_price, 1, outcome, file_ttl_s=3600, unless_canceled=True)
-        await _batchers.setdefault(gate, SettlementBatcher(pool, gate)).settle(tenant, args)
+        await batcher.settle(tenant, args)
     else:
         async with turn():
             await settle_run(pool, job_id, admission.unit_price, 1, outcome, file_ttl_s=3600, unless_canceled=True)
     async with pool.acquire() as conn:
         await load_job_view(conn, job_id, tenant)
-
-
-_batchers: dict[WalletGate, SettlementBatcher] = {}  # one per gate, as the runner has
 
 
 @asynccontextmanager
@@ -161,12 +162,13 @@ async def main(args: argparse.Namespace) -> None:
             for _ in range(args.rounds):
                 for name, principals, width, batched in variants:
                     gate = WalletGate(width) if width else None
+                    batcher = SettlementBatcher(pool, gate) if batched and gate is not None else None
 
                     async def worker(
-                        i: int, principals: list[Principal] = principals, gate: Any = gate, batched: bool = batched
+                        i: int, principals: list[Principal] = principals, gate: Any = gate, batcher: Any = batcher
                     ) -> None:
                         for _ in range(each):
-                            await one_request(pool, prices, principals[i % len(principals)], gate, batched)
+                            await one_request(pool, prices, principals[i % len(principals)], gate, batcher)
 
                     ticks, started, client = _backend_ticks(pgdata), time.perf_counter(), time.process_time()
                     await asyncio.gather(*(worker(i) for i in range(args.concurrency)))
