@@ -277,6 +277,17 @@ class SettleArgs(msgspec.Struct, frozen=True, kw_only=True):
     attempts: list[EngineAttempt]
 
 
+# The order of each child table's arrays in both statements' parameters.
+_FILE_FIELDS = ("id", "blob_key", "content_type", "size", "etag", "filename")
+_RESULT_FIELDS = ("index", "status", "file_id", "seed", "error")
+_ATTEMPT_FIELDS = ("engine", "outcome", "latency_ms", "error_class", "error", "images")
+
+
+def _columns(rows: list[Any], fields: tuple[str, ...]) -> list[list[Any]]:
+    """One array per field of `rows`, for the statements' `unnest(...)`."""
+    return [[getattr(row, field) for row in rows] for field in fields]
+
+
 async def settle_job(conn: Conn, args: SettleArgs) -> asyncpg.Record:
     """Settle one job (`SETTLE`). The row has `closed` (0 when someone else settled the job),
     `cancel_was_requested`, and the finished job's columns (NULL when the job was not finished here)."""
@@ -293,28 +304,14 @@ async def settle_job(conn: Conn, args: SettleArgs) -> asyncpg.Record:
         args.error,
         args.file_ttl_s,
         args.unless_cancel_requested,
-        [f.id for f in args.files],
-        [f.blob_key for f in args.files],
-        [f.content_type for f in args.files],
-        [f.size for f in args.files],
-        [f.etag for f in args.files],
-        [f.filename for f in args.files],
-        [r.index for r in args.results],
-        [r.status for r in args.results],
-        [r.file_id for r in args.results],
-        [r.seed for r in args.results],
-        [r.error for r in args.results],
+        *_columns(args.files, _FILE_FIELDS),
+        *_columns(args.results, _RESULT_FIELDS),
         args.failed_images,
         message_id,
         event_type,
         payload,
         args.low_balance_message_id,
-        [a.engine for a in args.attempts],
-        [a.outcome for a in args.attempts],
-        [a.latency_ms for a in args.attempts],
-        [a.error_class for a in args.attempts],
-        [a.error for a in args.attempts],
-        [a.images for a in args.attempts],
+        *_columns(args.attempts, _ATTEMPT_FIELDS),
     )
     assert row is not None, "the final SELECT always returns one row"
     return row
@@ -346,13 +343,11 @@ async def settle_jobs(conn: Conn, batch: list[SettleArgs]) -> list[asyncpg.Recor
         [a.event[2] for a in batch],
         [a.low_balance_message_id for a in batch],
         batch[0].file_ttl_s,
-        *_columns(files, "id", "blob_key", "content_type", "size", "etag", "filename"),
-        *_columns(results, "index", "status", "file_id", "seed", "error"),
-        *_columns(attempts, "engine", "outcome", "latency_ms", "error_class", "error", "images"),
+        [n for n, _ in files],
+        *_columns([f for _, f in files], _FILE_FIELDS),
+        [n for n, _ in results],
+        *_columns([r for _, r in results], _RESULT_FIELDS),
+        [n for n, _ in attempts],
+        *_columns([t for _, t in attempts], _ATTEMPT_FIELDS),
     )
     return list(rows)
-
-
-def _columns(rows: list[tuple[int, Any]], *names: str) -> list[list[Any]]:
-    """Arrays for `unnest`: each row's job (its place in the batch, from 1), then the named fields."""
-    return [[n for n, _ in rows], *([getattr(row, name) for _, row in rows] for name in names)]
