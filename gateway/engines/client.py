@@ -105,10 +105,9 @@ class EngineClient(httpx.AsyncClient):
         follow_redirects: Any = _DEFAULT,
     ) -> httpx.Response:
         hooks = self.event_hooks
-        if auth is not _DEFAULT or follow_redirects is not _DEFAULT or self.follow_redirects or self.auth is not None:
+        stock = auth is not _DEFAULT or follow_redirects is not _DEFAULT or self.follow_redirects
+        if stock or self.auth is not None or hooks["request"] or hooks["response"]:
             return await super().send(request, stream=stream, auth=auth, follow_redirects=follow_redirects)
-        if hooks["request"] or hooks["response"]:
-            return await super().send(request, stream=stream)
         if self.is_closed:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
         response = await self._direct.handle_async_request(request)
