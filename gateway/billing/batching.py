@@ -1,20 +1,28 @@
-"""Settlements of one tenant that wait for its wallet gate together are settled in one statement.
+"""Settlements that wait together are settled in one statement: group commit for the wallet.
 
-The wallet gate (gate.py) lets one wallet statement per tenant at a time through. A tenant with many
-requests in flight queues there, and each settlement used to run alone: its own executor start-up,
-commit and WAL flush, with the gate held all the while. Now whoever gets the gate takes every
-settlement of that tenant waiting by then (up to `max_batch`, distinct jobs) and runs them as one
-statement (`SETTLE_MANY`, gateway/db/settlements.py); the others find their result ready when their
-turn comes. Alone, a settlement runs the one-job statement as before, so a tenant with one request
-in flight sees no change.
+Two queues. The wallet gate (gate.py) lets one wallet statement per tenant at a time through, so a
+tenant with many requests in flight queues there: whoever gets the gate takes every settlement of
+that tenant waiting by then, one per job, as a group. Groups of all tenants then queue for the
+statement lanes, which run at most `lanes` settlement statements at a time: whoever gets a lane
+takes every group waiting by then (up to `max_batch` settlements) and runs them as one statement
+(`SETTLE_MANY`, gateway/db/settlements.py). The others find their result ready when their turn
+comes. A group keeps its tenant's gate until its statement has committed, so a batch holds the
+gates of all its tenants and no admission of theirs from this process waits on a wallet row lock.
+
+One executor start-up, one commit and one WAL flush then serve many settlements, and batches grow
+with the load. Alone, a settlement runs the one-job statement at once, so a quiet gateway sees no
+change. Two lanes, so that one batch forms while the other commits: with one, the gateway
+benchmark's 32 tenants spent more gateway CPU per request waiting in turn; with two, PostgreSQL's
+CPU per request fell by a quarter (BENCHMARKS.md, sixth pass). Wallets are locked in tenant order,
+so concurrent batches (two lanes, or other processes) cannot deadlock each other.
 
 A batch is all or nothing in PostgreSQL. When the server refuses it (a constraint, say), it was
 rolled back whole, so each of its settlements runs again alone and a problem stays with its own job.
 Any other failure (the connection lost) leaves the outcome unknown: it is reported to every
 settlement of the batch, as it would have been to one settlement alone, and nothing is run twice
 (running a committed settlement again would find the reservation closed, and the runner would throw
-its images away). A batch runs in a task of its own, so cancelling the request that started it does
-not leave the rest waiting.
+its images away). A group goes through a lane in a task of its own, so cancelling the request that
+formed it does not leave the rest waiting.
 """
 
 from __future__ import annotations
@@ -34,7 +42,8 @@ from gateway.db.pool import Pool
 class _Waiting:
     args: sq.SettleArgs
     result: asyncio.Future[asyncpg.Record]
-    taken: bool = False
+    grouped: bool = False  # taken from its tenant's queue
+    batched: bool = False  # taken from the lane's queue into a statement
 
 
 @dataclass
@@ -44,11 +53,17 @@ class SettlementBatcher:
     pool: Pool
     gate: WalletGate
     max_batch: int = 32
+    lanes: int = 2
     _waiting: dict[UUID, list[_Waiting]] = field(default_factory=dict, init=False)
-    _batches: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    _ready: list[_Waiting] = field(default_factory=list, init=False)
+    _lane: asyncio.Semaphore = field(init=False)
+    _groups: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+
+    def __post_init__(self) -> None:
+        self._lane = asyncio.Semaphore(self.lanes)
 
     async def settle(self, tenant_id: UUID, args: sq.SettleArgs) -> asyncpg.Record:
-        """The settlement statement's row for `args`, run alone or with others of the tenant."""
+        """The settlement statement's row for `args`, run alone or with others."""
         me = _Waiting(args, asyncio.get_running_loop().create_future())
         # Nobody may be left to read a failure (its caller was cancelled): mark it read.
         me.result.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -56,14 +71,13 @@ class SettlementBatcher:
         waiting.append(me)
         try:
             async with self.gate.hold(tenant_id):
-                if not me.taken:
-                    batch = self._take(waiting, me)
-                    task = asyncio.create_task(self._run(batch), name=f"settle-{len(batch)}")
-                    self._batches.add(task)
-                    task.add_done_callback(self._batches.discard)
+                if not me.grouped:
+                    task = asyncio.create_task(self._through_lane(self._group(waiting, me)), name="settle")
+                    self._groups.add(task)
+                    task.add_done_callback(self._groups.discard)
                     await asyncio.shield(task)
         finally:
-            if not me.taken:  # cancelled while waiting for the gate
+            if not me.grouped:  # cancelled while waiting for the gate
                 waiting.remove(me)
             if not waiting and self._waiting.get(tenant_id) is waiting:
                 del self._waiting[tenant_id]
@@ -71,29 +85,44 @@ class SettlementBatcher:
         return await me.result
 
     def __len__(self) -> int:
-        """Settlements waiting for their tenant's gate (for tests and debugging)."""
-        return sum(len(waiting) for waiting in self._waiting.values())
+        """Settlements not yet in a statement (for tests and debugging)."""
+        return sum(len(waiting) for waiting in self._waiting.values()) + len(self._ready)
 
-    def _take(self, waiting: list[_Waiting], me: _Waiting) -> list[_Waiting]:
+    def _group(self, waiting: list[_Waiting], me: _Waiting) -> list[_Waiting]:
         """`me` and the tenant's other waiting settlements, oldest first, one per job; they leave `waiting`."""
-        batch = [me]
-        jobs = {me.args.job_id}
-        for other in waiting:
-            if len(batch) >= self.max_batch:
-                break
-            if other is me or other.args.job_id in jobs or other.args.file_ttl_s != me.args.file_ttl_s:
-                continue
-            batch.append(other)
-            jobs.add(other.args.job_id)
-        for taken in batch:
-            taken.taken = True
-        waiting[:] = [w for w in waiting if not w.taken]
+        group = _distinct([me, *(w for w in waiting if w is not me)], me.args.file_ttl_s, self.max_batch)
+        for w in group:
+            w.grouped = True
+        waiting[:] = [w for w in waiting if not w.grouped]
+        return group
+
+    async def _through_lane(self, group: list[_Waiting]) -> None:
+        """Queue `group` for a lane; whoever gets one settles what is queued then, oldest first."""
+        self._ready.extend(group)
+        try:
+            while not all(w.batched for w in group):
+                async with self._lane:
+                    if self._ready:
+                        await self._run(self._batch())
+        finally:  # cancelled (the loop is shutting down): nobody is left hanging
+            for w in group:
+                if not w.batched:
+                    self._ready.remove(w)
+                    w.result.cancel()
+
+    def _batch(self) -> list[_Waiting]:
+        """The oldest queued settlements, one per job, with the first one's file TTL; they leave the queue."""
+        head = self._ready[0]
+        batch = _distinct(self._ready, head.args.file_ttl_s, self.max_batch)
+        for w in batch:
+            w.batched = True
+        self._ready[:] = [w for w in self._ready if not w.batched]
         return batch
 
     async def _run(self, batch: list[_Waiting]) -> None:
         try:
             await self._settle(batch)
-        finally:  # the loop is shutting down: nobody is left hanging
+        finally:
             for w in batch:
                 if not w.result.done():
                     w.result.cancel()
@@ -124,3 +153,16 @@ class SettlementBatcher:
             if len(batch) == 1:
                 return [await sq.settle_job(conn, batch[0])]
             return await sq.settle_jobs(conn, batch)
+
+
+def _distinct(queue: list[_Waiting], file_ttl_s: int, limit: int) -> list[_Waiting]:
+    """Up to `limit` of `queue`, in order, one per job and all with `file_ttl_s`: what one statement takes."""
+    taken: list[_Waiting] = []
+    jobs: set[UUID] = set()
+    for w in queue:
+        if len(taken) >= limit:
+            break
+        if w.args.job_id not in jobs and w.args.file_ttl_s == file_ttl_s:
+            taken.append(w)
+            jobs.add(w.args.job_id)
+    return taken

@@ -271,3 +271,98 @@ async def test_a_settlement_cancelled_while_it_waits_leaves_the_queue(gateway: G
     assert (await second)["closed"] == 1
     assert first.cancelled()
     assert len(batcher) == 0
+
+
+async def test_a_batch_of_several_tenants_writes_the_same_books_as_one_by_one(gateway: Gateway, pool: Pool) -> None:
+    first, first_batch = await scenario(gateway, pool)
+    second, second_batch = await scenario(gateway, pool)
+    first_alone, first_singles = await scenario(gateway, pool)
+    second_alone, second_singles = await scenario(gateway, pool)
+    # Interleaved, as the lane takes them: each tenant's own order is what counts.
+    mixed = [args for pair in zip(first_batch, second_batch, strict=True) for args in pair]
+    async with pool.acquire() as conn:
+        together = await sq.settle_jobs(conn, mixed)
+        for args in [*first_singles, *second_singles]:
+            await sq.settle_job(conn, args)
+        closed = (True, True, True, False, False, True)  # as in the one-tenant batch, each twice
+        assert [bool(r["closed"]) for r in together] == [c for c in closed for _ in "ab"]
+        for tenant, batch, alone, singles in (
+            (first, first_batch, first_alone, first_singles),
+            (second, second_batch, second_alone, second_singles),
+        ):
+            assert await books(conn, tenant, [a.job_id for a in batch]) == await books(
+                conn, alone, [a.job_id for a in singles]
+            )
+    await audit_clean(gateway)
+
+
+async def test_settlements_of_several_tenants_waiting_for_the_lane_go_in_one_statement(
+    gateway: Gateway, pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    busy_tenant, (busy, *_) = await scenario(gateway, pool)
+    first, first_batch = await scenario(gateway, pool)
+    second, second_batch = await scenario(gateway, pool)
+    statements: list[list[UUID]] = []
+    release = asyncio.Event()
+    settle_job, settle_jobs = sq.settle_job, sq.settle_jobs
+
+    async def held_one(conn: Any, args: sq.SettleArgs) -> asyncpg.Record:
+        statements.append([args.job_id])
+        if args is busy:
+            await release.wait()  # the lane stays taken while the others arrive
+        return await settle_job(conn, args)
+
+    async def counted(conn: Any, batch: list[sq.SettleArgs]) -> list[asyncpg.Record]:
+        statements.append([args.job_id for args in batch])
+        return await settle_jobs(conn, batch)
+
+    monkeypatch.setattr(sq, "settle_job", held_one)
+    monkeypatch.setattr(sq, "settle_jobs", counted)
+    batcher = SettlementBatcher(pool, WalletGate(), lanes=1)  # the one lane is busy with `busy`
+    running = asyncio.create_task(batcher.settle(busy_tenant, busy))
+    await asyncio.sleep(0.05)
+    waiting = [
+        asyncio.create_task(batcher.settle(tenant, args))
+        for tenant, batch in ((first, first_batch[:3]), (second, second_batch[:3]))
+        for args in batch
+    ]
+    await asyncio.sleep(0.05)
+    assert len(batcher) == 6
+    release.set()
+    assert (await running)["closed"] == 1
+    rows = await asyncio.gather(*waiting)
+    # Each tenant's first settlement took its gate at once and waited for the lane; the two shared
+    # the next statement. The other two of each tenant waited at their gate, and went as a group.
+    a, b = [x.job_id for x in first_batch[:3]], [x.job_id for x in second_batch[:3]]
+    assert statements[:2] == [[busy.job_id], [a[0], b[0]]]
+    later = statements[2:]
+    assert sorted(job for statement in later for job in statement) == sorted([*a[1:], *b[1:]])
+    assert any(statement[:2] == a[1:] for statement in later)
+    assert any(statement[-2:] == b[1:] for statement in later)
+    assert [r["closed"] for r in rows] == [1, 1, 1, 1, 1, 1]
+    assert len(batcher) == 0
+    await audit_clean(gateway)
+
+
+async def test_a_second_lane_settles_while_the_first_statement_runs(
+    gateway: Gateway, pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    busy_tenant, (busy, *_) = await scenario(gateway, pool)
+    other_tenant, (other, *_) = await scenario(gateway, pool)
+    release = asyncio.Event()
+    settle_job = sq.settle_job
+
+    async def held_one(conn: Any, args: sq.SettleArgs) -> asyncpg.Record:
+        if args is busy:
+            await release.wait()
+        return await settle_job(conn, args)
+
+    monkeypatch.setattr(sq, "settle_job", held_one)
+    batcher = SettlementBatcher(pool, WalletGate())  # two lanes
+    running = asyncio.create_task(batcher.settle(busy_tenant, busy))
+    await asyncio.sleep(0.05)
+    assert (await asyncio.wait_for(batcher.settle(other_tenant, other), timeout=10))["closed"] == 1
+    assert not running.done()
+    release.set()
+    assert (await running)["closed"] == 1
+    await audit_clean(gateway)
