@@ -327,9 +327,8 @@ path = "{blobs}"
             "GATEWAY_WORKER_CONCURRENCY": "256",
             "BENCH_ENGINE_KEY": ENGINE_KEY,
         }
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port)], env=env
-        )
+        serve = ["serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)]
+        gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", *serve], env=env)
         procs.append(gateway)
         wait_http(f"{engine_url}/", proc=procs[0])
         wait_http(f"http://127.0.0.1:{port}/healthz", proc=gateway)
@@ -384,8 +383,8 @@ class CpuMeter:
     def sample(self) -> dict[str, float]:
         hz = os.sysconf("SC_CLK_TCK")
         out = {"client": time.process_time()}
-        if self.gateway:
-            out["gateway"] = _ticks(self.gateway) / hz
+        if self.gateway:  # with --workers, the worker processes are its children
+            out["gateway"] = (_ticks(self.gateway, children=True) + sum(map(_ticks, _children(self.gateway)))) / hz
         if self.engine:
             out["engine"] = _ticks(self.engine) / hz
         if self.postmaster:
@@ -723,7 +722,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="requests/s in the open-loop mode")
     parser.add_argument("--tenants", type=int, default=32, help="tenants in the many-tenant modes")
     parser.add_argument("--poll-interval", type=float, default=0.005, help="seconds between job polls (async)")
-    parser.add_argument("--db-pool", type=int, default=20, help="the gateway's database pool size")
+    parser.add_argument("--db-pool", type=int, default=20, help="the gateway's database pool size (per worker)")
+    parser.add_argument("--workers", type=int, default=1, help="`gateway serve --workers`: processes serving the API")
     parser.add_argument(
         "--tmp-dir",
         type=Path,

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -19,6 +20,13 @@ from gateway.errors import GatewayError
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     extra = {k: v for k, v in overrides.items() if v is not None}
     return load_settings(overrides=extra)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _print(result: dict[str, Any], as_json: bool) -> None:
@@ -44,33 +52,51 @@ def freeze_startup_heap(*_: Any) -> None:
     gc.freeze()
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn  # noqa: PLC0415
-
+def serve_app() -> Any:
+    """The app one `gateway serve` process serves, configured from the environment and config file."""
     from gateway.app import create_app  # noqa: PLC0415
 
-    settings = _settings(args, host=args.host, port=args.port)
+    settings = load_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = create_app(settings)
     app.on_startup.append(freeze_startup_heap)  # after the lifespan built its pools, engines and caches
     # Litestar's default logging config sets the root logger to INFO, which logged every engine HTTP
     # request (httpx) through a queue thread: measurable CPU per request. The configured level rules.
     logging.getLogger().setLevel(settings.log_level.upper())
+    return app
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn  # noqa: PLC0415
+
+    # The flags reach every process through the environment: with --workers, each worker process
+    # builds its own app from it (uvicorn spawns them and imports `serve_app`).
+    for name, value in (("GATEWAY_HOST", args.host), ("GATEWAY_PORT", args.port)):
+        if value is not None:
+            os.environ[name] = str(value)
+    settings = _settings(args)
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "timeout_graceful_shutdown": 30,
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": False,
+    }
+    if args.workers > 1:
+        # One event loop runs on one core. Worker processes share the listening socket and
+        # nothing else but the database: each has its own pool, runner, wallet gate and caches,
+        # as replicas do. The parent restarts a worker that dies and, on SIGTERM, lets each
+        # finish its requests (the same drain as below), then exits with status 0.
+        uvicorn.run("gateway.cli:serve_app", factory=True, workers=args.workers, **options)
+        return 0
     # uvicorn's SIGTERM handling is the graceful shutdown: stop accepting, finish in-flight
     # requests, then the lifespan drains the runner and closes the pool. Afterwards uvicorn
     # re-raises the signal to whatever handler was there before it; this one turns that into
     # exit status 0, so Kubernetes and systemd see a clean stop rather than death by SIGTERM.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-    )
+    uvicorn.run(serve_app(), **options)
     return 0
 
 
@@ -256,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="HTTP API and in-process job runner")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--workers", type=_positive, default=1, help="processes serving the one socket (default 1; about one per core)"
+    )
     serve.set_defaults(fn=cmd_serve)
     sub.add_parser("worker", help="job runner only").set_defaults(fn=cmd_worker)
     sub.add_parser("gpu-worker", help="GPU diffusion service only").set_defaults(fn=cmd_gpu_worker)

@@ -8,6 +8,7 @@ one over a stale pid file. The server is stopped when the last live process usin
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import warnings
@@ -66,7 +67,11 @@ def start_embedded(data_dir: Path) -> EmbeddedPostgres:
     os.environ["LC_ALL"] = "C.UTF-8"
     data_dir.mkdir(parents=True, exist_ok=True)
     module = _import_embedded()
-    with warnings.catch_warnings():
+    # Processes starting together on an empty folder (`serve --workers`, or serve and worker at
+    # once) would each run initdb into it, and all but one fail: the first initializes and starts
+    # the server while the others wait here, then they adopt it.
+    with (data_dir / "pg.lock").open("a") as lock, warnings.catch_warnings():
+        fcntl.flock(lock, fcntl.LOCK_EX)
         warnings.simplefilter("ignore")
         server = module.get_server(data_dir / "pg", cleanup_mode=None)
     log.info("embedded postgres ready in %s (pid %s)", server.pgdata, server.get_pid())

@@ -112,10 +112,10 @@ class Cluster:
         self.log_dir = log_dir
         self.processes: list[GatewayProcess] = []
 
-    def serve(self, name: str, **env: str) -> GatewayProcess:
-        """`gateway serve --port P` on a free port."""
+    def serve(self, name: str, *flags: str, **env: str) -> GatewayProcess:
+        """`gateway serve --port P [flags]` on a free port."""
         port = free_port()
-        return self._start(name, ["serve", "--host", "127.0.0.1", "--port", str(port)], env, port)
+        return self._start(name, ["serve", "--host", "127.0.0.1", "--port", str(port), *flags], env, port)
 
     def worker(self, name: str, **env: str) -> GatewayProcess:
         """`gateway worker`: the job runner alone."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import signal
@@ -13,8 +14,9 @@ import asyncpg
 import httpx
 import pytest
 
+from gateway.db.embedded import start_embedded
 from gateway.db.migrations import discover
-from tests.e2e.processes import cluster, wait_for
+from tests.e2e.processes import GatewayProcess, cluster, wait_for
 from tests.fakes.api2convert import FakeApi2Convert
 
 T2I = {"prompt": "a lighthouse at dusk", "width": 512, "height": 512, "steps": 30}
@@ -147,6 +149,96 @@ async def test_kill_9_then_restart_on_the_embedded_database_adopts_or_recovers_i
         # The last gateway using the embedded server stops it on a clean shutdown.
         assert recovered.terminate() == 0
         assert not _alive(restarted)
+
+
+def _workers(parent: int) -> set[int]:
+    """The worker processes `serve --workers` spawned (not multiprocessing's resource tracker)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if ppid == parent and b"spawn_main" in cmdline and _alive(int(stat.parent.name)):
+            found.add(int(stat.parent.name))
+    return found
+
+
+async def test_serve_with_two_workers_on_an_empty_data_folder_shares_one_server_replaces_a_dead_worker_and_exits_0(
+    fake_api2convert: FakeApi2Convert, tmp_path: Path, embedded_data_dir: Path
+) -> None:
+    with cluster(_env(tmp_path, fake_api2convert), tmp_path / "logs") as c:
+        api = c.serve("api", "--workers", "2")
+        await api.wait_ready()
+        first = _workers(api.proc.pid)
+        assert len(first) == 2, api.log()
+        # Both workers started the embedded server at once on an empty folder: one initialized it.
+        await wait_for(_both_started(api), 60, "both workers to finish starting")
+        assert api.log_path.read_text().count("Initializing pgdata") == 1, api.log()
+        postgres = _postmaster_pid(embedded_data_dir)
+        assert postgres is not None
+        key = (embedded_data_dir / "demo-key.txt").read_text().strip()
+
+        async def generate() -> None:
+            # A new connection each time, so the kernel hands it to either worker.
+            async with httpx.AsyncClient(base_url=api.base_url, timeout=30) as client:
+                response = await client.post("/v1/text-to-image", json=T2I, headers={"X-Api-Key": key})
+            assert response.status_code == 200, response.text
+            assert response.json()["state"] == "succeeded"
+
+        for _ in range(4):
+            await generate()
+
+        # A worker that dies is replaced; the other keeps serving meanwhile.
+        dead = min(first)
+        os.kill(dead, signal.SIGKILL)
+        await generate()
+        await wait_for(_replaced(api.proc.pid, dead), 60, "the dead worker to be replaced")
+        for _ in range(4):
+            await generate()
+
+        # SIGTERM: each worker drains, the last one out stops the embedded server, the parent exits 0.
+        assert api.terminate() == 0, api.log()
+        assert not _workers(api.proc.pid)
+        await wait_for(_reaped(postgres), 30, "the embedded server to stop")
+    assert _alive(postgres) is False
+
+
+async def test_a_process_starting_the_embedded_server_waits_for_one_that_is_initializing_it(
+    tmp_path: Path, embedded_data_dir: Path
+) -> None:
+    # What `serve --workers` relies on: while one process holds the folder's lock (initdb and start
+    # take seconds), another waits and then adopts the server instead of running initdb over it.
+    embedded_data_dir.mkdir(parents=True)
+    with (embedded_data_dir / "pg.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        starting = asyncio.create_task(asyncio.to_thread(start_embedded, embedded_data_dir))
+        await asyncio.sleep(1.0)
+        assert not starting.done()
+        assert not (embedded_data_dir / "pg").exists()
+    server = await asyncio.wait_for(starting, 120)
+    try:
+        conn = await asyncpg.connect(server.uri)
+        assert await conn.fetchval("SELECT 1") == 1
+        await conn.close()
+    finally:
+        server.stop()
+
+
+def _both_started(api: GatewayProcess) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return api.log_path.read_text().count("Application startup complete") >= 2
+
+    return check
+
+
+def _replaced(parent: int, dead: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        workers = _workers(parent)
+        return len(workers) == 2 and dead not in workers
+
+    return check
 
 
 def _reaped(pid: int) -> Callable[[], Awaitable[bool]]:
