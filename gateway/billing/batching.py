@@ -104,6 +104,10 @@ class SettlementBatcher:
                 async with self._lane:
                     if self._ready:
                         await self._run(self._batch())
+            # Another lane may have taken the group and still be running it: the tenant's gate,
+            # held by whoever awaits this task, is kept until the group's statement has ended.
+            if not all(w.result.done() for w in group):
+                await asyncio.wait([w.result for w in group])
         finally:  # cancelled (the loop is shutting down): nobody is left hanging
             for w in group:
                 if not w.batched:

@@ -366,3 +366,57 @@ async def test_a_second_lane_settles_while_the_first_statement_runs(
     release.set()
     assert (await running)["closed"] == 1
     await audit_clean(gateway)
+
+
+async def test_a_tenant_keeps_its_gate_until_the_statement_that_took_its_settlement_ends(
+    gateway: Gateway, pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both lanes busy; then X's settlement and T's queue for a lane, X's first. When one lane frees,
+    # X's group takes both into one statement (held here); when the other frees, T's own group finds
+    # nothing left to run. T's gate must stay taken until that statement ends, or an admission of T
+    # would wait on T's wallet row lock in PostgreSQL after all.
+    (first_tenant, (first, *_)), (second_tenant, (second, *_)) = [await scenario(gateway, pool) for _ in "ab"]
+    (x_tenant, (x, *_)), (t_tenant, (t, *_)) = [await scenario(gateway, pool) for _ in "xt"]
+    held = {first.job_id: asyncio.Event(), second.job_id: asyncio.Event()}
+    batch_held = asyncio.Event()
+    settle_job, settle_jobs = sq.settle_job, sq.settle_jobs
+
+    async def held_one(conn: Any, args: sq.SettleArgs) -> asyncpg.Record:
+        if args.job_id in held:
+            await held[args.job_id].wait()
+        return await settle_job(conn, args)
+
+    async def held_many(conn: Any, batch: list[sq.SettleArgs]) -> list[asyncpg.Record]:
+        await batch_held.wait()
+        return await settle_jobs(conn, batch)
+
+    monkeypatch.setattr(sq, "settle_job", held_one)
+    monkeypatch.setattr(sq, "settle_jobs", held_many)
+    gate = WalletGate()
+    batcher = SettlementBatcher(pool, gate)  # two lanes
+    busy = [
+        asyncio.create_task(batcher.settle(first_tenant, first)),
+        asyncio.create_task(batcher.settle(second_tenant, second)),
+    ]
+    await asyncio.sleep(0.05)
+    settling = [asyncio.create_task(batcher.settle(x_tenant, x))]
+    await asyncio.sleep(0.01)
+    settling.append(asyncio.create_task(batcher.settle(t_tenant, t)))
+    await asyncio.sleep(0.05)
+    held[first.job_id].set()  # a lane frees: X's group takes X and T into one statement
+    await asyncio.sleep(0.05)
+    held[second.job_id].set()  # the other lane frees: T's group finds nothing to run
+    await asyncio.gather(*busy)
+    admission = asyncio.create_task(_hold_briefly(gate, t_tenant))
+    await asyncio.sleep(0.1)
+    gate_kept = not admission.done()  # T's gate still taken by its settlement
+    batch_held.set()
+    assert [r["closed"] for r in await asyncio.gather(*settling)] == [1, 1]
+    await asyncio.wait_for(admission, timeout=10)
+    assert gate_kept
+    await audit_clean(gateway)
+
+
+async def _hold_briefly(gate: WalletGate, tenant_id: UUID) -> None:
+    async with gate.hold(tenant_id):
+        pass
