@@ -31,7 +31,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from gateway.db import Conn
+from gateway.db import Conn, field_arrays
 from gateway.db.jobs import JOB_COLUMNS, NOTIFY_CHANNEL
 
 
@@ -105,6 +105,9 @@ class Input(msgspec.Struct, frozen=True):
     height: int
 
 
+_INPUT_FIELDS = ("role", "blob_key", "content_type", "width", "height")  # ADMIT's $16-$20
+
+
 async def admit_job(
     conn: Conn,
     *,
@@ -146,11 +149,7 @@ async def admit_job(
         lease_owner,
         lease_s,
         amount,
-        [i.role for i in inputs],
-        [i.blob_key for i in inputs],
-        [i.content_type for i in inputs],
-        [i.width for i in inputs],
-        [i.height for i in inputs],
+        *field_arrays(inputs, _INPUT_FIELDS),
     )
     assert row is not None, "every tenant has a wallet"
     return row

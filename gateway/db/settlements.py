@@ -17,7 +17,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from gateway.db import Conn
+from gateway.db import Conn, field_arrays
 from gateway.db.generations import job_columns
 from gateway.domain.generation import EngineAttempt
 
@@ -283,11 +283,6 @@ _RESULT_FIELDS = ("index", "status", "file_id", "seed", "error")
 _ATTEMPT_FIELDS = ("engine", "outcome", "latency_ms", "error_class", "error", "images")
 
 
-def _columns(rows: list[Any], fields: tuple[str, ...]) -> list[list[Any]]:
-    """One array per field of `rows`, for the statements' `unnest(...)`."""
-    return [[getattr(row, field) for row in rows] for field in fields]
-
-
 async def settle_job(conn: Conn, args: SettleArgs) -> asyncpg.Record:
     """Settle one job (`SETTLE`). The row has `closed` (0 when someone else settled the job),
     `cancel_was_requested`, and the finished job's columns (NULL when the job was not finished here)."""
@@ -304,14 +299,14 @@ async def settle_job(conn: Conn, args: SettleArgs) -> asyncpg.Record:
         args.error,
         args.file_ttl_s,
         args.unless_cancel_requested,
-        *_columns(args.files, _FILE_FIELDS),
-        *_columns(args.results, _RESULT_FIELDS),
+        *field_arrays(args.files, _FILE_FIELDS),
+        *field_arrays(args.results, _RESULT_FIELDS),
         args.failed_images,
         message_id,
         event_type,
         payload,
         args.low_balance_message_id,
-        *_columns(args.attempts, _ATTEMPT_FIELDS),
+        *field_arrays(args.attempts, _ATTEMPT_FIELDS),
     )
     assert row is not None, "the final SELECT always returns one row"
     return row
@@ -344,10 +339,10 @@ async def settle_jobs(conn: Conn, batch: list[SettleArgs]) -> list[asyncpg.Recor
         [a.low_balance_message_id for a in batch],
         batch[0].file_ttl_s,
         [n for n, _ in files],
-        *_columns([f for _, f in files], _FILE_FIELDS),
+        *field_arrays([f for _, f in files], _FILE_FIELDS),
         [n for n, _ in results],
-        *_columns([r for _, r in results], _RESULT_FIELDS),
+        *field_arrays([r for _, r in results], _RESULT_FIELDS),
         [n for n, _ in attempts],
-        *_columns([t for _, t in attempts], _ATTEMPT_FIELDS),
+        *field_arrays([t for _, t in attempts], _ATTEMPT_FIELDS),
     )
     return list(rows)
