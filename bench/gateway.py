@@ -371,6 +371,11 @@ def _children(ppid: int) -> list[int]:
     return out
 
 
+def _tree_ticks(pid: int) -> int:
+    """`_ticks` of a process, its live children and its reaped ones (PostgreSQL's backends, serve's workers)."""
+    return _ticks(pid, children=True) + sum(map(_ticks, _children(pid)))
+
+
 @dataclass
 class CpuMeter:
     """CPU seconds used by the gateway, PostgreSQL (postmaster and backends), the fake engine and this
@@ -384,12 +389,11 @@ class CpuMeter:
         hz = os.sysconf("SC_CLK_TCK")
         out = {"client": time.process_time()}
         if self.gateway:  # with --workers, the worker processes are its children
-            out["gateway"] = (_ticks(self.gateway, children=True) + sum(map(_ticks, _children(self.gateway)))) / hz
+            out["gateway"] = _tree_ticks(self.gateway) / hz
         if self.engine:
             out["engine"] = _ticks(self.engine) / hz
         if self.postmaster:
-            pg = _ticks(self.postmaster, children=True) + sum(_ticks(p) for p in _children(self.postmaster))
-            out["postgres"] = pg / hz
+            out["postgres"] = _tree_ticks(self.postmaster) / hz
         return out
 
 
