@@ -52,11 +52,12 @@ def freeze_startup_heap(*_: Any) -> None:
     gc.freeze()
 
 
-def serve_app() -> Any:
-    """The app one `gateway serve` process serves, configured from the environment and config file."""
+def serve_app(settings: Settings | None = None) -> Any:
+    """The app one `gateway serve` process serves; a worker process (no `settings`) reads them from
+    the environment and config file, as its parent did."""
     from gateway.app import create_app  # noqa: PLC0415
 
-    settings = load_settings()
+    settings = settings or load_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = create_app(settings)
     app.on_startup.append(freeze_startup_heap)  # after the lifespan built its pools, engines and caches
@@ -96,7 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # re-raises the signal to whatever handler was there before it; this one turns that into
     # exit status 0, so Kubernetes and systemd see a clean stop rather than death by SIGTERM.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(serve_app(), **options)
+    uvicorn.run(serve_app(settings), **options)
     return 0
 
 
