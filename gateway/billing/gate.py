@@ -12,7 +12,7 @@ flight, pay one uncontended semaphore per statement.
 
 The gate is only an optimization: correctness still rests on the row lock, which other processes
 (replicas, the worker, the CLI) take without it. Settlements that wait here together go through as
-one statement (batching.py).
+one group, and groups of several tenants share one statement (batching.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Settlement: ONE statement (its own transaction) records results, charges each success, releases the rest and
 moves the job to its terminal state. Whoever closes the reservation first wins; a late runner
 (its lease expired and another took over) finds it closed and discards its own outcome. The runner's
-settlements of one tenant that wait for its wallet gate together share one statement
+settlements that wait together, of one tenant or several, share one statement
 (gateway/billing/batching.py)."""
 
 from __future__ import annotations

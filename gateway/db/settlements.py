@@ -1,8 +1,8 @@
 """SQL of settlement: ONE statement (its own transaction) closes a job's reservation, charges what was
 produced, writes the ledger, the job's end, its files, results, usage, attempts and webhooks.
 
-`SETTLE` settles one job. `SETTLE_MANY` settles several in one statement, for the settlements of one
-tenant that waited for its wallet gate together (gateway/billing/batching.py): one executor start-up,
+`SETTLE` settles one job. `SETTLE_MANY` settles several in one statement, of one tenant or several,
+for the settlements that waited together (gateway/billing/batching.py): one executor start-up,
 one commit and one WAL flush instead of one each. It does what `SETTLE` does for each job, in input
 order, with what must be done once per row summed first: one wallet update per tenant, one usage
 row per (tenant, day, operation, engine, key), and the ledger's running balance numbered by a window

@@ -69,7 +69,7 @@ class JobRunner:
         self.pool = pool
         # Shared with admission (Services.runner.gate): one wallet statement per tenant at a time.
         self.gate = gate or WalletGate()
-        # Settlements of one tenant that wait for its gate together go in one statement.
+        # Settlements that wait together (at a tenant's gate, then for a lane) go in one statement.
         self.settlements = SettlementBatcher(pool, self.gate)
         self.router = router
         self.blobs = blobs
