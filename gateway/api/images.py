@@ -230,9 +230,7 @@ async def generate(
             lease_owner=None if run_async else runner.owner,
             lease_s=services.settings.lease_s,
         )
-        assert principal.tenant_id is not None
-        async with runner.gate.hold(principal.tenant_id):
-            admission = await admit(services.pool, principal, spec, prices=services.prices)
+        admission = await admit(services.pool, principal, spec, prices=services.prices, batcher=runner.admissions)
     except GatewayError:
         # Nothing was admitted: free the key so a retry (after a top-up, say) can go through.
         if idempotency_key:

@@ -10,6 +10,7 @@ month must be read under that lock.
 from __future__ import annotations
 
 import asyncio
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -17,6 +18,7 @@ from uuid import UUID
 import asyncpg
 
 from gateway.auth.keys import Principal
+from gateway.billing.batching import AdmissionBatcher
 from gateway.db import Conn
 from gateway.db import billing as bq
 from gateway.db import generations as gq
@@ -85,15 +87,28 @@ class JobRequest:
     lease_s: float
 
 
-async def admit(pool: Pool, principal: Principal, spec: JobRequest, *, prices: PriceCache | None = None) -> Admission:
+async def admit(
+    pool: Pool,
+    principal: Principal,
+    spec: JobRequest,
+    *,
+    prices: PriceCache | None = None,
+    batcher: AdmissionBatcher | None = None,
+) -> Admission:
     """Reserve `n x unit price` and insert the job; 402 when the wallet cannot cover it,
-    429 when the tenant already has its maximum of unfinished jobs."""
+    429 when the tenant already has its maximum of unfinished jobs. With `batcher`, the statement
+    waits for the tenant's wallet gate and may share a statement with others (batching.py)."""
+    assert principal.tenant_id is not None
     if prices is not None and principal.monthly_cap is None:
         for attempt in range(_PRICE_RETRIES):
             version, rules = await prices.get(pool, refresh=attempt > 0)
             unit = pick_rule(rules, spec.operation, spec.model).unit_price(spec.width, spec.height, spec.steps)
-            async with pool.acquire() as conn:
-                row = await _admit_statement(conn, principal, spec, version, unit)
+            args = admit_args(principal, spec, version, unit)
+            if batcher is not None:
+                row = await batcher.admit(principal.tenant_id, args)
+            else:
+                async with pool.acquire() as conn:
+                    row = await gq.admit_job(conn, args)
             if row["id"] is not None:
                 return Admission(job_id=spec.job_id, unit_price=unit, reserved=unit * spec.n, job=row)
             if row["current_price_version"] != version:
@@ -106,17 +121,15 @@ async def admit(pool: Pool, principal: Principal, spec: JobRequest, *, prices: P
                 unit * spec.n,
             )
             raise AssertionError("the admission statement refused a request that passes every check")
-    async with pool.acquire() as conn, conn.transaction():
+    turn = batcher.gate.hold(principal.tenant_id) if batcher is not None else nullcontext()
+    async with turn, pool.acquire() as conn, conn.transaction():
         return await _admit_locked(conn, principal, spec)
 
 
-async def _admit_statement(
-    conn: Conn, principal: Principal, spec: JobRequest, version: int, unit: int
-) -> asyncpg.Record:
-    """Run the one admission statement (gateway/db/generations.py) priced at `unit` under `version`."""
+def admit_args(principal: Principal, spec: JobRequest, version: int, unit: int) -> gq.AdmitArgs:
+    """The admission statement's arguments for `spec`, priced at `unit` under `version`."""
     assert principal.tenant_id is not None
-    return await gq.admit_job(
-        conn,
+    return gq.AdmitArgs(
         job_id=spec.job_id,
         tenant_id=principal.tenant_id,
         key_id=principal.key_id,
@@ -176,7 +189,7 @@ async def _admit_locked(conn: Conn, principal: Principal, spec: JobRequest) -> A
                 price=to_credits(amount),
                 shortfall=to_credits(spent + amount - principal.monthly_cap),
             )
-    row = await _admit_statement(conn, principal, spec, version, unit)
+    row = await gq.admit_job(conn, admit_args(principal, spec, version, unit))
     if row["id"] is None:  # the wallet and the price book are locked: every check above still holds
         raise AssertionError("the admission statement refused a request that passes every check")
     return Admission(job_id=spec.job_id, unit_price=unit, reserved=amount, job=row)

@@ -1,69 +1,81 @@
-"""Settlements that wait together are settled in one statement: group commit for the wallet.
+"""Wallet statements that wait together run as one: group commit for admissions and for settlements.
 
 Two queues. The wallet gate (gate.py) lets one wallet statement per tenant at a time through, so a
-tenant with many requests in flight queues there: whoever gets the gate takes every settlement of
-that tenant waiting by then, one per job, as a group. Groups of all tenants then queue for the
-statement lanes, which run at most `lanes` settlement statements at a time: whoever gets a lane
-takes every group waiting by then (up to `max_batch` settlements) and runs them as one statement
-(`SETTLE_MANY`, gateway/db/settlements.py). The others find their result ready when their turn
-comes. A group keeps its tenant's gate until its statement has committed, so a batch holds the
-gates of all its tenants and no admission of theirs from this process waits on a wallet row lock.
+tenant with many requests in flight queues there: whoever gets the gate takes every statement of
+its kind (admission or settlement) of that tenant waiting by then, one per job, as a group. Groups
+of all tenants then queue for that kind's statement lanes, which run at most `lanes` statements at
+a time: whoever gets a lane takes every group waiting by then (up to `max_batch` jobs) and runs them
+as one statement (`ADMIT_MANY`, gateway/db/generations.py; `SETTLE_MANY`, gateway/db/settlements.py).
+The others find their result ready when their turn comes. A group keeps its tenant's gate until
+its statement has committed, so a batch holds the gates of all its tenants and no statement of
+theirs from this process waits on a wallet row lock.
 
-One executor start-up, one commit and one WAL flush then serve many settlements, and batches grow
-with the load. Alone, a settlement runs the one-job statement at once, so a quiet gateway sees no
-change. Two lanes, so that one batch forms while the other commits: with one, the gateway
-benchmark's 32 tenants spent more gateway CPU per request waiting in turn; with two, PostgreSQL's
-CPU per request fell by a quarter (BENCHMARKS.md, sixth pass). Wallets are locked in tenant order,
-so concurrent batches (two lanes, or other processes) cannot deadlock each other.
+One executor start-up, one commit and one WAL flush then serve many jobs, and batches grow with the
+load. Alone, a job runs the one-job statement at once, so a quiet gateway sees no change. Two lanes
+per kind, so that one batch forms while the other commits: with one, the gateway benchmark's 32
+tenants spent more gateway CPU per request waiting in turn; with two, PostgreSQL's CPU per request
+fell by a quarter (BENCHMARKS.md, sixth pass). Wallets are locked in tenant order, so concurrent
+batches (two lanes, or other processes) cannot deadlock each other.
 
 A batch is all or nothing in PostgreSQL. When the server refuses it (a constraint, say), it was
-rolled back whole, so each of its settlements runs again alone and a problem stays with its own job.
-Any other failure (the connection lost) leaves the outcome unknown: it is reported to every
-settlement of the batch, as it would have been to one settlement alone, and nothing is run twice
-(running a committed settlement again would find the reservation closed, and the runner would throw
-its images away). A group goes through a lane in a task of its own, so cancelling the request that
-formed it does not leave the rest waiting.
+rolled back whole, so each of its jobs runs again alone and a problem stays with its own job. Any
+other failure (the connection lost) leaves the outcome unknown: it is reported to every job of the
+batch, as it would have been to one job alone, and nothing is run twice (running a committed
+settlement again would find the reservation closed, and the runner would throw its images away).
+A group goes through a lane in a task of its own, so cancelling the request that formed it does not
+leave the rest waiting. An admission whose caller is gone by the time its batch commits leaves a
+job leased to this process that nobody runs: the lease expires and a runner claims it, as after a
+crash.
+
+Admissions of one tenant in one batch are checked in order, each against the wallet the ones before
+it left, as if they had run one by one. Past a tenant's first refusal, the rest are not decided by
+the batch (a smaller request might still fit): each runs again alone. Refusals are the rare case.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 from uuid import UUID
 
 import asyncpg
 
 from gateway.billing.gate import WalletGate
+from gateway.db import Conn
+from gateway.db import generations as gq
 from gateway.db import settlements as sq
 from gateway.db.pool import Pool
 
+Args = TypeVar("Args", sq.SettleArgs, gq.AdmitArgs)
+
 
 @dataclass(eq=False)
-class _Waiting:
-    args: sq.SettleArgs
+class _Waiting(Generic[Args]):
+    args: Args
     result: asyncio.Future[asyncpg.Record]
     grouped: bool = False  # taken from its tenant's queue
     batched: bool = False  # taken from the lane's queue into a statement
 
 
 @dataclass
-class SettlementBatcher:
-    """Per-process; shares the runner's wallet gate with admission."""
+class _GroupCommit(Generic[Args]):
+    """Per-process, one per kind of statement; both share the runner's wallet gate."""
 
     pool: Pool
     gate: WalletGate
     max_batch: int = 32
     lanes: int = 2
-    _waiting: dict[UUID, list[_Waiting]] = field(default_factory=dict, init=False)
-    _ready: list[_Waiting] = field(default_factory=list, init=False)
+    _waiting: dict[UUID, list[_Waiting[Args]]] = field(default_factory=dict, init=False)
+    _ready: list[_Waiting[Args]] = field(default_factory=list, init=False)
     _lane: asyncio.Semaphore = field(init=False)
     _groups: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
         self._lane = asyncio.Semaphore(self.lanes)
 
-    async def settle(self, tenant_id: UUID, args: sq.SettleArgs) -> asyncpg.Record:
-        """The settlement statement's row for `args`, run alone or with others."""
+    async def _submit(self, tenant_id: UUID, args: Args) -> asyncpg.Record:
+        """The statement's row for `args`, run alone or with others."""
         me = _Waiting(args, asyncio.get_running_loop().create_future())
         # Nobody may be left to read a failure (its caller was cancelled): mark it read.
         me.result.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -72,7 +84,7 @@ class SettlementBatcher:
         try:
             async with self.gate.hold(tenant_id):
                 if not me.grouped:
-                    task = asyncio.create_task(self._through_lane(self._group(waiting, me)), name="settle")
+                    task = asyncio.create_task(self._through_lane(self._group(waiting, me)), name="wallet-statement")
                     self._groups.add(task)
                     task.add_done_callback(self._groups.discard)
                     await asyncio.shield(task)
@@ -85,19 +97,19 @@ class SettlementBatcher:
         return await me.result
 
     def __len__(self) -> int:
-        """Settlements not yet in a statement (for tests and debugging)."""
+        """Jobs not yet in a statement (for tests and debugging)."""
         return sum(len(waiting) for waiting in self._waiting.values()) + len(self._ready)
 
-    def _group(self, waiting: list[_Waiting], me: _Waiting) -> list[_Waiting]:
-        """`me` and the tenant's other waiting settlements, oldest first, one per job; they leave `waiting`."""
-        group = _distinct([me, *(w for w in waiting if w is not me)], me.args.file_ttl_s, self.max_batch)
+    def _group(self, waiting: list[_Waiting[Args]], me: _Waiting[Args]) -> list[_Waiting[Args]]:
+        """`me` and the tenant's other waiting jobs, oldest first, one per job; they leave `waiting`."""
+        group = self._take([me] + [w for w in waiting if w is not me])
         for w in group:
             w.grouped = True
         waiting[:] = [w for w in waiting if not w.grouped]
         return group
 
-    async def _through_lane(self, group: list[_Waiting]) -> None:
-        """Queue `group` for a lane; whoever gets one settles what is queued then, oldest first."""
+    async def _through_lane(self, group: list[_Waiting[Args]]) -> None:
+        """Queue `group` for a lane; whoever gets one runs what is queued then, oldest first."""
         self._ready.extend(group)
         try:
             while not all(w.batched for w in group):
@@ -114,24 +126,23 @@ class SettlementBatcher:
                     self._ready.remove(w)
                     w.result.cancel()
 
-    def _batch(self) -> list[_Waiting]:
-        """The oldest queued settlements, one per job, with the first one's file TTL; they leave the queue."""
-        head = self._ready[0]
-        batch = _distinct(self._ready, head.args.file_ttl_s, self.max_batch)
+    def _batch(self) -> list[_Waiting[Args]]:
+        """The oldest queued jobs that one statement can take; they leave the queue."""
+        batch = self._take(self._ready)
         for w in batch:
             w.batched = True
         self._ready[:] = [w for w in self._ready if not w.batched]
         return batch
 
-    async def _run(self, batch: list[_Waiting]) -> None:
+    async def _run(self, batch: list[_Waiting[Args]]) -> None:
         try:
-            await self._settle(batch)
+            await self._execute(batch)
         finally:
             for w in batch:
                 if not w.result.done():
                     w.result.cancel()
 
-    async def _settle(self, batch: list[_Waiting]) -> None:
+    async def _execute(self, batch: list[_Waiting[Args]]) -> None:
         try:
             rows = await self._statement([w.args for w in batch])
         except asyncpg.PostgresError as exc:
@@ -141,7 +152,7 @@ class SettlementBatcher:
             for w in batch:  # rolled back whole: each alone, so one job's problem stays its own
                 try:
                     (row,) = await self._statement([w.args])
-                except Exception as alone:  # handed to that settlement's caller
+                except Exception as alone:  # handed to that job's caller
                     w.result.set_exception(alone)
                 else:
                     w.result.set_result(row)
@@ -152,21 +163,66 @@ class SettlementBatcher:
             for w, row in zip(batch, rows, strict=True):
                 w.result.set_result(row)
 
-    async def _statement(self, batch: list[sq.SettleArgs]) -> list[asyncpg.Record]:
+    async def _statement(self, batch: list[Args]) -> list[asyncpg.Record]:
         async with self.pool.acquire() as conn:
             if len(batch) == 1:
-                return [await sq.settle_job(conn, batch[0])]
-            return await sq.settle_jobs(conn, batch)
+                return [await self._one(conn, batch[0])]
+            return await self._many(conn, batch)
+
+    def _take(self, queue: list[_Waiting[Args]]) -> list[_Waiting[Args]]:
+        """Up to `max_batch` of `queue`, in order, one per job, each one the first can share a statement with."""
+        taken: list[_Waiting[Args]] = []
+        jobs: set[UUID] = set()
+        for w in queue:
+            if len(taken) >= self.max_batch:
+                break
+            if w.args.job_id not in jobs and self._compatible(queue[0].args, w.args):
+                taken.append(w)
+                jobs.add(w.args.job_id)
+        return taken
+
+    def _compatible(self, first: Args, other: Args) -> bool:
+        return True
+
+    async def _one(self, conn: Conn, args: Args) -> asyncpg.Record:
+        raise NotImplementedError
+
+    async def _many(self, conn: Conn, batch: list[Args]) -> list[asyncpg.Record]:
+        raise NotImplementedError
 
 
-def _distinct(queue: list[_Waiting], file_ttl_s: int, limit: int) -> list[_Waiting]:
-    """Up to `limit` of `queue`, in order, one per job and all with `file_ttl_s`: what one statement takes."""
-    taken: list[_Waiting] = []
-    jobs: set[UUID] = set()
-    for w in queue:
-        if len(taken) >= limit:
-            break
-        if w.args.job_id not in jobs and w.args.file_ttl_s == file_ttl_s:
-            taken.append(w)
-            jobs.add(w.args.job_id)
-    return taken
+@dataclass
+class SettlementBatcher(_GroupCommit[sq.SettleArgs]):
+    """Settlements (`SETTLE` alone, `SETTLE_MANY` together, which takes one file TTL)."""
+
+    async def settle(self, tenant_id: UUID, args: sq.SettleArgs) -> asyncpg.Record:
+        """The settlement statement's row for `args`, run alone or with others."""
+        return await self._submit(tenant_id, args)
+
+    def _compatible(self, first: sq.SettleArgs, other: sq.SettleArgs) -> bool:
+        return first.file_ttl_s == other.file_ttl_s
+
+    async def _one(self, conn: Conn, args: sq.SettleArgs) -> asyncpg.Record:
+        return await sq.settle_job(conn, args)
+
+    async def _many(self, conn: Conn, batch: list[sq.SettleArgs]) -> list[asyncpg.Record]:
+        return await sq.settle_jobs(conn, batch)
+
+
+@dataclass
+class AdmissionBatcher(_GroupCommit[gq.AdmitArgs]):
+    """Admissions (`ADMIT` alone, `ADMIT_MANY` together)."""
+
+    async def admit(self, tenant_id: UUID, args: gq.AdmitArgs) -> asyncpg.Record:
+        """The admission statement's row for `args`, as `admit_job` returns it, run alone or with others."""
+        row = await self._submit(tenant_id, args)
+        if "decided" in row and not row["decided"]:  # after its tenant's first refusal in the batch
+            async with self.gate.hold(tenant_id), self.pool.acquire() as conn:
+                return await gq.admit_job(conn, args)
+        return row
+
+    async def _one(self, conn: Conn, args: gq.AdmitArgs) -> asyncpg.Record:
+        return await gq.admit_job(conn, args)
+
+    async def _many(self, conn: Conn, batch: list[gq.AdmitArgs]) -> list[asyncpg.Record]:
+        return await gq.admit_jobs(conn, batch)

@@ -97,6 +97,91 @@ FROM wallet CROSS JOIN price LEFT JOIN job ON true
 """  # noqa: S608 - only constants are interpolated
 
 
+ADMIT_MANY = f"""
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::jsonb[], $6::int[], $7::bigint[],
+                         $8::int[], $9::text[], $10::text[], $11::text[], $12::float8[], $13::text[], $14::float8[],
+                         $15::bigint[])
+         WITH ORDINALITY AS x(job_id, tenant_id, api_key_id, operation, params, n, unit_price, price_version_id,
+                              allowed_engines, password_hash, webhook_url, deadline_s, lease_owner, lease_s, amount,
+                              ord)
+), wallet AS (
+    SELECT w.tenant_id, w.balance, w.held, w.active_jobs, t.max_concurrent_jobs
+    FROM wallets w JOIN tenants t ON t.id = w.tenant_id
+    WHERE w.tenant_id IN (SELECT tenant_id FROM input)
+    ORDER BY w.tenant_id
+    FOR UPDATE OF w
+), price AS (
+    SELECT max(id) AS version FROM price_versions
+), running AS (
+    -- Each admission sees its wallet as the tenant's admissions before it in the batch left it.
+    SELECT i.*, wallet.balance, wallet.max_concurrent_jobs, price.version AS current_price_version,
+           (wallet.held + sum(i.amount) OVER w - i.amount)::bigint AS held_before,  -- sum(bigint) is numeric
+           wallet.active_jobs + row_number() OVER w - 1 AS active_before
+    FROM input i JOIN wallet ON wallet.tenant_id = i.tenant_id CROSS JOIN price
+    WINDOW w AS (PARTITION BY i.tenant_id ORDER BY i.ord)
+), checked AS (
+    SELECT r.*, r.price_version_id = r.current_price_version AND r.active_before < r.max_concurrent_jobs
+                AND r.balance - r.held_before >= r.amount AS fits
+    FROM running r
+), decided AS (
+    -- Decided: every admission before it of its tenant fits, so its wallet is the one it would see
+    -- alone. The ones after a tenant's first refusal are not: they are run again one by one.
+    SELECT c.*, coalesce(bool_and(c.fits) OVER (PARTITION BY c.tenant_id ORDER BY c.ord
+                                                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), true) AS decided
+    FROM checked c
+), admitted AS (
+    SELECT * FROM decided WHERE decided AND fits
+), held AS (
+    UPDATE wallets w SET held = w.held + a.amount, active_jobs = w.active_jobs + a.jobs, updated_at = now()
+    FROM (SELECT tenant_id, sum(amount) AS amount, count(*) AS jobs FROM admitted GROUP BY tenant_id) AS a
+    WHERE w.tenant_id = a.tenant_id
+    RETURNING w.tenant_id
+), job AS (
+    INSERT INTO jobs (id, tenant_id, api_key_id, operation, state, params, n, unit_price, price_version_id,
+                      allowed_engines, download_password_hash, webhook_url, deadline_at,
+                      lease_owner, lease_expires_at, started_at, runs)
+    SELECT a.job_id, a.tenant_id, a.api_key_id, a.operation,
+           CASE WHEN a.lease_owner IS NULL THEN 'queued' ELSE 'running' END, a.params, a.n, a.unit_price,
+           a.price_version_id,
+           CASE WHEN a.allowed_engines IS NOT NULL
+                THEN ARRAY(SELECT jsonb_array_elements_text(a.allowed_engines::jsonb)) END,
+           a.password_hash, a.webhook_url, now() + make_interval(secs => a.deadline_s),
+           a.lease_owner, CASE WHEN a.lease_owner IS NOT NULL THEN now() + make_interval(secs => a.lease_s) END,
+           CASE WHEN a.lease_owner IS NOT NULL THEN now() END,
+           CASE WHEN a.lease_owner IS NULL THEN 0 ELSE 1 END
+    FROM admitted a JOIN held ON held.tenant_id = a.tenant_id
+    ORDER BY a.ord
+    RETURNING {JOB_COLUMNS}
+), results AS (
+    INSERT INTO job_results (job_id, index, status)
+    SELECT job.id, i, 'pending' FROM job, generate_series(0, job.n - 1) AS i
+), inputs AS (
+    INSERT INTO job_inputs (job_id, role, blob_key, content_type, width, height)
+    SELECT a.job_id, x.role, x.blob_key, x.content_type, x.width, x.height
+    FROM job JOIN admitted a ON a.job_id = job.id
+    JOIN unnest($16::int[], $17::text[], $18::text[], $19::text[], $20::int[], $21::int[])
+         AS x(ord, role, blob_key, content_type, width, height) ON x.ord = a.ord
+), reservation AS (
+    INSERT INTO reservations (job_id, tenant_id, api_key_id, amount)
+    SELECT a.job_id, a.tenant_id, a.api_key_id, a.amount FROM job JOIN admitted a ON a.job_id = job.id
+), notified AS (
+    SELECT pg_notify('{NOTIFY_CHANNEL}', job.id::text) FROM job WHERE job.lease_owner IS NULL
+), durability AS (
+    -- As ADMIT's, when every job it admitted is run at once here; a queued one keeps the flush wait.
+    SELECT set_config('synchronous_commit', 'off', true) AS synchronous_commit
+    WHERE EXISTS (SELECT FROM job) AND NOT EXISTS (SELECT FROM job WHERE job.lease_owner IS NULL)
+)
+SELECT d.decided, d.balance AS wallet_balance, d.held_before AS wallet_held,
+       d.active_before AS wallet_active_jobs, d.max_concurrent_jobs AS wallet_max_concurrent_jobs,
+       d.current_price_version, (SELECT count(*) FROM notified) AS notified,
+       coalesce((SELECT synchronous_commit FROM durability), current_setting('synchronous_commit'))
+           AS synchronous_commit, {_RETURNED_JOB}
+FROM decided d LEFT JOIN job ON job.id = d.job_id
+ORDER BY d.ord
+"""  # noqa: S608 - only constants are interpolated
+
+
 class Input(msgspec.Struct, frozen=True):
     role: str
     blob_key: str
@@ -108,51 +193,80 @@ class Input(msgspec.Struct, frozen=True):
 _INPUT_FIELDS = ("role", "blob_key", "content_type", "width", "height")  # ADMIT's $16-$20
 
 
-async def admit_job(
-    conn: Conn,
-    *,
-    job_id: UUID,
-    tenant_id: UUID,
-    key_id: UUID | None,
-    operation: str,
-    params: dict[str, Any],
-    n: int,
-    unit_price: int,
-    price_version_id: int,
-    amount: int,
-    allowed_engines: list[str] | None,
-    password_hash: str | None,
-    webhook_url: str | None,
-    deadline_s: float,
-    lease_owner: str | None,
-    lease_s: float,
-    inputs: list[Input],
-) -> asyncpg.Record:
-    """Reserve `amount` and insert the job with its pending results, inputs and reservation, if the
-    price version is still `price_version_id`, the tenant is under its job limit and the wallet covers
-    `amount`. The row carries the wallet as locked (`wallet_*`), the current price version, and the
-    job's columns, which are NULL when it was not admitted."""
+class AdmitArgs(msgspec.Struct, frozen=True, kw_only=True):
+    """One admission: reserve `amount` (= `n` x `unit_price`) and insert job `job_id` with its
+    pending results, inputs and reservation, if the price version is still `price_version_id`, the
+    tenant is under its job limit and its wallet covers `amount`."""
+
+    job_id: UUID
+    tenant_id: UUID
+    key_id: UUID | None
+    operation: str
+    params: dict[str, Any]
+    n: int
+    unit_price: int
+    price_version_id: int
+    amount: int
+    allowed_engines: list[str] | None
+    password_hash: str | None
+    webhook_url: str | None
+    deadline_s: float
+    lease_owner: str | None
+    lease_s: float
+    inputs: list[Input]
+
+
+# The order of the per-admission arrays in ADMIT_MANY's parameters ($1-$15); ADMIT takes them as scalars.
+_ADMIT_FIELDS = (
+    "job_id",
+    "tenant_id",
+    "key_id",
+    "operation",
+    "params",
+    "n",
+    "unit_price",
+    "price_version_id",
+    "allowed_engines",
+    "password_hash",
+    "webhook_url",
+    "deadline_s",
+    "lease_owner",
+    "lease_s",
+    "amount",
+)
+
+
+async def admit_job(conn: Conn, args: AdmitArgs) -> asyncpg.Record:
+    """Admit one job (`ADMIT`). The row carries the wallet as locked (`wallet_*`), the current price
+    version, and the job's columns, which are NULL when it was not admitted."""
     row: asyncpg.Record | None = await conn.fetchrow(
         ADMIT,
-        job_id,
-        tenant_id,
-        key_id,
-        operation,
-        params,
-        n,
-        unit_price,
-        price_version_id,
-        allowed_engines,
-        password_hash,
-        webhook_url,
-        deadline_s,
-        lease_owner,
-        lease_s,
-        amount,
-        *field_arrays(inputs, _INPUT_FIELDS),
+        *(getattr(args, name) for name in _ADMIT_FIELDS),
+        *field_arrays(args.inputs, _INPUT_FIELDS),
     )
     assert row is not None, "every tenant has a wallet"
     return row
+
+
+async def admit_jobs(conn: Conn, batch: list[AdmitArgs]) -> list[asyncpg.Record]:
+    """Admit several jobs, of one tenant or several, in one statement (`ADMIT_MANY`): one row per
+    job, in order, as `admit_job`'s, plus `decided`. A tenant's admissions are checked in order, each
+    against the wallet the ones before it left, up to its first refusal, which is decided as it would
+    be alone. Those after it are not decided (`decided` false, nothing written): run them again."""
+    if len({a.job_id for a in batch}) != len(batch):
+        raise ValueError("an admission batch needs distinct jobs")
+    inputs = [(n, i) for n, a in enumerate(batch, 1) for i in a.inputs]
+    arrays = field_arrays(batch, _ADMIT_FIELDS)
+    # A list of lists would be taken for a two-dimensional array: each job's list goes as JSON text.
+    engines = _ADMIT_FIELDS.index("allowed_engines")
+    arrays[engines] = [None if e is None else msgspec.json.encode(e).decode() for e in arrays[engines]]
+    rows = await conn.fetch(
+        ADMIT_MANY,
+        *arrays,
+        [n for n, _ in inputs],
+        *field_arrays([i for _, i in inputs], _INPUT_FIELDS),
+    )
+    return list(rows)
 
 
 JOB_WITH_DETAILS = f"""

@@ -19,7 +19,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from gateway.billing.batching import SettlementBatcher
+from gateway.billing.batching import AdmissionBatcher, SettlementBatcher
 from gateway.billing.gate import WalletGate
 from gateway.billing.settlement import Outcome, Settled, Settlement, StoredImage, settlement_args, settlement_from_row
 from gateway.config import Settings
@@ -71,6 +71,7 @@ class JobRunner:
         self.gate = gate or WalletGate()
         # Settlements that wait together (at a tenant's gate, then for a lane) go in one statement.
         self.settlements = SettlementBatcher(pool, self.gate)
+        self.admissions = AdmissionBatcher(pool, self.gate)
         self.router = router
         self.blobs = blobs
         self.settings = settings

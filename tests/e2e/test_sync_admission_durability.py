@@ -28,7 +28,15 @@ async def _wal_fsyncs(observer: asyncpg.Connection, pid: int) -> int:
 
 async def _admit(conn: Conn, tenant_id: UUID, lease_owner: str | None) -> asyncpg.Record:
     row = await gq.admit_job(
-        conn,
+        conn, _args(tenant_id, lease_owner, await conn.fetchval("SELECT max(id) FROM price_versions"))
+    )
+    # Make the backend publish its I/O counters now (they are batched for a second otherwise).
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    return row
+
+
+def _args(tenant_id: UUID, lease_owner: str | None, version: int) -> gq.AdmitArgs:
+    return gq.AdmitArgs(
         job_id=uuid4(),
         tenant_id=tenant_id,
         key_id=None,
@@ -36,7 +44,7 @@ async def _admit(conn: Conn, tenant_id: UUID, lease_owner: str | None) -> asyncp
         params={"prompt": "p"},
         n=1,
         unit_price=400,
-        price_version_id=await conn.fetchval("SELECT max(id) FROM price_versions"),
+        price_version_id=version,
         amount=400,
         allowed_engines=None,
         password_hash=None,
@@ -46,9 +54,6 @@ async def _admit(conn: Conn, tenant_id: UUID, lease_owner: str | None) -> asyncp
         lease_s=30,
         inputs=[],
     )
-    # Make the backend publish its I/O counters now (they are batched for a second otherwise).
-    await conn.execute("SELECT pg_stat_force_next_flush()")
-    return row
 
 
 async def test_only_a_sync_admission_commits_without_waiting_for_the_wal_flush(
