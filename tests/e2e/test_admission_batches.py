@@ -12,7 +12,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from gateway.billing.admission import JobRequest, PriceCache, admit
+from gateway.billing.admission import PriceCache, admit
 from gateway.billing.batching import AdmissionBatcher
 from gateway.billing.gate import WalletGate
 from gateway.db import generations as gq
@@ -20,7 +20,7 @@ from gateway.db.pool import Pool
 from gateway.errors import InsufficientCredits, RateLimited
 from tests.conftest import Gateway
 from tests.e2e.test_generation_billing import audit_clean
-from tests.e2e.test_settlement_batches import PRICE, pool, principal
+from tests.e2e.test_settlement_batches import PRICE, job_request, pool, principal
 
 __all__ = ["pool"]  # the fixture, shared with the settlement batches' tests
 
@@ -188,26 +188,6 @@ async def test_past_a_tenants_first_refusal_the_batch_decides_nothing_for_it(gat
     await audit_clean(gateway)
 
 
-def request(n: int = 1) -> JobRequest:
-    return JobRequest(
-        job_id=uuid4(),
-        operation="text-to-image",
-        params={"prompt": "a lighthouse", "n": n},
-        width=512,
-        height=512,
-        steps=30,
-        n=n,
-        model=None,
-        allowed_engines=None,
-        password_hash=None,
-        webhook_url=None,
-        inputs=[],
-        deadline_s=600,
-        lease_owner="runner-test",
-        lease_s=60,
-    )
-
-
 async def test_admissions_waiting_for_the_gate_go_in_one_statement_and_are_refused_as_alone(
     gateway: Gateway, pool: Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -228,7 +208,7 @@ async def test_admissions_waiting_for_the_gate_go_in_one_statement_and_are_refus
     monkeypatch.setattr(gq, "admit_jobs", many)
     gate = WalletGate()
     batcher, prices = AdmissionBatcher(pool, gate), PriceCache()
-    specs = [request(), request(3), request(), request()]
+    specs = [job_request(), job_request(3), job_request(), job_request()]
     async with gate.hold(tenant_id):  # a settlement of the tenant is running
         waiting = [asyncio.create_task(admit(pool, who, spec, prices=prices, batcher=batcher)) for spec in specs]
         await asyncio.sleep(0.05)
@@ -253,7 +233,7 @@ async def test_a_refusal_in_a_batch_names_the_wallet_it_saw(gateway: Gateway, po
     async with gate.hold(tenant_id):
         waiting = [
             asyncio.create_task(admit(pool, who, spec, prices=prices, batcher=batcher))
-            for spec in [request(), request(2)]
+            for spec in [job_request(), job_request(2)]
         ]
         await asyncio.sleep(0.05)
     first, second = await asyncio.gather(*waiting, return_exceptions=True)
@@ -261,7 +241,9 @@ async def test_a_refusal_in_a_batch_names_the_wallet_it_saw(gateway: Gateway, po
     assert isinstance(second, InsufficientCredits)
     assert second.extra == {"balance": 1.0, "available": 0.6, "price": 0.8, "shortfall": 0.2}
     async with gate.hold(tenant_id):
-        waiting = [asyncio.create_task(admit(pool, who, request(), prices=prices, batcher=batcher)) for _ in range(3)]
+        waiting = [
+            asyncio.create_task(admit(pool, who, job_request(), prices=prices, batcher=batcher)) for _ in range(3)
+        ]
         await asyncio.sleep(0.05)
     outcomes = await asyncio.gather(*waiting, return_exceptions=True)
     assert not isinstance(outcomes[0], BaseException)

@@ -42,10 +42,10 @@ async def principal(pool: Pool, tenant_id: UUID) -> Principal:
     return Principal("tenant", key_id, tenant_id, frozenset({"generate"}), 100_000)
 
 
-async def admitted(pool: Pool, who: Principal, n: int = 1) -> UUID:
-    job_id = uuid4()
-    spec = JobRequest(
-        job_id=job_id,
+def job_request(n: int = 1) -> JobRequest:
+    """A sync text-to-image job of `n` default-priced images, leased to a runner that is not there."""
+    return JobRequest(
+        job_id=uuid4(),
         operation="text-to-image",
         params={"prompt": "a lighthouse", "n": n},
         width=512,
@@ -61,8 +61,12 @@ async def admitted(pool: Pool, who: Principal, n: int = 1) -> UUID:
         lease_owner="runner-test",
         lease_s=60,
     )
+
+
+async def admitted(pool: Pool, who: Principal, n: int = 1) -> UUID:
+    spec = job_request(n)
     await admit(pool, who, spec)
-    return job_id
+    return spec.job_id
 
 
 def image(job_id: UUID, index: int) -> StoredImage:
@@ -344,6 +348,35 @@ async def test_settlements_of_several_tenants_waiting_for_the_lane_go_in_one_sta
     await audit_clean(gateway)
 
 
+async def test_settlements_of_several_tenants_that_arrive_together_share_a_statement_with_lanes_free(
+    gateway: Gateway, pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenants = [await scenario(gateway, pool) for _ in range(3)]
+    statements: list[int] = []
+    settle_job, settle_jobs = sq.settle_job, sq.settle_jobs
+
+    async def one(conn: Any, args: sq.SettleArgs) -> asyncpg.Record:
+        statements.append(1)
+        return await settle_job(conn, args)
+
+    async def many(conn: Any, batch: list[sq.SettleArgs]) -> list[asyncpg.Record]:
+        statements.append(len(batch))
+        return await settle_jobs(conn, batch)
+
+    monkeypatch.setattr(sq, "settle_job", one)
+    monkeypatch.setattr(sq, "settle_jobs", many)
+    batcher = SettlementBatcher(pool, WalletGate())  # both lanes free
+    # As the requests of one burst do: each reaches its settlement a turn or two after the last.
+    waiting = []
+    for tenant, (args, *_) in tenants:
+        waiting.append(asyncio.create_task(batcher.settle(tenant, args)))
+        await asyncio.sleep(0)
+    rows = await asyncio.gather(*waiting)
+    assert statements == [3]
+    assert [r["closed"] for r in rows] == [1, 1, 1]
+    await audit_clean(gateway)
+
+
 async def test_a_second_lane_settles_while_the_first_statement_runs(
     gateway: Gateway, pool: Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -394,11 +427,10 @@ async def test_a_tenant_keeps_its_gate_until_the_statement_that_took_its_settlem
     monkeypatch.setattr(sq, "settle_jobs", held_many)
     gate = WalletGate()
     batcher = SettlementBatcher(pool, gate)  # two lanes
-    busy = [
-        asyncio.create_task(batcher.settle(first_tenant, first)),
-        asyncio.create_task(batcher.settle(second_tenant, second)),
-    ]
-    await asyncio.sleep(0.05)
+    busy = []
+    for tenant, args in ((first_tenant, first), (second_tenant, second)):  # apart, so each takes a lane
+        busy.append(asyncio.create_task(batcher.settle(tenant, args)))
+        await asyncio.sleep(0.05)
     settling = [asyncio.create_task(batcher.settle(x_tenant, x))]
     await asyncio.sleep(0.01)
     settling.append(asyncio.create_task(batcher.settle(t_tenant, t)))
