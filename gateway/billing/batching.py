@@ -1,8 +1,12 @@
 """Wallet statements that wait together run as one: group commit for admissions and for settlements.
 
 Two queues. The wallet gate (gate.py) lets one wallet statement per tenant at a time through, so a
-tenant with many requests in flight queues there: whoever gets the gate takes every statement of
-its kind (admission or settlement) of that tenant waiting by then, one per job, as a group. Groups
+tenant with many requests in flight queues: its jobs of one kind (admission or settlement) wait in
+a list, and one task per tenant and kind waits at the gate for them and takes every job waiting by
+then, one per job, as a group, then the next group, while any wait. A job taken into a group waits
+only for its statement; when each job waited at the gate itself, the jobs of a group of 32 passed
+it one loop turn after another once their statement had ended, and the tenant's next group waited
+behind them (BENCHMARKS.md, seventh pass: one hot tenant 10-20 % faster without). Groups
 of all tenants then queue for that kind's statement lanes, which run at most `lanes` statements at
 a time: whoever gets a lane takes every group waiting by then (up to `max_batch` jobs) and runs them
 as one statement (`ADMIT_MANY`, gateway/db/generations.py; `SETTLE_MANY`, gateway/db/settlements.py).
@@ -17,21 +21,20 @@ burst get to their statement over a few turns, and with lanes free each would ot
 Idle, a turn costs microseconds; busy, a turn is long and many join. With 32 tenants at 16 clients
 this took the statements from about 2 jobs each to about 20, and the gateway from about 680 to
 about 950 requests/s, with no change to the latency added at 200 requests/s (BENCHMARKS.md, seventh
-pass). Two lanes
-per kind, so that one batch forms while the other commits: with one, the gateway benchmark's 32
-tenants spent more gateway CPU per request waiting in turn; with two, PostgreSQL's CPU per request
-fell by a quarter (BENCHMARKS.md, sixth pass). Wallets are locked in tenant order, so concurrent
-batches (two lanes, or other processes) cannot deadlock each other.
+pass). Two lanes per kind, so that one batch forms while the other commits: with one, the gateway
+benchmark's 32 tenants spent more gateway CPU per request waiting in turn; with two, PostgreSQL's
+CPU per request fell by a quarter (BENCHMARKS.md, sixth pass). Wallets are locked in tenant order,
+so concurrent batches (two lanes, or other processes) cannot deadlock each other.
 
 A batch is all or nothing in PostgreSQL. When the server refuses it (a constraint, say), it was
 rolled back whole, so each of its jobs runs again alone and a problem stays with its own job. Any
 other failure (the connection lost) leaves the outcome unknown: it is reported to every job of the
 batch, as it would have been to one job alone, and nothing is run twice (running a committed
 settlement again would find the reservation closed, and the runner would throw its images away).
-A group goes through a lane in a task of its own, so cancelling the request that formed it does not
-leave the rest waiting. An admission whose caller is gone by the time its batch commits leaves a
-job leased to this process that nobody runs: the lease expires and a runner claims it, as after a
-crash.
+The task that leads a tenant's groups is nobody's request, so cancelling a request leaves the rest
+waiting for nothing; a request cancelled before its job is taken leaves the list. An admission
+whose caller is gone by the time its batch commits leaves a job leased to this process that nobody
+runs: the lease expires and a runner claims it, as after a crash.
 
 Admissions of one tenant in one batch are checked in order, each against the wallet the ones before
 it left, as if they had run one by one. Past a tenant's first refusal, the rest are not decided by
@@ -76,7 +79,7 @@ class _GroupCommit(Generic[Args]):
     _waiting: dict[UUID, list[_Waiting[Args]]] = field(default_factory=dict, init=False)
     _ready: list[_Waiting[Args]] = field(default_factory=list, init=False)
     _lane: asyncio.Semaphore = field(init=False)
-    _groups: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    _leaders: dict[UUID, asyncio.Task[None]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self._lane = asyncio.Semaphore(self.lanes)
@@ -88,28 +91,38 @@ class _GroupCommit(Generic[Args]):
         me.result.add_done_callback(lambda f: f.cancelled() or f.exception())
         waiting = self._waiting.setdefault(tenant_id, [])
         waiting.append(me)
+        if tenant_id not in self._leaders:
+            task = asyncio.create_task(self._lead(tenant_id, waiting), name="wallet-statement")
+            self._leaders[tenant_id] = task
         try:
-            async with self.gate.hold(tenant_id):
-                if not me.grouped:
-                    task = asyncio.create_task(self._through_lane(self._group(waiting, me)), name="wallet-statement")
-                    self._groups.add(task)
-                    task.add_done_callback(self._groups.discard)
-                    await asyncio.shield(task)
-        finally:
-            if not me.grouped:  # cancelled while waiting for the gate
+            return await asyncio.shield(me.result)
+        except asyncio.CancelledError:
+            if not me.grouped:  # cancelled while waiting for the gate: it leaves the queue
                 waiting.remove(me)
-            if not waiting and self._waiting.get(tenant_id) is waiting:
-                del self._waiting[tenant_id]
-        # Ready by now, unless the task that took it was cancelled while its batch still runs.
-        return await me.result
+                me.result.cancel()
+            raise
+
+    async def _lead(self, tenant_id: UUID, waiting: list[_Waiting[Args]]) -> None:
+        """Take the tenant's gate for each group of its waiting jobs in turn, while any wait. One task
+        per tenant and kind waits at the gate, so a job taken into a group waits for nothing else."""
+        try:
+            while waiting:
+                async with self.gate.hold(tenant_id):
+                    if waiting:  # the rest may have been cancelled meanwhile
+                        await self._through_lane(self._group(waiting))
+        finally:
+            for w in waiting:  # cancelled (the loop is shutting down): nobody is left hanging
+                w.result.cancel()
+            # In the same step as the last look at `waiting`: a job queued after it starts a new leader.
+            del self._waiting[tenant_id], self._leaders[tenant_id]
 
     def __len__(self) -> int:
         """Jobs not yet in a statement (for tests and debugging)."""
         return sum(len(waiting) for waiting in self._waiting.values()) + len(self._ready)
 
-    def _group(self, waiting: list[_Waiting[Args]], me: _Waiting[Args]) -> list[_Waiting[Args]]:
-        """`me` and the tenant's other waiting jobs, oldest first, one per job; they leave `waiting`."""
-        group = self._take([me] + [w for w in waiting if w is not me])
+    def _group(self, waiting: list[_Waiting[Args]]) -> list[_Waiting[Args]]:
+        """The tenant's waiting jobs that one statement can take, oldest first; they leave `waiting`."""
+        group = self._take(waiting)
         for w in group:
             w.grouped = True
         waiting[:] = [w for w in waiting if not w.grouped]

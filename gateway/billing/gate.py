@@ -11,8 +11,9 @@ PostgreSQL CPU in three alternating runs out of three. Many tenants, each with f
 flight, pay one uncontended semaphore per statement.
 
 The gate is only an optimization: correctness still rests on the row lock, which other processes
-(replicas, the worker, the CLI) take without it. Settlements that wait here together go through as
-one group, and groups of several tenants share one statement (batching.py).
+(replicas, the worker, the CLI) take without it. A tenant's admissions, or its settlements, that
+wait together go through as one group, and groups of several tenants share one statement
+(batching.py).
 """
 
 from __future__ import annotations

@@ -242,6 +242,31 @@ async def test_settlements_waiting_for_the_gate_go_in_one_statement(
     await audit_clean(gateway)
 
 
+async def test_a_tenants_waiting_settlements_take_its_gate_once_for_their_group(
+    gateway: Gateway, pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only one task per tenant waits at the gate; the jobs it takes into its group wait for their
+    # statement, not for a turn at the gate each after it.
+    tenant_id, batch = await scenario(gateway, pool)
+    gate = WalletGate()
+    batcher = SettlementBatcher(pool, gate)
+    turns: list[UUID] = []
+    hold = gate.hold
+
+    def counted(tenant: UUID) -> Any:
+        turns.append(tenant)
+        return hold(tenant)
+
+    async with gate.hold(tenant_id):  # an admission of the tenant is running
+        monkeypatch.setattr(gate, "hold", counted)
+        waiting = [asyncio.create_task(batcher.settle(tenant_id, args)) for args in batch]
+        await asyncio.sleep(0.05)
+    rows = await asyncio.gather(*waiting)
+    assert [r["closed"] for r in rows] == [1, 1, 1, 0, 0, 1]
+    assert turns == [tenant_id]
+    await audit_clean(gateway)
+
+
 async def test_a_batch_the_database_refuses_is_settled_job_by_job(gateway: Gateway, pool: Pool) -> None:
     tenant_id, batch = await scenario(gateway, pool)
     bad = batch[2] = msgspec.structs.replace(
@@ -335,14 +360,10 @@ async def test_settlements_of_several_tenants_waiting_for_the_lane_go_in_one_sta
     release.set()
     assert (await running)["closed"] == 1
     rows = await asyncio.gather(*waiting)
-    # Each tenant's first settlement took its gate at once and waited for the lane; the two shared
-    # the next statement. The other two of each tenant waited at their gate, and went as a group.
+    # Each tenant's three settlements went through its gate as one group and waited for the lane;
+    # the two groups shared the next statement, each tenant's in its order.
     a, b = [x.job_id for x in first_batch[:3]], [x.job_id for x in second_batch[:3]]
-    assert statements[:2] == [[busy.job_id], [a[0], b[0]]]
-    later = statements[2:]
-    assert sorted(job for statement in later for job in statement) == sorted([*a[1:], *b[1:]])
-    assert any(statement[:2] == a[1:] for statement in later)
-    assert any(statement[-2:] == b[1:] for statement in later)
+    assert statements == [[busy.job_id], [*a, *b]]
     assert [r["closed"] for r in rows] == [1, 1, 1, 1, 1, 1]
     assert len(batcher) == 0
     await audit_clean(gateway)
