@@ -20,7 +20,7 @@ from gateway.db.pool import Pool
 from gateway.errors import InsufficientCredits, RateLimited
 from tests.conftest import Gateway
 from tests.e2e.test_generation_billing import audit_clean
-from tests.e2e.test_settlement_batches import PRICE, job_request, pool, principal
+from tests.e2e.test_settlement_batches import PRICE, job_request, pool, principal, statement_sizes
 
 __all__ = ["pool"]  # the fixture, shared with the settlement batches' tests
 
@@ -193,19 +193,7 @@ async def test_admissions_waiting_for_the_gate_go_in_one_statement_and_are_refus
 ) -> None:
     tenant_id, _ = await gateway.tenant(credits=1.2)  # three images' worth
     who = await principal(pool, tenant_id)
-    statements: list[int] = []
-    admit_job, admit_jobs = gq.admit_job, gq.admit_jobs
-
-    async def one(conn: Any, a: gq.AdmitArgs) -> asyncpg.Record:
-        statements.append(1)
-        return await admit_job(conn, a)
-
-    async def many(conn: Any, batch: list[gq.AdmitArgs]) -> list[asyncpg.Record]:
-        statements.append(len(batch))
-        return await admit_jobs(conn, batch)
-
-    monkeypatch.setattr(gq, "admit_job", one)
-    monkeypatch.setattr(gq, "admit_jobs", many)
+    statements = statement_sizes(monkeypatch, gq, "admit_job", "admit_jobs")
     gate = WalletGate()
     batcher, prices = AdmissionBatcher(pool, gate), PriceCache()
     specs = [job_request(), job_request(3), job_request(), job_request()]

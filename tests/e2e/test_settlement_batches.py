@@ -4,7 +4,7 @@ exactly as the same settlements one at a time do, and a batch's failures stay wi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -184,6 +184,25 @@ async def books(conn: Any, tenant_id: UUID, jobs: list[UUID]) -> dict[str, Any]:
     }
 
 
+def statement_sizes(monkeypatch: pytest.MonkeyPatch, module: Any, one: str, many: str) -> list[int]:
+    """The number of jobs in each statement run through `module.one` (alone) or `module.many`, in order."""
+    sizes: list[int] = []
+    run_one: Callable[[Any, Any], Awaitable[asyncpg.Record]] = getattr(module, one)
+    run_many: Callable[[Any, list[Any]], Awaitable[list[asyncpg.Record]]] = getattr(module, many)
+
+    async def counted_one(conn: Any, args: Any) -> asyncpg.Record:
+        sizes.append(1)
+        return await run_one(conn, args)
+
+    async def counted_many(conn: Any, batch: list[Any]) -> list[asyncpg.Record]:
+        sizes.append(len(batch))
+        return await run_many(conn, batch)
+
+    monkeypatch.setattr(module, one, counted_one)
+    monkeypatch.setattr(module, many, counted_many)
+    return sizes
+
+
 async def test_one_batch_writes_the_same_books_as_its_settlements_one_by_one(gateway: Gateway, pool: Pool) -> None:
     batched_tenant, batched = await scenario(gateway, pool)
     single_tenant, singles = await scenario(gateway, pool)
@@ -221,14 +240,7 @@ async def test_settlements_waiting_for_the_gate_go_in_one_statement(
     gateway: Gateway, pool: Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tenant_id, batch = await scenario(gateway, pool)
-    statements: list[int] = []
-    settle_jobs = sq.settle_jobs
-
-    async def counted(conn: Any, args: list[sq.SettleArgs]) -> list[asyncpg.Record]:
-        statements.append(len(args))
-        return await settle_jobs(conn, args)
-
-    monkeypatch.setattr(sq, "settle_jobs", counted)
+    statements = statement_sizes(monkeypatch, sq, "settle_job", "settle_jobs")
     gate = WalletGate()
     batcher = SettlementBatcher(pool, gate)
     async with gate.hold(tenant_id):  # an admission of the tenant is running
@@ -373,19 +385,7 @@ async def test_settlements_of_several_tenants_that_arrive_together_share_a_state
     gateway: Gateway, pool: Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tenants = [await scenario(gateway, pool) for _ in range(3)]
-    statements: list[int] = []
-    settle_job, settle_jobs = sq.settle_job, sq.settle_jobs
-
-    async def one(conn: Any, args: sq.SettleArgs) -> asyncpg.Record:
-        statements.append(1)
-        return await settle_job(conn, args)
-
-    async def many(conn: Any, batch: list[sq.SettleArgs]) -> list[asyncpg.Record]:
-        statements.append(len(batch))
-        return await settle_jobs(conn, batch)
-
-    monkeypatch.setattr(sq, "settle_job", one)
-    monkeypatch.setattr(sq, "settle_jobs", many)
+    statements = statement_sizes(monkeypatch, sq, "settle_job", "settle_jobs")
     batcher = SettlementBatcher(pool, WalletGate())  # both lanes free
     # As the requests of one burst do: each reaches its settlement a turn or two after the last.
     waiting = []
