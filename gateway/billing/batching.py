@@ -44,6 +44,7 @@ the batch (a smaller request might still fit): each runs again alone. Refusals a
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 from uuid import UUID
@@ -68,7 +69,7 @@ class _Waiting(Generic[Args]):
 
 
 @dataclass
-class _GroupCommit(Generic[Args]):
+class _GroupCommit(ABC, Generic[Args]):
     """Per-process, one per kind of statement; both share the runner's wallet gate."""
 
     pool: Pool
@@ -139,7 +140,7 @@ class _GroupCommit(Generic[Args]):
                     if self._ready:
                         await self._run(self._batch())
             # Another lane may have taken the group and still be running it: the tenant's gate,
-            # held by whoever awaits this task, is kept until the group's statement has ended.
+            # held by the leader that awaits this, is kept until the group's statement has ended.
             if not all(w.result.done() for w in group):
                 await asyncio.wait([w.result for w in group])
         finally:  # cancelled (the loop is shutting down): nobody is left hanging
@@ -206,11 +207,13 @@ class _GroupCommit(Generic[Args]):
     def _compatible(self, first: Args, other: Args) -> bool:
         return True
 
+    @abstractmethod
     async def _one(self, conn: Conn, args: Args) -> asyncpg.Record:
-        raise NotImplementedError
+        """The kind's one-job statement."""
 
+    @abstractmethod
     async def _many(self, conn: Conn, batch: list[Args]) -> list[asyncpg.Record]:
-        raise NotImplementedError
+        """The kind's statement for several jobs, one row per job in order."""
 
 
 @dataclass
