@@ -24,16 +24,22 @@ def _decoder(annotation: Any) -> msgspec.json.Decoder[Any]:
 
 async def decode_strictly(request: Request[Any, Any, Any]) -> None:
     """`before_request` hook: validate the JSON body against the handler's `data` type."""
+    await strict_body(request)
+
+
+async def strict_body(request: Request[Any, Any, Any]) -> msgspec.Struct | None:
+    """The JSON body decoded strictly into the handler's `data` type (a Struct); None when the route
+    takes no such body or the request is not JSON. Errors are problems naming the field."""
     handler = request.scope["route_handler"]
     field = handler.parsed_fn_signature.parameters.get("data")
     if field is None or not request.headers.get("content-type", "").startswith("application/json"):
-        return
+        return None
     annotation = field.annotation
     if not (isinstance(annotation, type) and issubclass(annotation, msgspec.Struct)):
-        return
+        return None
     body = await request.body()
     try:
-        _decoder(annotation).decode(body)
+        decoded: msgspec.Struct = _decoder(annotation).decode(body)
     except msgspec.ValidationError as exc:
         errors = field_errors_from_msgspec(str(exc))
         raise ValidationFailed(
@@ -41,3 +47,4 @@ async def decode_strictly(request: Request[Any, Any, Any]) -> None:
         ) from exc
     except msgspec.DecodeError as exc:
         raise MalformedBody(f"The body is not valid JSON: {exc}") from exc
+    return decoded
