@@ -15,7 +15,11 @@ its statement has committed, so a batch holds the gates of all its tenants and n
 theirs from this process waits on a wallet row lock.
 
 One executor start-up, one commit and one WAL flush then serve many jobs, and batches grow with the
-load. Alone, a job runs the one-job statement, so a quiet gateway sees no change. Before it takes a
+load. Alone, a job runs the one-job statement. When the process is quiet (`quiet`: the runner has no
+other job running) and no statement of the kind runs or waits, nobody could join: the caller then
+takes the gate and a lane and runs its statement in its own task, without the turns, the leader
+task and the hand-offs between them, which cost about 0.1 ms of CPU per request at one client
+(BENCHMARKS.md, eighth pass). Jobs that arrive meanwhile queue behind it as usual. Before it takes a
 lane, a group lets the event loop go round `turns` times: requests that reach the gateway in one
 burst get to their statement over a few turns, and with lanes free each would otherwise run alone.
 Idle, a turn costs microseconds; busy, a turn is long and many join. With 32 tenants at 16 clients
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 from uuid import UUID
@@ -77,6 +82,10 @@ class _GroupCommit(ABC, Generic[Args]):
     max_batch: int = 32
     lanes: int = 2
     turns: int = 6
+    # True when no other job of this process could reach this kind of statement soon (module docstring);
+    # the runner's count of running jobs says so.
+    quiet: Callable[[], bool] = lambda: False
+    _running: int = field(default=0, init=False)
     _waiting: dict[UUID, list[_Waiting[Args]]] = field(default_factory=dict, init=False)
     _ready: list[_Waiting[Args]] = field(default_factory=list, init=False)
     _lane: asyncio.Semaphore = field(init=False)
@@ -87,6 +96,11 @@ class _GroupCommit(ABC, Generic[Args]):
 
     async def _submit(self, tenant_id: UUID, args: Args) -> asyncpg.Record:
         """The statement's row for `args`, run alone or with others."""
+        if self._running == 0 and not self._waiting and not self._ready and self.quiet():
+            # Nothing to wait for and nobody to wait with: the caller runs its statement itself.
+            async with self.gate.hold(tenant_id), self._lane:
+                (row,) = await self._statement([args])
+                return row
         me = _Waiting(args, asyncio.get_running_loop().create_future())
         # Nobody may be left to read a failure (its caller was cancelled): mark it read.
         me.result.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -187,10 +201,14 @@ class _GroupCommit(ABC, Generic[Args]):
                 w.result.set_result(row)
 
     async def _statement(self, batch: list[Args]) -> list[asyncpg.Record]:
-        async with self.pool.acquire() as conn:
-            if len(batch) == 1:
-                return [await self._one(conn, batch[0])]
-            return await self._many(conn, batch)
+        self._running += 1
+        try:
+            async with self.pool.acquire() as conn:
+                if len(batch) == 1:
+                    return [await self._one(conn, batch[0])]
+                return await self._many(conn, batch)
+        finally:
+            self._running -= 1
 
     def _take(self, queue: list[_Waiting[Args]]) -> list[_Waiting[Args]]:
         """Up to `max_batch` of `queue`, in order, one per job, each one the first can share a statement with."""

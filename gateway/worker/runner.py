@@ -70,8 +70,9 @@ class JobRunner:
         # Shared with admission (Services.runner.gate): one wallet statement per tenant at a time.
         self.gate = gate or WalletGate()
         # Settlements that wait together (at a tenant's gate, then for a lane) go in one statement.
-        self.settlements = SettlementBatcher(pool, self.gate)
-        self.admissions = AdmissionBatcher(pool, self.gate)
+        # With no other job running here, nobody could join a statement: it runs at once (batching.py).
+        self.settlements = SettlementBatcher(pool, self.gate, quiet=lambda: len(self._tasks) <= 1)
+        self.admissions = AdmissionBatcher(pool, self.gate, quiet=lambda: not self._tasks)
         self.router = router
         self.blobs = blobs
         self.settings = settings

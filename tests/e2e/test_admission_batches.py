@@ -260,3 +260,25 @@ async def test_a_batch_commits_without_the_flush_wait_only_when_every_job_runs_h
         assert [r["id"] for r in refused] == [None, None]
         assert [r["synchronous_commit"] for r in refused] == ["on", "on"]
     await audit_clean(gateway)
+
+
+async def test_with_the_process_quiet_an_admission_runs_at_once_and_later_ones_batch_behind_it(
+    gateway: Gateway, pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant_id, _ = await gateway.tenant()
+    who = await principal(pool, tenant_id)
+    statements = statement_sizes(monkeypatch, gq, "admit_job", "admit_jobs")
+    prices = PriceCache()
+    # More loop turns than could pass in the time allowed: only a statement run at once finishes.
+    lone = AdmissionBatcher(pool, WalletGate(), turns=10**8, quiet=lambda: True)
+    first = await asyncio.wait_for(admit(pool, who, job_request(), prices=prices, batcher=lone), 5)
+    assert first.job is not None
+    assert statements == [1]
+    # While one runs so, the others wait for the gate and go together, as when the process is busy.
+    batcher = AdmissionBatcher(pool, WalletGate(), quiet=lambda: True)
+    specs = [job_request(), job_request(), job_request()]
+    admitted = await asyncio.gather(*(admit(pool, who, spec, prices=prices, batcher=batcher) for spec in specs))
+    assert [a.job_id for a in admitted] == [spec.job_id for spec in specs]
+    assert statements == [1, 1, 2]
+    assert len(batcher) == 0
+    await audit_clean(gateway)
