@@ -96,11 +96,13 @@ async def one_request(
     principal: Principal,
     gate: WalletGate | None,
     batcher: SettlementBatcher | None = None,
+    steps: list[tuple[float, float]] | None = None,
 ) -> None:
     """What a sync text-to-image request asks of PostgreSQL: admission, settlement, and a read of
     the job view, as a client's GET /v1/jobs/{id} would cost. With `batcher` (on the same gate), the
     settlement goes through it as the runner's does: it waits for the gate itself and settles the
-    tenant's waiting ones together."""
+    tenant's waiting ones together. `steps` gets the wall time of the admission and the settlement,
+    waits included (with one request in flight, their round trips)."""
     assert principal.tenant_id is not None
     tenant = principal.tenant_id
 
@@ -108,8 +110,10 @@ async def one_request(
         return gate.hold(tenant) if gate is not None else nullcontext()
 
     job_id = uuid4()
+    started = time.perf_counter()
     async with turn():
         admission = await admit(pool, principal, _job(job_id), prices=prices)
+    admitted = time.perf_counter()
     image = StoredImage(0, uuid4().hex, f"outputs/{job_id}/r-0.png", "image/png", 1000, "e" * 32, "x.png", 1)
     outcome = Outcome(
         state="succeeded",
@@ -123,6 +127,8 @@ async def one_request(
     else:
         async with turn():
             await settle_run(pool, job_id, admission.unit_price, 1, outcome, file_ttl_s=3600, unless_canceled=True)
+    if steps is not None:
+        steps.append((admitted - started, time.perf_counter() - admitted))
     async with pool.acquire() as conn:
         await load_job_view(conn, job_id, tenant)
 
@@ -157,18 +163,24 @@ async def main(args: argparse.Namespace) -> None:
             ]
             for _ in range(200):  # warm the statement cache and the price cache
                 await one_request(pool, prices, hot, None)
-            figures: dict[str, list[tuple[float, float, float]]] = {name: [] for name, *_ in variants}
+            figures: dict[str, list[tuple[float, ...]]] = {name: [] for name, *_ in variants}
             each = args.requests // args.concurrency
             for _ in range(args.rounds):
                 for name, principals, width, batched in variants:
                     gate = WalletGate(width) if width else None
                     batcher = SettlementBatcher(pool, gate) if batched and gate is not None else None
 
+                    steps: list[tuple[float, float]] = []
+
                     async def worker(
-                        i: int, principals: list[Principal] = principals, gate: Any = gate, batcher: Any = batcher
+                        i: int,
+                        principals: list[Principal] = principals,
+                        gate: Any = gate,
+                        batcher: Any = batcher,
+                        steps: list[tuple[float, float]] = steps,
                     ) -> None:
                         for _ in range(each):
-                            await one_request(pool, prices, principals[i % len(principals)], gate, batcher)
+                            await one_request(pool, prices, principals[i % len(principals)], gate, batcher, steps)
 
                     ticks, started, client = _backend_ticks(pgdata), time.perf_counter(), time.process_time()
                     await asyncio.gather(*(worker(i) for i in range(args.concurrency)))
@@ -179,6 +191,8 @@ async def main(args: argparse.Namespace) -> None:
                             1e6 * used / os.sysconf("SC_CLK_TCK") / done,
                             1e6 * (time.process_time() - client) / done,
                             done / elapsed,
+                            1e6 * statistics.median(a for a, _ in steps),
+                            1e6 * statistics.median(b for _, b in steps),
                         )
                     )
         finally:
@@ -187,11 +201,14 @@ async def main(args: argparse.Namespace) -> None:
     if args.pg_option:
         print(f"PostgreSQL settings: {', '.join(args.pg_option)}")
     print()
-    print("| variant | PostgreSQL CPU µs/request | client (asyncpg + Python) CPU µs/request | requests/s |")
-    print("|---|---:|---:|---:|")
+    print(
+        "| variant | PostgreSQL CPU µs/request | client (asyncpg + Python) CPU µs/request | requests/s "
+        "| admission µs p50 | settlement µs p50 |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
     for name, runs in figures.items():
-        cpu, client, rate = (statistics.median(r[i] for r in runs) for i in range(3))
-        print(f"| {name} | {cpu:,.0f} | {client:,.0f} | {rate:,.0f} |")
+        cpu, client, rate, admission, settlement = (statistics.median(r[i] for r in runs) for i in range(5))
+        print(f"| {name} | {cpu:,.0f} | {client:,.0f} | {rate:,.0f} | {admission:,.0f} | {settlement:,.0f} |")
 
 
 if __name__ == "__main__":
