@@ -18,8 +18,9 @@ One executor start-up, one commit and one WAL flush then serve many jobs, and ba
 load. Alone, a job runs the one-job statement. When the process is quiet (`quiet`: the runner has no
 other job running) and no statement of the kind runs or waits, nobody could join: the caller then
 takes the gate and a lane and runs its statement in its own task, without the turns, the leader
-task and the hand-offs between them, which cost about 0.1 ms of CPU per request at one client
-(BENCHMARKS.md, eighth pass). Jobs that arrive meanwhile queue behind it as usual. Before it takes a
+task and the hand-offs between them, which cost a lone settlement about 60 µs (`bench/wallet.py`
+at one request in flight: 933 µs against 872; BENCHMARKS.md, eighth pass). Jobs that arrive
+meanwhile queue behind it as usual. Before it takes a
 lane, a group lets the event loop go round `turns` times: requests that reach the gateway in one
 burst get to their statement over a few turns, and with lanes free each would otherwise run alone.
 Idle, a turn costs microseconds; busy, a turn is long and many join. With 32 tenants at 16 clients
