@@ -148,17 +148,29 @@ class Gateway:
                     reason="test",
                     operator_key_id=None,
                 )
-            await kq.insert_tenant_key(
-                conn,
-                key_id=uuid4(),
-                tenant_id=tenant_id,
-                name="test",
-                scopes=scopes or list(SCOPES),
-                secret_hash=tokens.hash_key(key),
-                hint=tokens.hint(key),
-                rate_limit_per_minute=100_000,
-            )
+            await self._insert_key(conn, tenant_id, key, scopes=scopes or list(SCOPES))
         return tenant_id, key
+
+    async def key(self, tenant_id: UUID, *, scopes: list[str] | None = None, **columns: Any) -> str:
+        """Another key of the tenant; `columns` are insert_tenant_key's (rate_limit_per_minute, monthly_cap, ...)."""
+        key = tokens.new_key("tenant")
+        async with self.pool.acquire() as conn:
+            await self._insert_key(conn, tenant_id, key, scopes=scopes or list(SCOPES), **columns)
+        return key
+
+    @staticmethod
+    async def _insert_key(conn: Any, tenant_id: UUID, key: str, *, scopes: list[str], **columns: Any) -> None:
+        await kq.insert_tenant_key(
+            conn,
+            key_id=uuid4(),
+            tenant_id=tenant_id,
+            name=columns.pop("name", "test"),
+            scopes=scopes,
+            secret_hash=tokens.hash_key(key),
+            hint=tokens.hint(key),
+            rate_limit_per_minute=columns.pop("rate_limit_per_minute", 100_000),
+            **columns,
+        )
 
 
 def gateway_settings(

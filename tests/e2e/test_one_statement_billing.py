@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from uuid import uuid4
 
 import pytest
 
-from gateway.auth import tokens
-from gateway.auth.keys import SCOPES
 from gateway.db import billing as bq
-from gateway.db import keys as kq
 from gateway.domain.money import PriceRule
 from tests.conftest import Gateway
 from tests.e2e.test_generation_billing import T2I, audit_clean, auth, balance
@@ -47,19 +43,7 @@ async def test_concurrent_requests_on_one_wallet_never_overdraw_it(gateway: Gate
 
 async def test_a_key_with_a_monthly_cap_is_refused_past_it(gateway: Gateway) -> None:
     tenant_id, _ = await gateway.tenant(credits=10)
-    key = tokens.new_key("tenant")
-    async with gateway.pool.acquire() as conn:
-        await kq.insert_tenant_key(
-            conn,
-            key_id=uuid4(),
-            tenant_id=tenant_id,
-            name="capped",
-            scopes=list(SCOPES),
-            secret_hash=tokens.hash_key(key),
-            hint=tokens.hint(key),
-            rate_limit_per_minute=100_000,
-            monthly_cap=500,
-        )
+    key = await gateway.key(tenant_id, name="capped", monthly_cap=500)
     first = await gateway.client.post("/v1/text-to-image", json=T2I, headers=auth(key))
     assert first.status_code == 200, first.text
     second = await gateway.client.post("/v1/text-to-image", json=T2I, headers=auth(key))

@@ -8,14 +8,11 @@ import base64
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
-from uuid import uuid4
 
 import pytest
 from litestar.types import Receive, Scope, Send
 
 from gateway.api.images import JsonGeneration
-from gateway.auth import tokens
-from gateway.db import keys as kq
 from tests.conftest import Gateway
 from tests.fakes.images import png
 
@@ -23,23 +20,6 @@ _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|
 # What differs between two runs of the same request: ids, times, and the tenant's key.
 _VARYING = {"id", "created_at", "updated_at", "finished_at", "started_at", "expires_at", "url", "seed", "latency_ms"}
 _HEADERS = ("content-type", "location", "retry-after", "www-authenticate", "idempotent-replayed")
-
-
-async def _limited_key(gateway: Gateway, per_minute: int) -> str:
-    tenant_id, _ = await gateway.tenant()
-    key = tokens.new_key("tenant")
-    async with gateway.pool.acquire() as conn:
-        await kq.insert_tenant_key(
-            conn,
-            key_id=uuid4(),
-            tenant_id=tenant_id,
-            name="limited",
-            scopes=["generate"],
-            secret_hash=tokens.hash_key(key),
-            hint=tokens.hint(key),
-            rate_limit_per_minute=per_minute,
-        )
-    return key
 
 
 def _masked(value: Any) -> Any:
@@ -57,7 +37,7 @@ async def _answers(gateway: Gateway) -> list[Any]:
     _, key = await gateway.tenant()
     _, reader = await gateway.tenant(scopes=["jobs:read"])
     _, broke = await gateway.tenant(credits=0)
-    limited = await _limited_key(gateway, 1)
+    limited = await gateway.key((await gateway.tenant())[0], scopes=["generate"], rate_limit_per_minute=1)
     image = base64.b64encode(png(64, 64)).decode()
     mask = base64.b64encode(png(64, 64, (255, 255, 255))).decode()
     ok = {"prompt": "a lighthouse", "width": 256, "height": 256}
