@@ -16,7 +16,7 @@ from litestar.params import HeaderParameter, JSONBody
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.multipart import FormOrJsonOperation, FormOrJsonRequest, is_multipart
-from gateway.api.strict import strict_body
+from gateway.api.strict import is_json, strict_body
 from gateway.api.views import JobView, job_view, load_job_view
 from gateway.auth.guard import authorize
 from gateway.auth.keys import Principal
@@ -308,8 +308,7 @@ class JsonGeneration:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request: Request[Any, Any, Any] = Request(scope, receive)
         key = request.headers.get("idempotency-key")
-        json = request.headers.get("content-type", "").startswith("application/json")
-        if not json or (key is not None and len(key) > IDEMPOTENCY_KEY_MAX):
+        if not is_json(request) or (key is not None and len(key) > IDEMPOTENCY_KEY_MAX):
             await self.app(scope, receive, send)
             return
         await authorize(request, scope["route_handler"])

@@ -22,6 +22,11 @@ def _decoder(annotation: Any) -> msgspec.json.Decoder[Any]:
     return msgspec.json.Decoder(annotation, strict=True)
 
 
+def is_json(request: Request[Any, Any, Any]) -> bool:
+    """Whether the body is declared JSON: what strict decoding, and the generation routes' JSON path, take."""
+    return request.headers.get("content-type", "").startswith("application/json")
+
+
 async def decode_strictly(request: Request[Any, Any, Any]) -> None:
     """`before_request` hook: validate the JSON body against the handler's `data` type."""
     await strict_body(request)
@@ -32,7 +37,7 @@ async def strict_body(request: Request[Any, Any, Any]) -> msgspec.Struct | None:
     takes no such body or the request is not JSON. Errors are problems naming the field."""
     handler = request.scope["route_handler"]
     field = handler.parsed_fn_signature.parameters.get("data")
-    if field is None or not request.headers.get("content-type", "").startswith("application/json"):
+    if field is None or not is_json(request):
         return None
     annotation = field.annotation
     if not (isinstance(annotation, type) and issubclass(annotation, msgspec.Struct)):

@@ -99,9 +99,7 @@ class _GroupCommit(ABC, Generic[Args]):
         """The statement's row for `args`, run alone or with others."""
         if self._running == 0 and not self._waiting and not self._ready and self.quiet():
             # Nothing to wait for and nobody to wait with: the caller runs its statement itself.
-            async with self.gate.hold(tenant_id), self._lane:
-                (row,) = await self._statement([args])
-                return row
+            return await self._alone(tenant_id, args)
         me = _Waiting(args, asyncio.get_running_loop().create_future())
         # Nobody may be left to read a failure (its caller was cancelled): mark it read.
         me.result.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -117,6 +115,12 @@ class _GroupCommit(ABC, Generic[Args]):
                 waiting.remove(me)
                 me.result.cancel()
             raise
+
+    async def _alone(self, tenant_id: UUID, args: Args) -> asyncpg.Record:
+        """`args` run by itself, at once, in the caller's task: the tenant's gate, a lane, the one-job statement."""
+        async with self.gate.hold(tenant_id), self._lane:
+            (row,) = await self._statement([args])
+            return row
 
     async def _lead(self, tenant_id: UUID, waiting: list[_Waiting[Args]]) -> None:
         """Take the tenant's gate for each group of its waiting jobs in turn, while any wait. One task
@@ -261,8 +265,7 @@ class AdmissionBatcher(_GroupCommit[gq.AdmitArgs]):
         """The admission statement's row for `args`, as `admit_job` returns it, run alone or with others."""
         row = await self._submit(tenant_id, args)
         if "decided" in row and not row["decided"]:  # after its tenant's first refusal in the batch
-            async with self.gate.hold(tenant_id), self.pool.acquire() as conn:
-                return await gq.admit_job(conn, args)
+            return await self._alone(tenant_id, args)
         return row
 
     async def _one(self, conn: Conn, args: gq.AdmitArgs) -> asyncpg.Record:
