@@ -153,17 +153,24 @@ class JobRunner:
         job_id: UUID = job["id"]
         progress = {"value": 0.0, "written": 0.0}
         lost = asyncio.Event()
-        keeper = asyncio.create_task(self._keep_lease(job_id, progress, lost))
         run = asyncio.create_task(self._run(job, progress, lost))
+        keeper: asyncio.Task[None] | None = None
         try:
-            # The keeper ends early only when the lease is lost or the job was canceled: then the
-            # engine call is abandoned at once (engines cancel their vendor job on cancellation).
-            done, _ = await asyncio.wait({run, keeper}, return_when=asyncio.FIRST_COMPLETED)
-            if keeper in done and not run.done():
-                if keeper.exception() is None:
-                    run.cancel()
-                else:  # a database hiccup is no reason to drop the work; the lease may still hold
-                    log.warning("renewing the lease of job %s failed: %s", job_id, keeper.exception())
+            # Most jobs end before their lease needs renewing (a sync request's usually does), so the
+            # keeper starts only for one that has not: a task, its steps and its cancellation fewer per job.
+            done, _ = await asyncio.wait({run}, timeout=self._renew_every)
+            if not done:
+                keeper = asyncio.create_task(self._keep_lease(job_id, progress, lost))
+                # The keeper ends early only when the lease is lost or the job was canceled: then the
+                # engine call is abandoned at once (engines cancel their vendor job on cancellation).
+                both: set[asyncio.Task[Any]] = {run, keeper}
+                ended, _ = await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+                if keeper in ended:
+                    error = keeper.exception()
+                    if error is None:
+                        run.cancel()
+                    elif not run.done():  # a database hiccup is no reason to drop the work; the lease may still hold
+                        log.warning("renewing the lease of job %s failed: %s", job_id, error)
             outcome = await run
         except asyncio.CancelledError:
             if not run.cancelled():
@@ -173,9 +180,15 @@ class JobRunner:
             log.exception("job %s crashed", job_id)
             outcome = Outcome(state="failed", error=_problem("internal-error", "Internal error", 500, str(exc)))
         finally:
-            for task in (keeper, run):
+            # The run unless it ended (its outcome was read above) and the keeper if one started are
+            # cancelled and awaited: no task outlives its job, and no error is left unread.
+            leftover: list[asyncio.Task[Any]] = [] if run.done() else [run]
+            if keeper is not None:
+                leftover.append(keeper)
+            for task in leftover:
                 task.cancel()
-            await asyncio.gather(keeper, run, return_exceptions=True)
+            if leftover:
+                await asyncio.gather(*leftover, return_exceptions=True)
         if lost.is_set():
             await self._discard(job_id, outcome)
             return None
@@ -242,10 +255,14 @@ class JobRunner:
             for attempt in attempts:
                 await jq.insert_attempt(conn, job_id, attempt)
 
+    @property
+    def _renew_every(self) -> float:
+        """Seconds between lease renewals (and progress writes) of a running job."""
+        return min(self.settings.lease_s / 3, 0.5)
+
     async def _keep_lease(self, job_id: UUID, progress: dict[str, float], lost: asyncio.Event) -> None:
-        interval = self.settings.lease_s / 3
+        """Renew the lease now and then every `_renew_every`, writing progress as it goes."""
         while True:
-            await asyncio.sleep(min(interval, 0.5))
             async with self.pool.acquire() as conn:
                 if progress["value"] > progress["written"]:
                     await jq.set_progress(conn, job_id, progress["value"])
@@ -256,6 +273,7 @@ class JobRunner:
                     return
                 if cancel:
                     return  # execute() stops the run and settles the job as canceled
+            await asyncio.sleep(self._renew_every)
 
     async def _run(self, job: asyncpg.Record, progress: dict[str, float], lost: asyncio.Event) -> Outcome:
         job_id: UUID = job["id"]

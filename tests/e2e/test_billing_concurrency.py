@@ -240,6 +240,27 @@ async def assert_settled_once(gw: Gateway, tenant_id: UUID, key: str, job: dict[
     await audit_clean(gw)
 
 
+async def test_a_job_running_longer_than_its_lease_keeps_it_and_runs_once(
+    make_gateway: Callable[..., Awaitable[Gateway]], fake_api2convert: FakeApi2Convert
+) -> None:
+    api = await make_gateway(lease_s=1)
+    tenant_id, key = await api.tenant(credits=10)
+    fake_api2convert.slow_job(60)  # 60 status polls, backing off to 50 ms: a few lease lengths
+    await make_gateway(lease_s=1)  # a replica whose runner would take the job over if its lease lapsed
+    response = await api.client.post("/v1/text-to-image", json={**T2I, "n": 2, "async": True}, headers=auth(key))
+    assert response.status_code == 202
+    started = asyncio.get_running_loop().time()
+    job = await wait_finished(api, key, response.json()["id"])
+    assert asyncio.get_running_loop().time() - started > 2, "the job should outlast its lease"
+    assert job["state"] == "succeeded", job
+    money = await money_of(api.pool, tenant_id)
+    assert [charge["amount"] for charge in money["charges"]] == [-2 * PRICE]
+    async with api.pool.acquire() as conn:
+        runs = await conn.fetchval("SELECT runs FROM jobs WHERE id = $1", UUID(job["id"]))
+    assert runs == 1, "its runner renewed the lease while the engine worked, so nobody took it over"
+    await audit_clean(api)
+
+
 async def test_a_job_whose_runner_was_killed_mid_run_is_taken_over_and_charged_once(
     make_gateway: Callable[..., Awaitable[Gateway]],
     fake_api2convert: FakeApi2Convert,
