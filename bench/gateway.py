@@ -21,6 +21,10 @@ The open-loop mode sends `--rate` requests per second on a fixed schedule, to th
 the gateway, and reports latency from each request's scheduled start (so a stall is not hidden by the
 load generator waiting). The difference of the two is the latency the gateway adds at that rate. A line
 after the table says when the slowest 1 % started: bunched in a few spans is a stall, spread out is queueing.
+With a local PostgreSQL, a line per mode says what it ran on its own meanwhile (autovacuum, autoanalyze,
+checkpoints) and when each last run ended, to match with those spans. After the closed-loop modes have
+written tens of thousands of jobs, autovacuum catches up during the next mode; `--settle` vacuums before
+each mode instead.
 
 Afterwards the ledger audit (`gateway billing audit`'s checks) runs, and the jobs and charges in the
 database are matched against the answers the clients received.
@@ -412,6 +416,8 @@ class Result:
     # Open loop: (scheduled start from the end of the warm-up, latency) of each counted success, in
     # seconds, to tell a stall (slow requests bunched in time) from steady queueing.
     timeline: list[tuple[float, float]] = field(default_factory=list)
+    counting_since: float = 0.0  # wall-clock time (time.time()) the counted part began
+    background: str = ""  # what PostgreSQL did on its own meanwhile (see `Background`)
 
     def stalls(self, slowest: float = 0.01, window: float = 0.1) -> str:
         """Where the slowest `slowest` share of requests started: how many `window`-long spans hold them."""
@@ -529,6 +535,7 @@ async def closed_loop(
     async with client(concurrency) as http:
         start = time.perf_counter()
         counting_from = start + warmup
+        result.counting_since = time.time() + warmup
         end = counting_from + duration
         cpu = asyncio.create_task(measure_cpu(meter, result, warmup))
 
@@ -559,6 +566,7 @@ async def open_loop(
     async with client(1024) as http:
         start = time.perf_counter()
         counting_from = start + warmup
+        result.counting_since = time.time() + warmup
         cpu = asyncio.create_task(measure_cpu(meter, result, warmup))
         total = int((warmup + duration) * rate)
         tasks = []
@@ -586,6 +594,69 @@ async def open_loop(
         result.elapsed = time.perf_counter() - counting_from
         (await cpu)()
     return result
+
+
+@dataclass
+class Background:
+    """PostgreSQL's own work during a mode: autovacuum and autoanalyze runs and checkpoints, with the
+    time each last one ended, so that a stall in the timeline can be matched with what ran then."""
+
+    dsn: str
+    _before: dict[str, Any] = field(default_factory=dict)
+
+    async def _sample(self) -> dict[str, Any]:
+        import asyncpg  # noqa: PLC0415
+
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            tables = await conn.fetch(
+                """SELECT relname, autovacuum_count, autoanalyze_count, last_autovacuum, last_autoanalyze
+                   FROM pg_stat_user_tables"""
+            )
+            checkpoint = await conn.fetchrow(
+                """SELECT c.num_done, c.write_time, c.sync_time, (pg_control_checkpoint()).checkpoint_time AS at
+                   FROM pg_stat_checkpointer c"""
+            )
+        finally:
+            await conn.close()
+        return {"tables": {t["relname"]: t for t in tables}, "checkpoint": checkpoint}
+
+    async def settle(self) -> None:
+        """Vacuum and analyze every table now, so that the catch-up autovacuum of what an earlier mode
+        wrote does not run during the next one."""
+        import asyncpg  # noqa: PLC0415
+
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await conn.execute("VACUUM (ANALYZE)")
+        finally:
+            await conn.close()
+
+    async def start(self) -> None:
+        self._before = await self._sample()
+
+    async def describe(self, result: Result) -> None:
+        """Store in `result` what ran since `start`, each with when its last run ended (seconds from the
+        end of the warm-up; negative: during the warm-up)."""
+        await asyncio.sleep(1.0)  # statistics reach the shared counters about once a second
+        after = await self._sample()
+        runs = []
+        for name, row in after["tables"].items():
+            old = self._before["tables"].get(name)
+            for kind in ("autovacuum", "autoanalyze"):
+                count = row[f"{kind}_count"] - (old[f"{kind}_count"] if old else 0)
+                if count:
+                    ended = row[f"last_{kind}"].timestamp() - result.counting_since
+                    runs.append(f"{kind} of {name} x{count} (last ended at {ended:.1f}s)")
+        done = after["checkpoint"]["num_done"] - self._before["checkpoint"]["num_done"]
+        if done:
+            ended = after["checkpoint"]["at"].timestamp() - result.counting_since
+            spent = (after["checkpoint"]["write_time"] + after["checkpoint"]["sync_time"]) - (
+                self._before["checkpoint"]["write_time"] + self._before["checkpoint"]["sync_time"]
+            )
+            runs.append(f"{done} checkpoint(s) (last at {ended:.1f}s, {spent:.0f} ms writing and syncing)")
+        result.background = f"{result.name}: PostgreSQL meanwhile: {', '.join(runs) or 'no autovacuum, no checkpoint'}"
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -664,21 +735,38 @@ async def account(dsn: str, tenants: Tenants, answered: int) -> bool:
 
 
 async def run_modes(
-    args: argparse.Namespace, gateway_url: str, engine_url: str | None, hot: str, many: list[str], meter: CpuMeter
+    args: argparse.Namespace,
+    gateway_url: str,
+    engine_url: str | None,
+    hot: str,
+    many: list[str],
+    meter: CpuMeter,
+    dsn: str | None = None,
 ) -> tuple[list[Result], dict[str, Result], int]:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     results: list[Result] = []
     baseline: dict[str, Result] = {}
     answered = 0
     c, d, w = args.concurrency, args.duration, args.warmup
+    background = Background(dsn) if dsn else None
+
+    async def measured(run: Awaitable[Result]) -> Result:
+        if background:
+            if args.settle:
+                await background.settle()
+            await background.start()
+        r = await run
+        if background:
+            await background.describe(r)
+        results.append(r)
+        return r
 
     async def closed(name: str, call: Call, billed: bool = True) -> Result:
         nonlocal answered
         print(f"running {name} ...", flush=True)
-        r = await closed_loop(name, call, c, d, w, meter)
+        r = await measured(closed_loop(name, call, c, d, w, meter))
         if billed:
             answered += r.succeeded
-        results.append(r)
         return r
 
     engine: Result | None = None
@@ -702,16 +790,16 @@ async def run_modes(
         rate_engine = None
         if engine_url:
             print(f"running engine at {args.rate:g} req/s ...", flush=True)
-            rate_engine = await open_loop(
-                f"engine direct at {args.rate:g} req/s", engine_call(engine_url), args.rate, d, w, c, meter
+            rate_engine = await measured(
+                open_loop(f"engine direct at {args.rate:g} req/s", engine_call(engine_url), args.rate, d, w, c, meter)
             )
-            results.append(rate_engine)
         print(f"running gateway at {args.rate:g} req/s ...", flush=True)
-        r = await open_loop(
-            f"gateway sync at {args.rate:g} req/s", sync_call(gateway_url, many or [hot]), args.rate, d, w, c, meter
+        r = await measured(
+            open_loop(
+                f"gateway sync at {args.rate:g} req/s", sync_call(gateway_url, many or [hot]), args.rate, d, w, c, meter
+            )
         )
         answered += r.succeeded
-        results.append(r)
         if rate_engine:
             baseline[r.name] = rate_engine
     return results, baseline, answered
@@ -757,6 +845,13 @@ def main() -> int:
         metavar="NAME=VALUE",
         help="a PostgreSQL setting for the gateway's sessions (e.g. synchronous_commit=off); repeatable",
     )
+    parser.add_argument(
+        "--settle",
+        action="store_true",
+        help="VACUUM (ANALYZE) the database before each mode, so that autovacuum catching up on what the "
+        "modes before wrote (tens of thousands of jobs at once) does not run during it; each mode's line "
+        "after the table says what PostgreSQL ran on its own meanwhile",
+    )
     parser.add_argument("--url", help="a running gateway instead of starting one (needs --key)")
     parser.add_argument("--key", action="append", help="tenant key(s) for --url; the first is the hot tenant")
     parser.add_argument("--engine-url", help="with --url: the fake engine the gateway routes to, for the baseline")
@@ -784,12 +879,13 @@ def main() -> int:
         return 0
     with local_stack(args) as (gateway_url, engine_url, dsn, tenants, meter):
         results, baseline, answered = uvloop.run(
-            run_modes(args, gateway_url, engine_url, tenants.hot, tenants.many, meter)
+            run_modes(args, gateway_url, engine_url, tenants.hot, tenants.many, meter, dsn)
         )
         time.sleep(0.5)  # let the last settlements commit
         print()
         print(table(results, baseline))
         print(*(r.stalls() for r in results if r.timeline), sep="\n")
+        print(*(r.background for r in results), sep="\n")
         print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
         ok = uvloop.run(account(dsn, tenants, answered))
     return 0 if ok else 1
