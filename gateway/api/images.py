@@ -12,6 +12,7 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.middleware import DefineMiddleware
+from litestar.openapi.spec import Operation
 from litestar.params import HeaderParameter, JSONBody
 from litestar.types import ASGIApp, Receive, Scope, Send
 
@@ -326,17 +327,21 @@ class JsonGeneration:
         await response.to_asgi_response(app=None, request=request)(scope, receive, send)
 
 
-def _json_served(operation: str) -> list[DefineMiddleware]:
-    return [DefineMiddleware(JsonGeneration, operation=operation)]
+def _generation_route(operation: str, *, forms: bool = False) -> post:
+    """The route of `/v1/{operation}`, with JSON requests answered by `JsonGeneration`; `forms`: it
+    also takes multipart/form-data (documented as either in the OpenAPI document)."""
+    return post(
+        f"/v1/{operation}",
+        tags=["images"],
+        opt={"scope": "generate"},
+        status_code=200,
+        middleware=[DefineMiddleware(JsonGeneration, operation=operation)],
+        request_class=FormOrJsonRequest if forms else None,
+        operation_class=FormOrJsonOperation if forms else Operation,
+    )
 
 
-@post(
-    "/v1/text-to-image",
-    tags=["images"],
-    opt={"scope": "generate"},
-    status_code=200,
-    middleware=_json_served("text-to-image"),
-)
+@_generation_route("text-to-image")
 async def text_to_image(
     *,
     services: NamedDependency[Services],
@@ -358,15 +363,7 @@ async def text_to_image(
     )
 
 
-@post(
-    "/v1/image-to-image",
-    tags=["images"],
-    opt={"scope": "generate"},
-    status_code=200,
-    middleware=_json_served("image-to-image"),
-    request_class=FormOrJsonRequest,
-    operation_class=FormOrJsonOperation,
-)
+@_generation_route("image-to-image", forms=True)
 async def image_to_image(
     *,
     services: NamedDependency[Services],
@@ -390,15 +387,7 @@ async def image_to_image(
     )
 
 
-@post(
-    "/v1/inpaint",
-    tags=["images"],
-    opt={"scope": "generate"},
-    status_code=200,
-    middleware=_json_served("inpaint"),
-    request_class=FormOrJsonRequest,
-    operation_class=FormOrJsonOperation,
-)
+@_generation_route("inpaint", forms=True)
 async def inpaint(
     *,
     services: NamedDependency[Services],
