@@ -20,6 +20,8 @@ from litestar.exceptions import (
     ValidationException,
 )
 
+from gateway.observability.context import current_request_id
+
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
@@ -42,6 +44,8 @@ class Problem(msgspec.Struct, omit_defaults=True, kw_only=True):
     detail: str | None = None
     instance: str | None = None
     errors: list[FieldError] | None = None
+    # The X-Request-Id of the request answered: what to quote to an operator, who finds its logs and trace by it.
+    request_id: str | None = None
     extra: dict[str, Any] | None = None
 
 
@@ -162,7 +166,9 @@ def field_errors_from_msgspec(message: str) -> list[FieldError]:
 
 
 def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> Response[bytes]:
-    """Encode one problem as the HTTP response."""
+    """Encode one problem as the HTTP response, with the current request's id."""
+    if problem.request_id is None:
+        problem = msgspec.structs.replace(problem, request_id=current_request_id())
     body = msgspec.json.encode(problem)
     if problem.extra:
         # Extension members sit at the top level of the object, as RFC 9457 says.

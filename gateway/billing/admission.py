@@ -25,6 +25,8 @@ from gateway.db import generations as gq
 from gateway.db.pool import Pool
 from gateway.domain.money import PriceRule, pick_rule, to_credits
 from gateway.errors import InsufficientCredits, RateLimited
+from gateway.observability.context import current_request_id
+from gateway.observability.tracing import Attributes, span, traceparent
 
 # Price versions that may change between the cache read and the admission statement before we stop
 # trusting the cache for this request (only a burst of price changes gets there).
@@ -97,7 +99,29 @@ async def admit(
 ) -> Admission:
     """Reserve `n x unit price` and insert the job; 402 when the wallet cannot cover it,
     429 when the tenant already has its maximum of unfinished jobs. With `batcher`, the statement
-    waits for the tenant's wallet gate and may share a statement with others (batching.py)."""
+    waits for the tenant's wallet gate and may share a statement with others (batching.py).
+
+    The job records the current request's id and trace context (its run links back to them)."""
+    attributes: Attributes = {
+        "gateway.tenant_id": str(principal.tenant_id),
+        "gateway.job_id": str(spec.job_id),
+        "gateway.operation": spec.operation,
+        "gateway.images_requested": spec.n,
+    }
+    with span("billing.admission", attributes) as current:
+        admission = await _admit(pool, principal, spec, prices=prices, batcher=batcher)
+        current.set_attributes({"gateway.unit_price": admission.unit_price, "gateway.reserved": admission.reserved})
+        return admission
+
+
+async def _admit(
+    pool: Pool,
+    principal: Principal,
+    spec: JobRequest,
+    *,
+    prices: PriceCache | None,
+    batcher: AdmissionBatcher | None,
+) -> Admission:
     assert principal.tenant_id is not None
     if prices is not None and principal.monthly_cap is None:
         for attempt in range(_PRICE_RETRIES):
@@ -146,6 +170,8 @@ def admit_args(principal: Principal, spec: JobRequest, version: int, unit: int) 
         lease_owner=spec.lease_owner,
         lease_s=spec.lease_s,
         inputs=[gq.Input(b.role, b.blob_key, b.content_type, b.width, b.height) for b in spec.inputs],
+        request_id=current_request_id(),
+        traceparent=traceparent(),
     )
 
 

@@ -19,7 +19,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from opentelemetry.context import Context
+
+from gateway.gpu.tracing import BatchTimes, TracedSlice, record_batch
 from gateway.gpu.work import Batch, BatchKey, DeviceOutOfMemory, ImageWork, Runner
+from gateway.observability.tracing import current_context
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,9 @@ class _Job:
     images: dict[int, bytes] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)
     gpu_seconds: float = 0.0
+    # The submitting request's trace context (None unless tracing records it) and when it arrived.
+    trace: Context | None = None
+    arrived_ns: int = 0
 
     @property
     def done_count(self) -> int:
@@ -107,7 +114,14 @@ class Batcher:
         if not works:
             return JobOutcome({}, {}, 0.0)
         self._ensure_running()
-        job = _Job(key, works, on_progress, asyncio.get_running_loop().create_future())
+        job = _Job(
+            key,
+            works,
+            on_progress,
+            asyncio.get_running_loop().create_future(),
+            trace=current_context(),
+            arrived_ns=time.time_ns(),
+        )
         self._pending.append(_Slice(job, list(range(len(works))), time.monotonic()))
         self._wakeup.set()
         return await job.future
@@ -185,11 +199,23 @@ class Batcher:
         works = [s.job.works[i] for s in slices for i in s.indices]
         loop = asyncio.get_running_loop()
 
+        last_step_ns: list[int] = []  # when the latest denoising step ended (written by the worker thread)
+
         def on_step(step: int, total: int) -> None:
             # Runs in the worker thread: hand the numbers to the event loop.
+            if step >= total:
+                last_step_ns.append(time.time_ns())
             loop.call_soon_threadsafe(self._report_progress, slices, step / max(total, 1))
 
         started = time.perf_counter()
+        started_ns = time.time_ns()
+
+        def traced(failed: str | None = None) -> None:
+            shares = [TracedSlice(s.job.trace, s.job.arrived_ns, len(s.indices)) for s in slices if s.job.trace]
+            if shares:
+                times = BatchTimes(started_ns, last_step_ns[-1] if last_step_ns else None, time.time_ns())
+                record_batch(key, len(works), shares, times, failed)
+
         try:
             outputs = await asyncio.to_thread(self._runner.run, Batch(key, works), on_step)
         except DeviceOutOfMemory:
@@ -200,13 +226,16 @@ class Batcher:
                 await self._run_split(key, first)
                 await self._run_split(key, second)
                 return
+            traced("out of device memory")
             self._fail(slices, "out of device memory")
             return
         except Exception as exc:
             # A bug or a device fault: the requests in this batch get an error, the service lives on.
             log.exception("pipeline call failed for a batch of %d", len(works))
+            traced(f"generation failed ({type(exc).__name__})")
             self._fail(slices, f"generation failed ({type(exc).__name__})")
             return
+        traced()
         elapsed = time.perf_counter() - started
         self.stats.pipeline_calls += 1
         self.stats.images += len(works)

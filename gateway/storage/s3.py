@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from gateway.config import StorageConfig
+from gateway.observability.tracing import child_span
 from gateway.storage.base import BlobNotFound
 from gateway.storage.signing import (
     EMPTY_PAYLOAD_SHA256,
@@ -174,11 +175,12 @@ class S3BlobStore:
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         """Store `data` under `key`; the payload hash is signed, so S3 rejects a corrupted upload."""
         _check_key(key)
-        response = await self._send(
-            "PUT", self._url(self._endpoint, key), content=data, headers={"content-type": content_type}
-        )
-        if response.status_code != 200:
-            raise self._failure("PUT", key, response)
+        with child_span("blob.put", {"gateway.blob.store": "s3", "gateway.blob.bytes": len(data)}):
+            response = await self._send(
+                "PUT", self._url(self._endpoint, key), content=data, headers={"content-type": content_type}
+            )
+            if response.status_code != 200:
+                raise self._failure("PUT", key, response)
 
     async def get(self, key: str) -> bytes:
         """The bytes under `key`; `BlobNotFound` when S3 has no such object."""

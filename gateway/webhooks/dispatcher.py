@@ -27,6 +27,7 @@ from gateway.db import webhooks as wq
 from gateway.db.notifications import WEBHOOKS_CHANNEL, Listener
 from gateway.db.pool import Pool
 from gateway.errors import ValidationFailed
+from gateway.observability.context import REQUEST_ID_HEADER, bind
 from gateway.webhooks.signing import sign
 from gateway.webhooks.urls import check_webhook_url
 from gateway.worker.drain import drain
@@ -122,7 +123,12 @@ class WebhookDispatcher:
                 await asyncio.wait_for(self._wake.wait(), timeout=max(wait_s, 0.05))
 
     async def _deliver(self, row: Any) -> None:
-        """One attempt; the outcome is written under the claim's fencing token."""
+        """One attempt; the outcome is written under the claim's fencing token. Its log lines carry the
+        id of the request that created the job, as the delivery's X-Request-Id header does."""
+        with bind(request_id=row["request_id"], tenant_id=str(row["tenant_id"]), job_id=None, engine=None):
+            await self._deliver_logged(row)
+
+    async def _deliver_logged(self, row: Any) -> None:
         error = await self._post(row)
         attempt: int = row["attempts"]
         try:
@@ -159,6 +165,8 @@ class WebhookDispatcher:
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signature,
         }
+        if row["request_id"]:
+            headers[REQUEST_ID_HEADER] = row["request_id"]
         try:
             # Streamed and never read: only the status matters, and a receiver cannot make us buffer a body.
             async with self._client.stream("POST", url, content=body, headers=headers) as response:
