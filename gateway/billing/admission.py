@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import asyncpg
@@ -108,8 +108,10 @@ async def admit(
         "gateway.operation": spec.operation,
         "gateway.images_requested": spec.n,
     }
+    # Taken before the admission's own span opens: the job's run links to the request's span.
+    origin = Origin(current_request_id(), traceparent())
     with span("billing.admission", attributes) as current:
-        admission = await _admit(pool, principal, spec, prices=prices, batcher=batcher)
+        admission = await _admit(pool, principal, spec, prices=prices, batcher=batcher, origin=origin)
         current.set_attributes({"gateway.unit_price": admission.unit_price, "gateway.reserved": admission.reserved})
         return admission
 
@@ -121,13 +123,14 @@ async def _admit(
     *,
     prices: PriceCache | None,
     batcher: AdmissionBatcher | None,
+    origin: Origin,
 ) -> Admission:
     assert principal.tenant_id is not None
     if prices is not None and principal.monthly_cap is None:
         for attempt in range(_PRICE_RETRIES):
             version, rules = await prices.get(pool, refresh=attempt > 0)
             unit = pick_rule(rules, spec.operation, spec.model).unit_price(spec.width, spec.height, spec.steps)
-            args = admit_args(principal, spec, version, unit)
+            args = admit_args(principal, spec, version, unit, origin)
             if batcher is not None:
                 row = await batcher.admit(principal.tenant_id, args)
             else:
@@ -147,10 +150,22 @@ async def _admit(
             raise AssertionError("the admission statement refused a request that passes every check")
     turn = batcher.gate.hold(principal.tenant_id) if batcher is not None else nullcontext()
     async with turn, pool.acquire() as conn, conn.transaction():
-        return await _admit_locked(conn, principal, spec)
+        return await _admit_locked(conn, principal, spec, origin)
 
 
-def admit_args(principal: Principal, spec: JobRequest, version: int, unit: int) -> gq.AdmitArgs:
+class Origin(NamedTuple):
+    """The request a job comes from: its X-Request-Id, and its span as `traceparent` (tracing on)."""
+
+    request_id: str | None = None
+    traceparent: str | None = None
+
+
+_NO_ORIGIN = Origin()
+
+
+def admit_args(
+    principal: Principal, spec: JobRequest, version: int, unit: int, origin: Origin = _NO_ORIGIN
+) -> gq.AdmitArgs:
     """The admission statement's arguments for `spec`, priced at `unit` under `version`."""
     assert principal.tenant_id is not None
     return gq.AdmitArgs(
@@ -170,8 +185,8 @@ def admit_args(principal: Principal, spec: JobRequest, version: int, unit: int) 
         lease_owner=spec.lease_owner,
         lease_s=spec.lease_s,
         inputs=[gq.Input(b.role, b.blob_key, b.content_type, b.width, b.height) for b in spec.inputs],
-        request_id=current_request_id(),
-        traceparent=traceparent(),
+        request_id=origin.request_id,
+        traceparent=origin.traceparent,
     )
 
 
@@ -194,7 +209,7 @@ def _refuse(active_jobs: int, max_jobs: int, balance: int, held: int, amount: in
         )
 
 
-async def _admit_locked(conn: Conn, principal: Principal, spec: JobRequest) -> Admission:
+async def _admit_locked(conn: Conn, principal: Principal, spec: JobRequest, origin: Origin) -> Admission:
     """Admission inside the caller's transaction, for what must be read under the wallet lock (a
     key's spend this month). The price book is share-locked first, so the version read here is still
     the newest when the admission statement checks it (a price publish waits for this transaction)."""
@@ -215,7 +230,7 @@ async def _admit_locked(conn: Conn, principal: Principal, spec: JobRequest) -> A
                 price=to_credits(amount),
                 shortfall=to_credits(spent + amount - principal.monthly_cap),
             )
-    row = await gq.admit_job(conn, admit_args(principal, spec, version, unit))
+    row = await gq.admit_job(conn, admit_args(principal, spec, version, unit, origin))
     if row["id"] is None:  # the wallet and the price book are locked: every check above still holds
         raise AssertionError("the admission statement refused a request that passes every check")
     return Admission(job_id=spec.job_id, unit_price=unit, reserved=amount, job=row)
