@@ -86,13 +86,19 @@ class JsonFormatter(logging.Formatter):
         return msgspec.json.encode(line).decode()
 
 
+def log_handler(log_format: LogFormat, stream: TextIO | None = None) -> logging.Handler:
+    """A handler writing to `stream` (stderr) in `log_format`, with the correlation fields and redaction."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(CorrelationFilter())
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    return handler
+
+
 def configure_logging(level: str, log_format: LogFormat, stream: TextIO | None = None) -> logging.Handler:
     """Route every logger through one handler on the root logger in `log_format`; returns it.
 
     Replaces handlers installed before (a second call, or `logging.basicConfig`)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.addFilter(CorrelationFilter())
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler = log_handler(log_format, stream)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
