@@ -64,11 +64,12 @@ def setup_tracing(environ: Mapping[str, str], *, service_name: str) -> Any | Non
     if not tracing_requested(environ) or enabled():
         return None
     # Deferred: the SDK and exporters cost import time that a process without tracing never pays.
-    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
+    from opentelemetry.sdk.resources import OTELResourceDetector, Resource  # noqa: PLC0415
     from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
     from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
 
-    resource = Resource.create({"service.name": service_name}).merge(Resource.create())
+    # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES (the detector reads them) override our default name.
+    resource = Resource.create({"service.name": service_name}).merge(OTELResourceDetector().detect())
     provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER(_ARG)
     for exporter in _exporters(environ):
         provider.add_span_processor(BatchSpanProcessor(exporter))
