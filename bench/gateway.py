@@ -736,7 +736,7 @@ class Background:
 def table(results: list[Result], baseline: dict[str, Result]) -> str:
     """One row per mode; +p50/+p99 against the engine called directly the same way; CPU ms per request."""
     cols = [
-        ("mode", 42),
+        ("mode", 50),
         ("req/s", 7),
         ("p50 ms", 7),
         ("p90 ms", 7),

@@ -36,9 +36,26 @@ class Spans:
     def named(self, name: str) -> list[ReadableSpan]:
         return [s for s in self.all() if s.name == name]
 
+    def tree(self) -> str:
+        """The spans as an indented tree (name, duration), children in start order: for failure messages."""
+        spans = sorted(self.all(), key=lambda s: s.start_time or 0)
+        ids = {s.context.span_id for s in spans}
+
+        def lines(parent: int | None, depth: int) -> list[str]:
+            out = []
+            for s in spans:
+                up = s.parent.span_id if s.parent is not None and s.parent.span_id in ids else None
+                if up == parent:
+                    ms = ((s.end_time or 0) - (s.start_time or 0)) / 1e6
+                    out.append(f"{'  ' * depth}{s.name}  {ms:.2f} ms")
+                    out.extend(lines(s.context.span_id, depth + 1))
+            return out
+
+        return "\n".join(lines(None, 0))
+
     def one(self, name: str) -> ReadableSpan:
         found = self.named(name)
-        assert len(found) == 1, f"{len(found)} spans named {name!r}: {[s.name for s in self.all()]}"
+        assert len(found) == 1, f"{len(found)} spans named {name!r} in:\n{self.tree()}"
         return found[0]
 
 

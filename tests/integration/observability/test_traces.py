@@ -40,7 +40,8 @@ async def test_a_sync_request_with_one_failed_attempt_is_one_trace_with_every_st
 
     server = spans.one("POST /v1/text-to-image")
     trace_id = server.context.trace_id
-    assert {s.context.trace_id for s in spans.all()} == {trace_id}, "the request is one trace"
+    assert {s.context.trace_id for s in spans.all()} == {trace_id}, spans.tree()
+    print(spans.tree())  # the trace, for `pytest -s`
     assert server.kind is SpanKind.SERVER
     assert server.parent is None
     assert server.attributes is not None
@@ -146,3 +147,21 @@ async def test_a_callers_traceparent_is_continued_and_vendors_are_not_sent_ours(
     for call in calls:
         names = {name.lower() for name in call.headers}
         assert not names & {"traceparent", "tracestate", "x-request-id"}, call.headers
+
+
+async def test_engine_latency_exemplars_carry_the_attempts_trace_id(
+    make_gateway: Callable[..., Awaitable[Gateway]],
+) -> None:
+    gw = await make_gateway()
+    _, key = await gw.tenant()
+    with recording_spans() as spans:
+        response = await gw.client.post("/v1/text-to-image", json=T2I, headers=auth(key))
+    assert response.status_code == 200, response.text
+    trace_id = format(spans.one("engine.attempt").context.trace_id, "032x")
+    scraped = await gw.client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert scraped.headers["content-type"].startswith("application/openmetrics-text")
+    buckets = [line for line in scraped.text.splitlines() if line.startswith("gateway_engine_attempt_seconds_bucket")]
+    assert any(f'trace_id="{trace_id}"' in line for line in buckets), buckets
+    plain = await gw.client.get("/metrics")
+    assert plain.headers["content-type"].startswith("text/plain")
+    assert "trace_id" not in plain.text, "the Prometheus text format has no exemplars"
