@@ -7,10 +7,8 @@ two requests: each request and each job sets its own, and the request middleware
 
 from __future__ import annotations
 
-import contextlib
 import re
 import secrets
-from collections.abc import Iterator
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, replace
 
@@ -71,11 +69,21 @@ def annotate(**changes: str | None) -> None:
     _FIELDS.set(replace(_FIELDS.get(), **changes))
 
 
-@contextlib.contextmanager
-def bind(**changes: str | None) -> Iterator[LogFields]:
-    """The current fields with `changes`, for the duration of the block."""
-    token = _FIELDS.set(replace(_FIELDS.get(), **changes))
-    try:
-        yield _FIELDS.get()
-    finally:
-        _FIELDS.reset(token)
+class bind:  # lower case: used like a function, `with bind(engine=name):`
+    """The current fields with `changes`, for the duration of the block. (A class, not a generator
+    function: it runs on every engine attempt, and costs about half as much.)"""
+
+    __slots__ = ("_changes", "_token")
+
+    def __init__(self, **changes: str | None) -> None:
+        self._changes = changes
+        self._token: Token[LogFields] | None = None
+
+    def __enter__(self) -> LogFields:
+        fields = replace(_FIELDS.get(), **self._changes)
+        self._token = _FIELDS.set(fields)
+        return fields
+
+    def __exit__(self, *_: object) -> None:
+        if self._token is not None:
+            _FIELDS.reset(self._token)

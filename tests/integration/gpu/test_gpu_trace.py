@@ -99,3 +99,7 @@ async def test_the_gpu_worker_process_shares_the_callers_trace(demo_model_path: 
         [inside] = receiver.named(name)
         assert inside.parent_span_id == batch.span_id
         assert batch.start_ns <= inside.start_ns <= inside.end_ns <= batch.end_ns
+    # The worker's part of the trace, for `pytest -s`.
+    for name in ("POST /v1/generate", "gpu.queue_wait", "gpu.batch", "gpu.denoise", "gpu.encode"):
+        [received] = receiver.named(name)
+        print(f"{name}  {(received.end_ns - received.start_ns) / 1e6:.2f} ms")
