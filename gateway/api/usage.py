@@ -13,6 +13,7 @@ from litestar import Request, Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, Parameter
 
+from gateway.api.cursors import INT64_MAX, decode_id_cursor
 from gateway.auth.keys import Principal
 from gateway.db import billing as bq
 from gateway.domain.money import to_credits
@@ -99,7 +100,7 @@ async def tenant_balance(conn: Any, tenant_id: UUID) -> Balance:
     )
 
 
-@get("/v1/balance", tags=["billing"], opt={"scope": "usage:read"})
+@get("/v1/balance", operation_id="getBalance", summary="Get the balance", tags=["billing"], opt={"scope": "usage:read"})
 async def balance(services: NamedDependency[Services], principal: NamedDependency[Principal]) -> Balance:
     """Balance, credits held by unfinished jobs, and what is available."""
     assert principal.tenant_id is not None
@@ -107,7 +108,13 @@ async def balance(services: NamedDependency[Services], principal: NamedDependenc
         return await tenant_balance(conn, principal.tenant_id)
 
 
-@get("/v1/ledger", tags=["billing"], opt={"scope": "usage:read"})
+@get(
+    "/v1/ledger",
+    operation_id="listLedgerEntries",
+    summary="List ledger entries",
+    tags=["billing"],
+    opt={"scope": "usage:read", "problems": {422: "A parameter is invalid, or `cursor` is not one this API returned."}},
+)
 async def ledger(
     *,
     services: NamedDependency[Services],
@@ -117,10 +124,7 @@ async def ledger(
 ) -> LedgerPage:
     """Every balance change, newest first."""
     assert principal.tenant_id is not None
-    try:
-        before = int(cursor) if cursor else None
-    except ValueError as exc:
-        raise ValidationFailed.field("cursor", "not a cursor this API returned") from exc
+    before = decode_id_cursor(cursor, INT64_MAX) if cursor else None
     async with services.pool.acquire() as conn:
         rows = await bq.ledger_page(conn, principal.tenant_id, before, limit + 1)
     entries = [
@@ -138,7 +142,14 @@ async def ledger(
     return LedgerPage(data=entries, next_cursor=str(entries[-1].id) if len(rows) > limit else None)
 
 
-@get("/v1/usage", tags=["billing"], opt={"scope": "usage:read"}, media_type="application/json")
+@get(
+    "/v1/usage",
+    operation_id="getUsage",
+    summary="Get usage",
+    tags=["billing"],
+    opt={"scope": "usage:read", "problems": {422: "A parameter is invalid, or `start` is after `end`."}},
+    media_type="application/json",
+)
 async def usage(
     *,
     services: NamedDependency[Services],
