@@ -73,6 +73,13 @@ def _passwords(request: Request[Any, Any, Any]) -> list[str] | None:
     return [raw, *parts] if len(parts) > 1 else parts
 
 
+def _media_type(request: Request[Any, Any, Any], stored: str) -> str:
+    """The file's own type, or `application/octet-stream` for a client that asks for that and not
+    for the file's type (generic clients, e.g. ones generated from the OpenAPI document)."""
+    accept = request.headers.get("accept", "")
+    return "application/octet-stream" if "application/octet-stream" in accept and stored not in accept else stored
+
+
 async def _serve(
     services: Services, request: Request[Any, Any, Any], file_id: str, headers: dict[str, str] | None = None
 ) -> Response[bytes]:
@@ -109,7 +116,7 @@ async def _serve(
         raise Gone("This file is no longer stored.") from exc
     return Response(
         data,
-        media_type=row["content_type"],
+        media_type=_media_type(request, row["content_type"]),
         headers={
             "ETag": etag,
             "Content-Disposition": f'attachment; filename="{row["filename"]}"',

@@ -12,11 +12,10 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.middleware import DefineMiddleware
-from litestar.openapi.spec import Operation
 from litestar.params import HeaderParameter, JSONBody
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api.multipart import FormOrJsonOperation, FormOrJsonRequest, is_multipart
+from gateway.api.multipart import FormOrJsonRequest, is_multipart
 from gateway.api.strict import is_json, strict_body
 from gateway.api.views import JobView, job_view, load_job_view
 from gateway.auth.guard import authorize
@@ -345,11 +344,10 @@ def _generation_route(operation: str, operation_id: str, summary: str, *, forms:
         operation_id=operation_id,
         summary=summary,
         tags=["images"],
-        opt={"scope": "generate", "problems": _GENERATION_PROBLEMS},
+        opt={"scope": "generate", "problems": _GENERATION_PROBLEMS, "forms": forms},
         status_code=200,
         middleware=[DefineMiddleware(JsonGeneration, operation=operation)],
         request_class=FormOrJsonRequest if forms else None,
-        operation_class=FormOrJsonOperation if forms else Operation,
     )
 
 

@@ -34,6 +34,7 @@ from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.params import JSONBody
 
 from gateway.api.images import IdempotencyKey, Submitted, generate
+from gateway.api.multipart import read_form
 from gateway.auth.keys import Principal
 from gateway.domain.requests import (
     GenerationRequest,
@@ -278,7 +279,7 @@ _EDIT_FILES = ("image", "image[]", "mask")
 async def _edit_form(request: Request[Any, Any, Any]) -> tuple[OpenAIImageEdit, bytes, bytes | None]:
     if request.content_type[0] != RequestEncodingType.MULTI_PART.value:
         raise ValidationFailed.field("image", "send the edit as multipart/form-data with the image as a file")
-    form = await request.form()
+    form = await read_form(request)
     text: dict[str, Any] = {}
     images: list[bytes] = []
     mask: bytes | None = None

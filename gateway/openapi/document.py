@@ -14,6 +14,7 @@ links, examples).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -120,7 +121,6 @@ def openapi_document(app: Litestar) -> dict[str, Any]:
         "$ref": REF.format(name="JobView"),
         "description": "A failed synchronous generation: the job, with its attempts.",
     }
-    doc["components"]["headers"] = HEADERS
     doc["info"].update(
         version=API_VERSION,
         license={"name": "Apache-2.0", "identifier": "Apache-2.0"},
@@ -131,8 +131,40 @@ def openapi_document(app: Litestar) -> dict[str, Any]:
     for route in routes:
         operation = doc["paths"][route.path][route.method]
         _finish_operation(operation, route)
+        if route.opt.get("forms"):
+            _add_form(operation, schemas)
         operations.particular(operation)
+    text = msgspec.json.encode(doc["paths"]).decode()
+    doc["components"]["headers"] = {n: h for n, h in HEADERS.items() if f'"#/components/headers/{n}"' in text}
     return doc
+
+
+_FILE_FIELDS = ("image", "mask")
+_IMAGE_TYPES = "image/png, image/jpeg, image/webp"
+
+
+def _add_form(operation: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """The second encoding of a JSON body Struct: multipart/form-data, one part a field, the image
+    fields as files or as the same text JSON takes (gateway/api/multipart.py). Its schema is a
+    component of its own (the Struct's, with the image fields widened), not an allOf of the two:
+    client generators cannot merge a property's types across allOf."""
+    content = operation["requestBody"]["content"]
+    name = content["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    form = copy.deepcopy(schemas[name])
+    form["title"] = f"{name}Form"
+    fields = [f for f in _FILE_FIELDS if f in form["properties"]]
+    for field in fields:
+        text = form["properties"][field]
+        form["properties"][field] = {
+            "description": text.get("description", ""),
+            # anyOf: a text value is also a string, so the two overlap.
+            "anyOf": [{"type": "string", "format": "binary"}, {k: v for k, v in text.items() if k != "description"}],
+        }
+    schemas[f"{name}Form"] = form
+    content["multipart/form-data"] = {
+        "schema": {"$ref": REF.format(name=f"{name}Form")},
+        "encoding": {field: {"contentType": _IMAGE_TYPES} for field in fields},
+    }
 
 
 def _finish_operation(operation: dict[str, Any], route: Route) -> None:

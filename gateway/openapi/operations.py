@@ -90,7 +90,11 @@ _EXAMPLES: dict[str, dict[str, Any]] = {
     "createOperatorKey": {"name": "billing-ops"},
     "publishPrices": {
         "note": "winter prices",
-        "rules": [{"operation": "text-to-image", "model": "", "base": 1.0}],
+        "rules": [
+            {"operation": "text-to-image", "base": 1.0, "cap": 4.0},
+            {"operation": "image-to-image", "base": 1.2, "cap": 4.0},
+            {"operation": "inpaint", "base": 1.2, "cap": 4.0},
+        ],
     },
     "openaiCreateImage": {"prompt": "a lighthouse", "n": 1, "size": "512x512", "response_format": "url"},
 }
@@ -120,14 +124,10 @@ def _download(operation: dict[str, Any], *, zip_only: bool) -> None:
                 "name": "X-Download-Password",
                 "in": "header",
                 "required": False,
-                "description": "The job's download password; a comma-separated list tries each.",
-                "schema": {"type": "string"},
-            },
-            {
-                "name": "download_password",
-                "in": "cookie",
-                "required": False,
-                "description": "The same as `X-Download-Password`, for browsers.",
+                # The `download_password` cookie, for browsers, takes the same value. It is said here,
+                # not declared: clients generated with per-request cookies warn on every call.
+                "description": "The job's download password; a comma-separated list tries each. A browser "
+                "may send it as a `download_password` cookie instead.",
                 "schema": {"type": "string"},
             },
             {
@@ -139,13 +139,16 @@ def _download(operation: dict[str, Any], *, zip_only: bool) -> None:
             },
         ]
     )
+    # application/octet-stream: what the server answers to `Accept: application/octet-stream`, and
+    # the one binary type client generators map to bytes.
     media = ("application/zip",) if zip_only else (*_IMAGES, "application/zip")
+    media = (*media, "application/octet-stream")
     headers = {name: _header(name, required=True) for name in ("ETag", "Content-Disposition", "Cache-Control")}
     if zip_only:
         headers["Content-Location"] = _header("Content-Location", required=True)
     ok = operation["responses"]["200"]
     ok["content"] = {m: {"schema": _BINARY} for m in media}
-    ok["description"] = "The file's bytes."
+    ok["description"] = "The file's bytes, as its own type (or `application/octet-stream` when asked for)."
     ok.setdefault("headers", {}).update(headers)
     operation["responses"]["304"] = {
         "description": "Not modified: `If-None-Match` named the current `ETag`.",
@@ -159,10 +162,11 @@ def _download(operation: dict[str, Any], *, zip_only: bool) -> None:
 
 def _event(name: str, schema: str) -> dict[str, Any]:
     return {
+        "required": ["event"],
         "properties": {
             "event": {"const": name},
             "data": {"contentMediaType": "application/json", "contentSchema": {"$ref": _REF.format(schema)}},
-        }
+        },
     }
 
 

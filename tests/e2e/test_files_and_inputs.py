@@ -116,6 +116,34 @@ async def test_a_multipart_file_that_is_not_an_image_is_refused_naming_the_field
     assert field_of(response) == "image"
 
 
+async def test_a_file_part_without_a_filename_is_read_by_its_content_type(gateway: Gateway) -> None:
+    """OpenAPI clients send a binary form field with its Content-Type and no filename."""
+    _, key = await gateway.tenant(credits=10)
+
+    def form(image: bytes, media_type: str = "image/png") -> bytes:
+        return (
+            b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nx\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="image"\r\nContent-Type: '
+            + media_type.encode()
+            + b"\r\n\r\n"
+            + image
+            + b"\r\n--b--\r\n"
+        )
+
+    headers = {**auth(key), "Content-Type": "multipart/form-data; boundary=b"}
+    made = await gateway.client.post("/v1/image-to-image", content=form(png(512, 512)), headers=headers)
+    assert made.status_code == 200, made.text
+    assert made.json()["state"] == "succeeded"
+    broken = await gateway.client.post(
+        "/v1/image-to-image", content=form(b"\xff\xd8\xff", "image/jpeg"), headers=headers
+    )
+    assert broken.status_code == 422, broken.text
+    assert field_of(broken) == "image"
+    not_text = await gateway.client.post("/v1/image-to-image", content=form(b"\xff\xd8", "text/plain"), headers=headers)
+    assert not_text.status_code == 400, not_text.text
+    assert "UTF-8" in not_text.json()["detail"]
+
+
 async def test_a_repeated_multipart_request_is_replayed_under_its_idempotency_key(gateway: Gateway) -> None:
     _, key = await gateway.tenant(credits=10)
     headers = {**auth(key), "Idempotency-Key": "form-1"}
