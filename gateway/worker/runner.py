@@ -137,6 +137,42 @@ class JobRunner:
         task.add_done_callback(self._slot_freed)
         return task
 
+    def fail_after_outage(self, job_id: UUID) -> None:
+        """Settle `job_id` as failed, charging nothing, once the database answers again.
+
+        Its request was answered with an error (the database went away while it was being
+        served), so the tenant never got the job: it must not run on and be charged later. A
+        runner that finishes it meanwhile finds it settled and discards its images."""
+        task = asyncio.create_task(self._fail_when_reachable(job_id), name=f"fail-{job_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fail_when_reachable(self, job_id: UUID) -> None:
+        outcome = Outcome(
+            state="failed",
+            error=_problem(
+                "database-unavailable",
+                "Database unavailable",
+                503,
+                "The database became unreachable while the request was answered; "
+                "the job was stopped and costs nothing.",
+            ),
+        )
+        delay = 0.05
+        while not self._stopping.is_set():
+            try:
+                async with self.pool.acquire() as conn:
+                    job = await jq.get_job(conn, job_id)
+                if job is None or job["state"] not in ("queued", "running"):
+                    return
+                await self._settle(job, outcome, unless_canceled=False)
+                return
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.info("failing job %s after the database outage: not yet (%s)", job_id, type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+            delay = min(delay * 2, 1.0)
+
     def _slot_freed(self, _: asyncio.Task[Finished | None]) -> None:
         # Wake the claim loop only when it stopped for want of a slot: waking it after every job
         # (every sync request) cost a claim query each time.
@@ -193,7 +229,14 @@ class JobRunner:
             await self._discard(job_id, outcome)
             return None
         # The settlement statement itself checks for a cancellation request: no extra round trip.
-        settlement = await self._settle(job, outcome, unless_canceled=True)
+        try:
+            settlement = await self._settle(job, outcome, unless_canceled=True)
+        except BaseException:
+            # Unsettled (the database went away): the job runs again under a new lease, or is
+            # failed by `fail_after_outage`; this run's images would belong to nothing.
+            for image in outcome.images:
+                await self.blobs.delete(image.blob_key)
+            raise
         settled = settlement.status
         if settled is Settled.CANCEL_REQUESTED:
             await self._discard(job_id, outcome)
@@ -385,15 +428,16 @@ class JobRunner:
                 rows = await jq.inputs(conn, job["id"])
         for row in rows:
             data = await self.blobs.get(row["blob_key"])
-            url = await self._input_url(row["blob_key"])
+            url = await self._input_url(row["blob_key"], job["deadline_at"].timestamp())
             params[row["role"]] = ImageInput(
                 data=data, media_type=row["content_type"], width=row["width"], height=row["height"], url=url
             )
         params["job_id"] = str(job["id"])
         return msgspec.convert(params, EngineRequest, from_attributes=True)
 
-    async def _input_url(self, blob_key: str) -> str | None:
+    async def _input_url(self, blob_key: str, deadline: float) -> str | None:
         url = await self.blobs.presigned_url(blob_key, self.settings.storage.presign_ttl_s)
         if url is None and self.signer is not None:
-            url = self.signer(blob_key)
+            # The gateway's own URL (gateway/storage/links.py) lives no longer than the job may.
+            url = self.signer(blob_key, deadline)
         return url
