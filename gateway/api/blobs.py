@@ -13,7 +13,7 @@ from uuid import UUID
 
 from litestar import Response, get
 from litestar.di import NamedDependency
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery
 
 from gateway.db.jobs import job_status
 from gateway.errors import Gone, NotFound, PermissionDenied
@@ -26,7 +26,7 @@ _ACTIVE = frozenset({"queued", "running"})
 
 @get(f"{ROUTE}/{{key:path}}", exclude_from_auth=True, include_in_schema=False, media_type="application/octet-stream")
 async def input_blob(
-    services: NamedDependency[Services], key: FromPath[str], expires: int, signature: str
+    services: NamedDependency[Services], key: FromPath[str], expires: FromQuery[int], signature: FromQuery[str]
 ) -> Response[Any]:
     """The blob's bytes (200), 403 for a wrong or expired signature, 410 once its job has finished."""
     links: BlobLinks | None = services.extras.get("blob_links")
