@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page
+from playwright.async_api import Browser, Page, ViewportSize
 
 from tests.browser.conftest import LiveGateway, screenshot, sign_in_by_keyboard
 from tests.browser.test_dashboard import generate
@@ -33,7 +33,7 @@ SCROLL_BOXES = """() => [...document.querySelectorAll('.scroll')].map(box => ({
   overflowX: getComputedStyle(box).overflowX}))"""
 
 
-async def operator_page(gw: LiveGateway, browser: Browser, viewport: dict[str, int], **options: Any) -> Page:
+async def operator_page(gw: LiveGateway, browser: Browser, viewport: ViewportSize, **options: Any) -> Page:
     context = await browser.new_context(viewport=viewport, **options)
     page = await context.new_page()
     await sign_in_by_keyboard(page, gw.base_url, gw.operator_key)
