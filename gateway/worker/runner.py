@@ -114,7 +114,8 @@ class JobRunner:
                 try:
                     async with self.pool.acquire() as conn:
                         rows = await jq.claim_jobs(conn, self.owner, self.settings.lease_s, free)
-                except (OSError, asyncpg.PostgresError) as exc:
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    # The database restarting: keep polling; the claim loop must outlive the outage.
                     log.warning("claiming jobs failed: %s", exc)
                     rows = []
                 for row in rows:
