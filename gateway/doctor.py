@@ -19,7 +19,8 @@ from typing import Literal
 import httpx
 import msgspec
 
-from gateway.config import ConfigError, Settings, load_settings, setting_sources
+from gateway.config import ConfigError, Settings, load_settings
+from gateway.config_sources import setting_sources
 from gateway.domain.generation import OPERATIONS
 
 Status = Literal["ok", "warn", "fail"]

@@ -32,6 +32,7 @@ from gateway.routing.router import Router
 from gateway.storage.base import BlobStore
 from gateway.storage.formats import needs_conversion, to_output_format
 from gateway.worker.drain import drain
+from gateway.worker.outage import fail_when_reachable
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +145,6 @@ class JobRunner:
         Its request was answered with an error (the database went away while it was being
         served), so the tenant never got the job: it must not run on and be charged later. A
         runner that finishes it meanwhile finds it settled and discards its images."""
-        task = asyncio.create_task(self._fail_when_reachable(job_id), name=f"fail-{job_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _fail_when_reachable(self, job_id: UUID) -> None:
         outcome = Outcome(
             state="failed",
             error=_problem(
@@ -159,20 +155,15 @@ class JobRunner:
                 "the job was stopped and costs nothing.",
             ),
         )
-        delay = 0.05
-        while not self._stopping.is_set():
-            try:
-                async with self.pool.acquire() as conn:
-                    job = await jq.get_job(conn, job_id)
-                if job is None or job["state"] not in ("queued", "running"):
-                    return
-                await self._settle(job, outcome, unless_canceled=False)
-                return
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.info("failing job %s after the database outage: not yet (%s)", job_id, type(exc).__name__)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-            delay = min(delay * 2, 1.0)
+
+        async def settle(job: asyncpg.Record) -> None:
+            await self._settle(job, outcome, unless_canceled=False)
+
+        task = asyncio.create_task(
+            fail_when_reachable(self.pool, job_id, settle, self._stopping), name=f"fail-{job_id}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _slot_freed(self, _: asyncio.Task[Finished | None]) -> None:
         # Wake the claim loop only when it stopped for want of a slot: waking it after every job

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.config import ConfigError, Settings, load_settings, setting_sources
+from gateway.config import ConfigError, Settings, load_settings
+from gateway.config_sources import setting_sources
 from gateway.engines.registry import check_route_capabilities
 
 QOLABA = {"kind": "qolaba", "base_url": "http://127.0.0.1:9", "api_key_env": "QOLABA_KEY"}
