@@ -79,6 +79,8 @@ def setting_sources(
 def _show(key: str, value: Any) -> str:
     if value is None:
         return "unset"
+    if value == "":
+        return '""'
     if key == "database_url" and isinstance(value, str):
         parts = urlsplit(value)
         if parts.password:
