@@ -370,7 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "generate", "submit a job to a running gateway, show its progress, save the image(s)", cmd_generate
     )
     gen.add_argument("prompt", help="what to draw")
-    gen.add_argument("--op", choices=["text-to-image", "image-to-image", "inpaint"], default="text-to-image")
+    gen.add_argument(
+        "--op", choices=["text-to-image", "image-to-image", "inpaint"], default="text-to-image", help="the operation"
+    )
     gen.add_argument("--out", default="image.png", help="where to save; with --n > 1, NAME-0.EXT, NAME-1.EXT, ...")
     gen.add_argument("--image", help="input image file (image-to-image, inpaint)")
     gen.add_argument("--mask", help="mask file, white = repaint (inpaint)")
@@ -383,7 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, help="seed of the first image")
     gen.add_argument("--strength", type=float, help="how far to move from the input image (0-1)")
     gen.add_argument("--aspect-ratio", dest="aspect_ratio", help="e.g. 16:9, instead of width and height")
-    gen.add_argument("--output-format", dest="output_format", choices=["png", "jpeg", "webp"])
+    gen.add_argument(
+        "--output-format", dest="output_format", choices=["png", "jpeg", "webp"], help="re-encode the images"
+    )
     gen.add_argument("--negative-prompt", dest="negative_prompt", help="what not to draw")
     gen.add_argument("--password", help="protect the outputs with this download password")
     gen.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the job")
