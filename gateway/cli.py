@@ -22,6 +22,16 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     return load_settings(overrides=extra)
 
 
+def _startup_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """Settings for a process that serves: every check that can fail at start-up, before it starts,
+    so a bad route is a one-line `configuration error` rather than a traceback from the lifespan."""
+    from gateway.engines.registry import check_route_capabilities  # noqa: PLC0415
+
+    settings = _settings(args, **overrides)
+    check_route_capabilities(settings)
+    return settings
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -75,7 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for name, value in (("GATEWAY_HOST", args.host), ("GATEWAY_PORT", args.port)):
         if value is not None:
             os.environ[name] = str(value)
-    settings = _settings(args)
+    settings = _startup_settings(args)
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -104,7 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from gateway.app import _lifespan, create_app  # noqa: PLC0415
 
-    settings = _settings(args, run_worker=True)
+    settings = _startup_settings(args, run_worker=True)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = create_app(settings)
 

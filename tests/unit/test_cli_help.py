@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
-from gateway.cli import build_parser
+from gateway.cli import build_parser, main
 
 
 def commands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, tuple[str, argparse.ArgumentParser]]:
@@ -44,3 +45,18 @@ def test_gpu_worker_help_names_the_secret_and_the_gpu_settings(capsys: pytest.Ca
     text = capsys.readouterr().out
     for setting in ("gpu.secret_env", "api_key_env", "gpu.port", "gpu.model_path", "gpu.device"):
         assert setting in text
+
+
+def test_serve_refuses_a_route_nothing_can_serve_before_starting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        '[engines.ait]\nkind = "aithriving"\nbase_url = "http://127.0.0.1:9"\napi_key_env = "AIT_KEY"\n'
+        '[routes]\n"text-to-image" = ["ait"]\n'
+    )
+    monkeypatch.setenv("GATEWAY_CONFIG", str(config))
+    monkeypatch.setenv("AIT_KEY", "k")
+    assert main(["serve"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("configuration error: routes.text-to-image: no engine listed (ait) can do text-to-image")
