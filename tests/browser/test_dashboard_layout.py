@@ -28,9 +28,19 @@ OVERFLOWING = """() => {
   return {page: document.documentElement.scrollWidth, width, out};
 }"""
 
-SCROLL_BOXES = """() => [...document.querySelectorAll('.scroll')].map(box => ({
-  table: box.querySelector('table')?.className, inner: box.scrollWidth, outer: box.clientWidth,
-  overflowX: getComputedStyle(box).overflowX}))"""
+# Per scroll box: its table's width against the box's, and whether the caption's text (which
+# scrolls with the table) is wholly visible before any scrolling.
+SCROLL_BOXES = """() => [...document.querySelectorAll('.scroll')].map(box => {
+  const caption = box.querySelector('caption');
+  let captionVisible = true;
+  if (caption) {
+    const text = document.createRange();
+    text.selectNodeContents(caption);
+    captionVisible = text.getBoundingClientRect().right <= box.getBoundingClientRect().right + 0.5;
+  }
+  return {table: box.querySelector('table')?.className, inner: box.scrollWidth, outer: box.clientWidth,
+          overflowX: getComputedStyle(box).overflowX, captionVisible};
+})"""
 
 
 async def operator_page(gw: LiveGateway, browser: Browser, viewport: ViewportSize, **options: Any) -> Page:
@@ -63,6 +73,11 @@ async def test_the_operator_page_fits_1280_px_with_the_margin_table_unscrolled(
     boxes = {box["table"]: box for box in await page.evaluate(SCROLL_BOXES)}
     assert boxes["margins"]["inner"] <= boxes["margins"]["outer"], boxes["margins"]
     assert await page.locator("table.margins tbody tr").count() == 2
+    await page.get_by_role("link", name="Initech Worldwide Holdings International").click()
+    layout = await page.evaluate(OVERFLOWING)
+    assert layout["page"] <= layout["width"], layout
+    assert layout["out"] == [], layout
+    await screenshot(page, "operator-tenant-1280")
     await page.context.close()
 
 
@@ -78,4 +93,10 @@ async def test_on_a_phone_wide_tables_scroll_in_their_own_box_and_the_page_does_
     margins = boxes["margins"]
     assert margins["inner"] > margins["outer"], margins  # wider than a phone: it scrolls, in its box
     assert margins["overflowX"] == "auto"
+    assert [box["table"] for box in boxes.values() if not box["captionVisible"]] == []
+    await page.get_by_role("link", name="Initech Worldwide Holdings International").click()
+    layout = await page.evaluate(OVERFLOWING)
+    assert layout["page"] <= layout["width"], layout
+    assert layout["out"] == [], layout
+    await screenshot(page, "operator-tenant-phone")
     await page.context.close()
