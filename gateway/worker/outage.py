@@ -10,6 +10,7 @@ from uuid import UUID
 
 import asyncpg
 
+from gateway.db import Conn
 from gateway.db import jobs as jq
 from gateway.db.pool import Pool
 
@@ -18,16 +19,26 @@ log = logging.getLogger(__name__)
 _MAX_DELAY_S = 1.0
 
 
+Cleanup = Callable[[Conn], Awaitable[None]]
+
+
 async def fail_when_reachable(
-    pool: Pool, job_id: UUID, settle: Callable[[asyncpg.Record], Awaitable[None]], stopping: asyncio.Event
+    pool: Pool,
+    job_id: UUID,
+    settle: Callable[[asyncpg.Record], Awaitable[None]],
+    stopping: asyncio.Event,
+    cleanup: Cleanup | None = None,
 ) -> None:
-    """Retry, with a growing pause, until the job is read and `settle`d (or found finished, or absent:
-    the outage lost its admission) or the runner stops; an expired lease then lets another runner
-    take the job, which is the most a stopping process can do."""
+    """Retry, with a growing pause, until `cleanup` has run and the job is read and `settle`d (or
+    found finished, or absent: the outage lost its admission) or the runner stops; an expired lease
+    then lets another runner take the job, which is the most a stopping process can do."""
     delay = 0.05
     while not stopping.is_set():
         try:
             async with pool.acquire() as conn:
+                if cleanup is not None:
+                    await cleanup(conn)
+                    cleanup = None
                 job = await jq.get_job(conn, job_id)
             if job is None or job["state"] not in ("queued", "running"):
                 return

@@ -32,7 +32,7 @@ from gateway.routing.router import Router
 from gateway.storage.base import BlobStore
 from gateway.storage.formats import needs_conversion, to_output_format
 from gateway.worker.drain import drain
-from gateway.worker.outage import fail_when_reachable
+from gateway.worker.outage import Cleanup, fail_when_reachable
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +139,9 @@ class JobRunner:
         task.add_done_callback(self._slot_freed)
         return task
 
-    def fail_after_outage(self, job_id: UUID) -> None:
-        """Settle `job_id` as failed, charging nothing, once the database answers again.
+    def fail_after_outage(self, job_id: UUID, cleanup: Cleanup | None = None) -> None:
+        """Settle `job_id` as failed, charging nothing, once the database answers again (after
+        running `cleanup`, the caller's own undoing, on a connection).
 
         Its request was answered with an error (the database went away while it was being
         served), so the tenant never got the job: it must not run on and be charged later. A
@@ -160,7 +161,7 @@ class JobRunner:
             await self._settle(job, outcome, unless_canceled=False)
 
         task = asyncio.create_task(
-            fail_when_reachable(self.pool, job_id, settle, self._stopping), name=f"fail-{job_id}"
+            fail_when_reachable(self.pool, job_id, settle, self._stopping, cleanup), name=f"fail-{job_id}"
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

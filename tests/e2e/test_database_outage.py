@@ -134,7 +134,7 @@ async def test_an_outage_answers_503_and_the_gateway_recovers_charging_only_what
     await audit_clean(gw)
 
 
-async def test_a_request_whose_job_outlived_the_database_is_charged_nothing(
+async def test_a_request_whose_job_outlived_the_database_is_charged_nothing_and_can_be_retried(
     outage_gateway: Gateway, own_server: Server
 ) -> None:
     gw = outage_gateway
@@ -158,7 +158,8 @@ async def test_a_request_whose_job_outlived_the_database_is_charged_nothing(
     crashed = threading.Event()
     crasher = threading.Thread(target=crash_while_the_vendor_works)
     crasher.start()
-    response = await gw.client.post("/v1/text-to-image", json=T2I, headers=auth(key))
+    headers = {**auth(key), "Idempotency-Key": "outage-retry-1"}
+    response = await gw.client.post("/v1/text-to-image", json=T2I, headers=headers)
     crasher.join()
     assert crashed.is_set(), "the job never reached the vendor"
     _is_outage_answer(response)
@@ -178,4 +179,10 @@ async def test_a_request_whose_job_outlived_the_database_is_charged_nothing(
         await asyncio.sleep(0.1)
     assert [(job["state"], job["charged"]) for job in jobs] == [("failed", 0)]
     assert (await balance(gw, key))["balance"] == 10
+
+    # The 503 said to retry: the same Idempotency-Key now runs the request anew.
+    retried = await gw.client.post("/v1/text-to-image", json=T2I, headers=headers)
+    assert retried.status_code == 200, retried.text
+    assert "idempotent-replayed" not in retried.headers
+    assert (await balance(gw, key))["balance"] == pytest.approx(10 - retried.json()["charged"])
     await audit_clean(gw)
