@@ -58,6 +58,7 @@ async def run_doctor(
         return Report(False, config_file, [], [Check("configuration", "fail", str(exc))])
     checks = [Check("configuration", "ok", f"{config_file or 'no file'}; GATEWAY_* variables; defaults")]
     checks += _route_checks(settings)
+    checks += _input_url_check(settings)
     checks.append(await _database_check(settings))
     checks.append(await _blob_check(settings))
     checks += await _engine_checks(settings, transport)
@@ -93,6 +94,25 @@ def _route_checks(settings: Settings) -> list[Check]:
                 detail += f" ({', '.join(by_url)} skipped: inputs need URLs; set public_base_url)"
         checks.append(Check(f"route {operation}", "ok", detail))
     return checks
+
+
+def _input_url_check(settings: Settings) -> list[Check]:
+    """How vendors that fetch inputs by URL get them, when one is configured and there is a way."""
+    from gateway.engines.registry import capabilities  # noqa: PLC0415
+
+    if not any(capabilities(cfg.kind).needs_input_url for cfg in settings.engines.values()):
+        return []
+    if settings.storage.kind == "s3":
+        return [Check("input URLs", "ok", f"presigned by the S3 store, valid {settings.storage.presign_ttl_s} s")]
+    if not settings.public_base_url:
+        return []  # the routes that need them say so
+    key = (
+        "GATEWAY_BLOB_SIGNING_KEY"
+        if settings.blob_signing_key
+        else f"{settings.data_path / 'blob-signing.key'} (made at first start; replicas must share it)"
+    )
+    base = settings.public_base_url.rstrip("/")
+    return [Check("input URLs", "ok", f"served at {base}/v1/blobs/... until each job ends; signing key: {key}")]
 
 
 async def _database_check(settings: Settings) -> Check:

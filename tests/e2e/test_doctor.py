@@ -152,6 +152,8 @@ async def test_a_route_to_a_url_only_vendor_without_input_urls_fails(doctor_env:
     assert "public_base_url" in failed(report)["route image-to-image"]
     fixed = await run_doctor({**env, "GATEWAY_PUBLIC_BASE_URL": "https://gateway.example"})
     assert fixed.ok, render(fixed)
+    urls = {check.name: check.detail for check in fixed.checks}["input URLs"]
+    assert urls.startswith("served at https://gateway.example/v1/blobs/")
 
 
 async def test_a_configuration_error_is_reported_as_the_one_failure(doctor_env: Environ) -> None:
