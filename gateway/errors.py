@@ -21,6 +21,8 @@ from litestar.exceptions import (
 )
 from msgspec import UNSET, Meta, UnsetType
 
+from gateway.db.outage import RETRY_AFTER_S, database_unavailable
+
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
@@ -187,6 +189,12 @@ class ServiceUnavailable(GatewayError):
     status, slug, title = 503, "service-unavailable", "Service unavailable"
 
 
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database is unreachable or restarting; the request changed nothing and may be retried."""
+
+    slug, title = "database-unavailable", "Database unavailable"
+
+
 _JSON_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 
 
@@ -221,6 +229,11 @@ def _to_gateway_error(exc: Exception) -> GatewayError:
         error = HttpError(exc.detail, headers=dict(exc.headers or {}))
         error.http_status = exc.status_code
         return error
+    if database_unavailable(exc):
+        log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+        return DatabaseUnavailable(
+            "The database is unreachable; retry shortly.", headers={"Retry-After": str(RETRY_AFTER_S)}
+        )
     log.exception("unhandled error", exc_info=exc)
     return GatewayError("An unexpected error occurred; it has been logged.")
 
@@ -251,6 +264,7 @@ __all__ = [
     "PROBLEM_JSON",
     "BadRequest",
     "Conflict",
+    "DatabaseUnavailable",
     "EnginesUnavailable",
     "FieldError",
     "GatewayError",

@@ -9,7 +9,8 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 
 from gateway.db.migrations import pending_migrations
-from gateway.errors import ServiceUnavailable
+from gateway.db.outage import RETRY_AFTER_S
+from gateway.errors import DatabaseUnavailable, ServiceUnavailable
 from gateway.state import Services
 
 
@@ -44,7 +45,9 @@ async def readyz(services: NamedDependency[Services]) -> Readiness:
         async with services.pool.acquire() as conn:
             pending = await pending_migrations(conn)
     except unreachable as exc:
-        raise ServiceUnavailable(f"database unreachable: {type(exc).__name__}") from exc
+        raise DatabaseUnavailable(
+            f"database unreachable: {type(exc).__name__}", headers={"Retry-After": str(RETRY_AFTER_S)}
+        ) from exc
     if pending:
         raise ServiceUnavailable("migrations pending", pending_migrations=pending)
     return Readiness(status="ready", database="ok", pending_migrations=[])

@@ -20,7 +20,8 @@ from gateway.api.strict import is_json, strict_body
 from gateway.api.views import JobView, job_view, load_job_view
 from gateway.auth.guard import authorize
 from gateway.auth.keys import Principal
-from gateway.billing.admission import InputBlob, JobRequest, admit
+from gateway.billing.admission import Admission, InputBlob, JobRequest, admit
+from gateway.db.outage import database_unavailable
 from gateway.domain.generation import EngineRequest, ImageInput
 from gateway.domain.requests import GenerationRequest, ImageToImageRequest, InpaintRequest, TextToImageRequest
 from gateway.errors import PROBLEM_BASE, Conflict, GatewayError, Problem, ValidationFailed, problem_response
@@ -248,6 +249,48 @@ async def generate(
         for blob in blobs:
             await services.blobs.delete(blob.blob_key)
         raise
+    except Exception as exc:
+        if database_unavailable(exc):
+            # The admission may have committed before the connection died: a job it made must
+            # not run on behind a 503 (nothing happens if there is none).
+            _undo_after_outage(services, principal, job_id, idempotency_key)
+        raise
+    try:
+        return await _after_admission(services, principal, admission, job_id, idempotency_key, run_async=run_async)
+    except Exception as exc:
+        if database_unavailable(exc):
+            # The answer is a 503: the job it admitted must not run on and be charged.
+            _undo_after_outage(services, principal, job_id, idempotency_key)
+        raise
+
+
+def _undo_after_outage(services: Services, principal: Principal, job_id: UUID, idempotency_key: str | None) -> None:
+    """Once the database is back: free the Idempotency-Key (the 503 told the client to retry, and
+    the retry must not meet "still being processed") and fail the job, at no charge."""
+
+    async def release_key(conn: Any) -> None:
+        if idempotency_key:
+            await conn.execute(
+                "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 AND (job_id IS NULL OR job_id = $3)",
+                principal.tenant_id,
+                idempotency_key,
+                job_id,
+            )
+
+    services.runner.fail_after_outage(job_id, release_key)
+
+
+async def _after_admission(
+    services: Services,
+    principal: Principal,
+    admission: Admission,
+    job_id: UUID,
+    idempotency_key: str | None,
+    *,
+    run_async: bool,
+) -> Submitted:
+    """Record the idempotency key, then wait for a sync job (bounded) or answer a queued one."""
+    runner = services.runner
     if idempotency_key:
         async with services.pool.acquire() as conn:
             await conn.execute(
