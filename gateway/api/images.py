@@ -113,7 +113,7 @@ async def _replay(services: Services, principal: Principal, key: str, digest: by
             raise Conflict("This Idempotency-Key was used with a different request body.")
         if row["job_id"] is None:
             raise Conflict("A request with this Idempotency-Key is still being processed.")
-        view = await load_job_view(conn, row["job_id"], principal.tenant_id)
+        view = await load_job_view(conn, row["job_id"], principal.tenant)
     assert view is not None
     if view.state in ("queued", "running"):
         raise Conflict("A request with this Idempotency-Key is still being processed.", job_id=str(view.id))
@@ -272,7 +272,7 @@ async def generate(
             if finished is not None:  # the settlement's own view of the job: no read back
                 return Submitted(job_view(*finished), pending=False)
     async with services.pool.acquire() as conn:
-        view = await load_job_view(conn, job_id, principal.tenant_id)
+        view = await load_job_view(conn, job_id, principal.tenant)
     assert view is not None
     return Submitted(view, pending=run_async)
 

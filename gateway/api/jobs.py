@@ -37,7 +37,7 @@ async def get_job(
 ) -> JobView:
     """One job with its per-image results and engine attempts."""
     async with services.pool.acquire() as conn:
-        view = await load_job_view(conn, job_id, principal.tenant_id)
+        view = await load_job_view(conn, job_id, principal.tenant)
     if view is None:
         raise NotFound("No such job.")
     return view

@@ -67,9 +67,17 @@ class Usage(msgspec.Struct, kw_only=True):
 GroupBy = Literal["day", "operation", "engine", "key"]
 
 
-async def usage_rows(conn: Any, tenant_id: UUID | None, start: date, end: date, group_by: list[str]) -> list[UsageRow]:
-    """Usage from the daily rollup; `tenant_id=None` is the whole platform (operators)."""
-    rows = await bq.usage_totals(conn, tenant_id, start, end, group_by)
+async def usage_rows(conn: Any, tenant_id: UUID, start: date, end: date, group_by: list[str]) -> list[UsageRow]:
+    """One tenant's usage from the daily rollup."""
+    return _usage_rows(await bq.usage_totals(conn, tenant_id, start, end, group_by))
+
+
+async def platform_usage_rows(conn: Any, start: date, end: date, group_by: list[str]) -> list[UsageRow]:
+    """Every tenant's usage together, from the daily rollup: for operators only."""
+    return _usage_rows(await bq.platform_usage_totals(conn, start, end, group_by))
+
+
+def _usage_rows(rows: list[Any]) -> list[UsageRow]:
     return [
         UsageRow(
             day=r.get("day"),

@@ -13,7 +13,7 @@ from uuid import UUID
 
 import msgspec
 
-from gateway.db import Conn
+from gateway.db import Conn, require_tenant
 
 
 class StoredFile(msgspec.Struct, frozen=True, kw_only=True):
@@ -126,7 +126,9 @@ async def release_attempts(conn: Conn, *, job_id: UUID, file_id: str | None, cou
 async def job_password(conn: Conn, job_id: UUID, tenant_id: UUID) -> tuple[str, str | None] | None:
     """The tenant's job's state and download password hash; None when it is not the tenant's."""
     row = await conn.fetchrow(
-        "SELECT state, download_password_hash FROM jobs WHERE id = $1 AND tenant_id = $2", job_id, tenant_id
+        "SELECT state, download_password_hash FROM jobs WHERE id = $1 AND tenant_id = $2",
+        job_id,
+        require_tenant(tenant_id),
     )
     return None if row is None else (row["state"], row["download_password_hash"])
 

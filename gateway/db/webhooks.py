@@ -6,7 +6,7 @@ from uuid import UUID
 
 import asyncpg
 
-from gateway.db import Conn
+from gateway.db import Conn, require_tenant
 
 
 async def claim_due(conn: Conn, *, limit: int, lease_s: float) -> list[asyncpg.Record]:
@@ -98,5 +98,5 @@ async def messages_for(conn: Conn, tenant_id: UUID) -> list[asyncpg.Record]:
         """SELECT message_id, url, event_type, attempts, next_attempt_at, delivered_at, failed_at, last_error,
                   created_at
            FROM webhook_outbox WHERE tenant_id = $1 ORDER BY id""",
-        tenant_id,
+        require_tenant(tenant_id),
     )
