@@ -44,7 +44,10 @@ class KeyedLimiter:
         return bucket
 
     def wait_s(self, key: str, cost: float = 1.0) -> float:
-        """Seconds until `key` can spend `cost` units (0: it can now). Spends nothing."""
+        """Seconds until `key` can spend `cost` units (0: it can now). Spends nothing, and remembers
+        nothing for a key that never spent: only spenders take a place among the `max_keys`."""
+        if key not in self._buckets:
+            return 0.0
         bucket = self._bucket(key, self.clock())
         missing = min(cost, self.per_minute) - bucket.tokens
         return 0.0 if missing <= 0 else missing * 60.0 / self.per_minute
