@@ -194,9 +194,8 @@ async def download_zip(
 
     `Content-Location` names the zip's own file URL, which works without the API key. The password
     is checked before the zip is made: a wrong one costs no reading or zipping of images."""
-    assert principal.tenant_id is not None
     async with services.pool.acquire() as conn:
-        found = await fq.job_password(conn, job_id, principal.tenant_id)
+        found = await fq.job_password(conn, job_id, principal.tenant)
         zip_id = await fq.zip_of(conn, job_id) if found is not None else None
     if found is None:
         raise NotFound("No such job.")

@@ -54,11 +54,10 @@ async def list_jobs(
     limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
 ) -> JobPage:
     """Newest first; pass `next_cursor` back as `cursor` for the next page."""
-    assert principal.tenant_id is not None
     before = decode_cursor(cursor) if cursor else None
     async with services.pool.acquire() as conn:
         rows = await jq.list_jobs(
-            conn, principal.tenant_id, before=before, state=job_state, operation=operation, limit=limit + 1
+            conn, principal.tenant, before=before, state=job_state, operation=operation, limit=limit + 1
         )
         page = rows[:limit]
         results, attempts = await jq.details_of(conn, [r["id"] for r in page])
@@ -76,12 +75,11 @@ async def cancel_job(
     within about a second: its runner abandons the engine call (the vendor's job is canceled too)
     and discards any images already made. A canceled job costs nothing; its reservation is
     released. Canceling a finished job changes nothing."""
-    assert principal.tenant_id is not None
     async with services.pool.acquire() as conn:
-        row = await jq.request_cancel(conn, job_id, principal.tenant_id)
+        row = await jq.request_cancel(conn, job_id, principal.tenant)
         if row is None:
             raise NotFound("No such job.")
-        job = await jq.get_job(conn, job_id, principal.tenant_id)
+        job = await jq.get_job(conn, job_id, principal.tenant)
     assert job is not None
     orphaned = job["state"] == "running" and (
         job["lease_expires_at"] is None or job["lease_expires_at"] < datetime.now(UTC)
@@ -104,7 +102,7 @@ async def cancel_job(
             file_ttl_s=services.settings.file_ttl_s,
         )
     async with services.pool.acquire() as conn:
-        view = await load_job_view(conn, job_id, principal.tenant_id)
+        view = await load_job_view(conn, job_id, principal.tenant)
     assert view is not None
     return view
 
@@ -204,13 +202,12 @@ async def job_events(
 
     The first event is the current status; the stream closes after the `done` event (clients
     should not reconnect after it). Works on any replica: changes are heard through the database."""
-    assert principal.tenant_id is not None
     async with services.pool.acquire() as conn:
-        if await jq.job_status(conn, job_id, principal.tenant_id) is None:
+        if await jq.job_status(conn, job_id, principal.tenant) is None:
             raise NotFound("No such job.")
     # The guard authenticated this key moments ago, so it is present and well-formed.
     key_hash = tokens.hash_key(presented_key(request.headers) or "")
-    stream = job_event_stream(services, _watchers(services), job_id, principal.tenant_id, key_hash)
+    stream = job_event_stream(services, _watchers(services), job_id, principal.tenant, key_hash)
     return ServerSentEvent(stream, headers={"Cache-Control": "no-store"})
 
 

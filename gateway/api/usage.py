@@ -110,9 +110,8 @@ async def tenant_balance(conn: Any, tenant_id: UUID) -> Balance:
 @get("/v1/balance", tags=["billing"], opt={"scope": "usage:read"})
 async def balance(services: NamedDependency[Services], principal: NamedDependency[Principal]) -> Balance:
     """Balance, credits held by unfinished jobs, and what is available."""
-    assert principal.tenant_id is not None
     async with services.pool.acquire() as conn:
-        return await tenant_balance(conn, principal.tenant_id)
+        return await tenant_balance(conn, principal.tenant)
 
 
 @get("/v1/ledger", tags=["billing"], opt={"scope": "usage:read"})
@@ -124,13 +123,12 @@ async def ledger(
     limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
 ) -> LedgerPage:
     """Every balance change, newest first."""
-    assert principal.tenant_id is not None
     try:
         before = int(cursor) if cursor else None
     except ValueError as exc:
         raise ValidationFailed.field("cursor", "not a cursor this API returned") from exc
     async with services.pool.acquire() as conn:
-        rows = await bq.ledger_page(conn, principal.tenant_id, before, limit + 1)
+        rows = await bq.ledger_page(conn, principal.tenant, before, limit + 1)
     entries = [
         LedgerEntry(
             id=r["id"],
@@ -157,14 +155,13 @@ async def usage(
     group_by: FromQuery[list[GroupBy] | None] = None,
 ) -> Response[Any]:
     """Jobs, images and credits, grouped by day, operation, engine and/or key. `Accept: text/csv` for CSV."""
-    assert principal.tenant_id is not None
     end = end or datetime.now().date()
     start = start or end - timedelta(days=30)
     if start > end:
         raise ValidationFailed.field("start", "must not be after end")
     groups = list(dict.fromkeys(group_by or ["day"]))
     async with services.pool.acquire() as conn:
-        rows = await usage_rows(conn, principal.tenant_id, start, end, groups)
+        rows = await usage_rows(conn, principal.tenant, start, end, groups)
     if "text/csv" in request.headers.get("accept", ""):
         return Response(
             usage_csv(rows, groups),
