@@ -74,6 +74,7 @@ async def check_password(
         raise RateLimited(
             "Too many password checks from this address or for this file; try again later.",
             headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            limit="download_password_checks",
         )
     async with services.pool.acquire() as conn:
         reservation = await fq.reserve_attempts(
@@ -83,6 +84,7 @@ async def check_password(
         raise RateLimited(
             "Too many wrong passwords for this file; try again later.",
             headers={"Retry-After": str(reservation.retry_after_s)},
+            limit="download_password_failures",
         )
     match = await first_match(stored, candidates[: reservation.granted])
     if match is None:
@@ -129,7 +131,25 @@ async def _serve(
     )
 
 
-@get("/v1/files/{file_id:str}", tags=["files"], exclude_from_auth=True, media_type="application/octet-stream")
+@get(
+    "/v1/files/{file_id:str}",
+    operation_id="downloadFile",
+    opt={
+        "problems": {
+            401: "The file is protected and no password was sent (`WWW-Authenticate: Password`).",
+            403: "Wrong download password.",
+            404: "No such file.",
+            410: "The file has expired, or is no longer stored.",
+            429: "Too many wrong passwords for this file's job (`limit`: `download_password_failures`), or too "
+            "many password checks from this address or for this file (`download_password_checks`): retry "
+            "after `Retry-After` seconds.",
+        }
+    },
+    summary="Download a file",
+    tags=["files"],
+    exclude_from_auth=True,
+    media_type="application/octet-stream",
+)
 async def download(
     services: NamedDependency[Services], request: Request[Any, Any, Any], file_id: FromPath[str]
 ) -> Response[bytes]:
@@ -180,8 +200,21 @@ async def _zip_file_id(services: Services, job_id: UUID) -> str:
 
 @get(
     "/v1/jobs/{job_id:uuid}/files.zip",
+    operation_id="downloadJobZip",
+    summary="Download a job's images as a zip",
     tags=["files"],
-    opt={"scope": "files:read"},
+    opt={
+        "scope": "files:read",
+        "problems": {
+            401: "No valid key, or the job is protected and no password was sent.",
+            403: "The key lacks `files:read`, or the download password is wrong.",
+            404: "No such job.",
+            409: "The job is still running, or it has no images.",
+            410: "The job's images have expired, or are no longer stored.",
+            429: "The key's rate limit is spent, too many failed authentications from this address, too many "
+            "wrong passwords for the job or too many password checks: retry after `Retry-After` seconds.",
+        },
+    },
     media_type="application/zip",
 )
 async def download_zip(

@@ -23,13 +23,20 @@ class Readiness(msgspec.Struct):
     pending_migrations: list[str]
 
 
-@get("/healthz", tags=["operations"], summary="Liveness", exclude_from_auth=True)
+@get("/healthz", operation_id="checkLiveness", summary="Liveness", tags=["operations"], exclude_from_auth=True)
 async def healthz() -> Health:
     """The process is up and serving requests."""
     return Health(status="ok")
 
 
-@get("/readyz", tags=["operations"], summary="Readiness", exclude_from_auth=True)
+@get(
+    "/readyz",
+    operation_id="checkReadiness",
+    opt={"problems": {503: "The database is unreachable, or migrations are pending (`pending_migrations`)."}},
+    summary="Readiness",
+    tags=["operations"],
+    exclude_from_auth=True,
+)
 async def readyz(services: NamedDependency[Services]) -> Readiness:
     """The database answers and every migration is applied."""
     unreachable: tuple[type[BaseException], ...] = (OSError, *services.db_errors)
@@ -43,7 +50,14 @@ async def readyz(services: NamedDependency[Services]) -> Readiness:
     return Readiness(status="ready", database="ok", pending_migrations=[])
 
 
-@get("/metrics", tags=["operations"], summary="Prometheus metrics", exclude_from_auth=True, media_type="text/plain")
+@get(
+    "/metrics",
+    operation_id="getMetrics",
+    summary="Prometheus metrics",
+    tags=["operations"],
+    exclude_from_auth=True,
+    media_type="text/plain",
+)
 async def metrics(services: NamedDependency[Services]) -> Response[Any]:
     """Prometheus text exposition format."""
     return Response(services.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -285,9 +285,9 @@ def _failure_response(view: JobView, headers: dict[str, str]) -> Response[Any]:
         type=str(error.get("type", PROBLEM_BASE + "job-failed")),
         title=str(error.get("title", "The job failed")),
         status=int(error["status"]) if isinstance(error.get("status"), int) else 500,
-        detail=error.get("detail"),
+        detail=str(error.get("detail") or "The job failed."),
         instance=f"/v1/jobs/{view.id}",
-        extra={"job": msgspec.to_builtins(view)},
+        job=msgspec.to_builtins(view),
     )
     return problem_response(problem, headers)
 
@@ -329,13 +329,25 @@ class JsonGeneration:
         await response.to_asgi_response(app=None, request=request)(scope, receive, send)
 
 
-def _generation_route(operation: str, *, forms: bool = False) -> post:
+_GENERATION_PROBLEMS = {
+    402: "The wallet cannot cover `n` images at the unit price; nothing was reserved.",
+    409: "The Idempotency-Key was used with another body, or its first request still runs (`job_id`).",
+    422: "A field is invalid (`errors`), no routed engine can serve the request (`reasons`), or the engine "
+    "rejected it (the failed job in `job`; nothing charged).",
+    429: "The key's rate limit, or the tenant's limit on concurrent jobs, is reached.",
+    503: "Every engine failed (the failed job in `job`; nothing charged), or the database is unreachable.",
+}
+
+
+def _generation_route(operation: str, operation_id: str, summary: str, *, forms: bool = False) -> post:
     """The route of `/v1/{operation}`, with JSON requests answered by `JsonGeneration`; `forms`: it
     also takes multipart/form-data (documented as either in the OpenAPI document)."""
     return post(
         f"/v1/{operation}",
+        operation_id=operation_id,
+        summary=summary,
         tags=["images"],
-        opt={"scope": "generate"},
+        opt={"scope": "generate", "problems": _GENERATION_PROBLEMS},
         status_code=200,
         middleware=[DefineMiddleware(JsonGeneration, operation=operation)],
         request_class=FormOrJsonRequest if forms else None,
@@ -343,7 +355,7 @@ def _generation_route(operation: str, *, forms: bool = False) -> post:
     )
 
 
-@_generation_route("text-to-image")
+@_generation_route("text-to-image", "createTextToImage", "Generate images from a prompt")
 async def text_to_image(
     *,
     services: NamedDependency[Services],
@@ -365,7 +377,7 @@ async def text_to_image(
     )
 
 
-@_generation_route("image-to-image", forms=True)
+@_generation_route("image-to-image", "createImageToImage", "Transform an image", forms=True)
 async def image_to_image(
     *,
     services: NamedDependency[Services],
@@ -389,7 +401,7 @@ async def image_to_image(
     )
 
 
-@_generation_route("inpaint", forms=True)
+@_generation_route("inpaint", "createInpaint", "Repaint part of an image", forms=True)
 async def inpaint(
     *,
     services: NamedDependency[Services],

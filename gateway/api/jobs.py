@@ -31,7 +31,13 @@ class JobPage(msgspec.Struct, kw_only=True):
     next_cursor: str | None
 
 
-@get("/v1/jobs/{job_id:uuid}", tags=["jobs"], opt={"scope": "jobs:read"})
+@get(
+    "/v1/jobs/{job_id:uuid}",
+    operation_id="getJob",
+    summary="Get a job",
+    tags=["jobs"],
+    opt={"scope": "jobs:read", "problems": {404: "No such job."}},
+)
 async def get_job(
     services: NamedDependency[Services], principal: NamedDependency[Principal], job_id: FromPath[UUID]
 ) -> JobView:
@@ -43,7 +49,13 @@ async def get_job(
     return view
 
 
-@get("/v1/jobs", tags=["jobs"], opt={"scope": "jobs:read"})
+@get(
+    "/v1/jobs",
+    operation_id="listJobs",
+    summary="List jobs",
+    tags=["jobs"],
+    opt={"scope": "jobs:read", "problems": {422: "A parameter is invalid, or `cursor` is not one this API returned."}},
+)
 async def list_jobs(
     *,
     services: NamedDependency[Services],
@@ -67,7 +79,14 @@ async def list_jobs(
     return JobPage(data=views, next_cursor=encode_cursor(last["created_at"], last["id"]) if last else None)
 
 
-@post("/v1/jobs/{job_id:uuid}/cancel", tags=["jobs"], opt={"scope": "generate"}, status_code=200)
+@post(
+    "/v1/jobs/{job_id:uuid}/cancel",
+    operation_id="cancelJob",
+    summary="Cancel a job",
+    tags=["jobs"],
+    opt={"scope": "generate", "problems": {404: "No such job."}},
+    status_code=200,
+)
 async def cancel_job(
     services: NamedDependency[Services], principal: NamedDependency[Principal], job_id: FromPath[UUID]
 ) -> JobView:
@@ -186,8 +205,10 @@ def _watchers(services: Services) -> JobWatchers:
 
 @get(
     "/v1/jobs/{job_id:uuid}/events",
+    operation_id="streamJobEvents",
+    summary="Stream a job's events",
     tags=["jobs"],
-    opt={"scope": "jobs:read"},
+    opt={"scope": "jobs:read", "problems": {404: "No such job."}},
     media_type="text/event-stream",
     response_description="text/event-stream: `status` events ({id, state, progress, images_succeeded}) on every "
     "change, then one `done` event carrying the terminal Job; `: keep-alive` comments while idle.",

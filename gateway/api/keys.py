@@ -137,7 +137,17 @@ def _tenant(principal: Principal) -> UUID:
     return principal.tenant
 
 
-@post("/v1/keys", tags=["keys"], summary="Create a key", opt={"scope": "keys:manage"}, status_code=201)
+@post(
+    "/v1/keys",
+    operation_id="createKey",
+    summary="Create a key",
+    tags=["keys"],
+    opt={
+        "scope": "keys:manage",
+        "problems": {403: "The key lacks `keys:manage`, or asks for scopes the caller lacks (`missing_scopes`)."},
+    },
+    status_code=201,
+)
 async def create_key(
     services: NamedDependency[Services], principal: NamedDependency[Principal], data: JSONBody[KeyCreate]
 ) -> CreatedKey:
@@ -155,7 +165,7 @@ async def create_key(
     return created_key(issued)
 
 
-@get("/v1/keys", tags=["keys"], summary="List keys", opt={"scope": "keys:manage"})
+@get("/v1/keys", operation_id="listKeys", summary="List keys", tags=["keys"], opt={"scope": "keys:manage"})
 async def list_keys(services: NamedDependency[Services], principal: NamedDependency[Principal]) -> KeyList:
     """Every key of the caller's tenant, revoked ones included. Secrets are never shown again."""
     async with services.pool.acquire() as conn:
@@ -165,9 +175,18 @@ async def list_keys(services: NamedDependency[Services], principal: NamedDepende
 
 @post(
     "/v1/keys/{key_id:uuid}/rotate",
-    tags=["keys"],
+    operation_id="rotateKey",
     summary="Rotate a key",
-    opt={"scope": "keys:manage"},
+    tags=["keys"],
+    opt={
+        "scope": "keys:manage",
+        "problems": {
+            403: "The key lacks `keys:manage`, or the key to rotate is not the caller and has wider scopes, a "
+            "higher rate limit, a larger monthly cap or a later expiry than the caller (`beyond_caller`).",
+            404: "No such key.",
+            409: "The key is revoked or expired.",
+        },
+    },
     status_code=200,
 )
 async def rotate_key(
@@ -189,7 +208,14 @@ async def rotate_key(
     return created_key(issued)
 
 
-@delete("/v1/keys/{key_id:uuid}", tags=["keys"], summary="Revoke a key", opt={"scope": "keys:manage"}, status_code=200)
+@delete(
+    "/v1/keys/{key_id:uuid}",
+    operation_id="revokeKey",
+    summary="Revoke a key",
+    tags=["keys"],
+    opt={"scope": "keys:manage", "problems": {404: "No such key."}},
+    status_code=200,
+)
 async def revoke_key(
     services: NamedDependency[Services], principal: NamedDependency[Principal], key_id: FromPath[UUID]
 ) -> KeyView:

@@ -13,6 +13,7 @@ from litestar import Request, Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, Parameter
 
+from gateway.api.cursors import INT64_MAX, decode_id_cursor
 from gateway.auth.keys import Principal
 from gateway.db import billing as bq
 from gateway.domain.money import to_credits
@@ -107,14 +108,20 @@ async def tenant_balance(conn: Any, tenant_id: UUID) -> Balance:
     )
 
 
-@get("/v1/balance", tags=["billing"], opt={"scope": "usage:read"})
+@get("/v1/balance", operation_id="getBalance", summary="Get the balance", tags=["billing"], opt={"scope": "usage:read"})
 async def balance(services: NamedDependency[Services], principal: NamedDependency[Principal]) -> Balance:
     """Balance, credits held by unfinished jobs, and what is available."""
     async with services.pool.acquire() as conn:
         return await tenant_balance(conn, principal.tenant)
 
 
-@get("/v1/ledger", tags=["billing"], opt={"scope": "usage:read"})
+@get(
+    "/v1/ledger",
+    operation_id="listLedgerEntries",
+    summary="List ledger entries",
+    tags=["billing"],
+    opt={"scope": "usage:read", "problems": {422: "A parameter is invalid, or `cursor` is not one this API returned."}},
+)
 async def ledger(
     *,
     services: NamedDependency[Services],
@@ -123,10 +130,7 @@ async def ledger(
     limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
 ) -> LedgerPage:
     """Every balance change, newest first."""
-    try:
-        before = int(cursor) if cursor else None
-    except ValueError as exc:
-        raise ValidationFailed.field("cursor", "not a cursor this API returned") from exc
+    before = decode_id_cursor(cursor, INT64_MAX) if cursor else None
     async with services.pool.acquire() as conn:
         rows = await bq.ledger_page(conn, principal.tenant, before, limit + 1)
     entries = [
@@ -144,7 +148,14 @@ async def ledger(
     return LedgerPage(data=entries, next_cursor=str(entries[-1].id) if len(rows) > limit else None)
 
 
-@get("/v1/usage", tags=["billing"], opt={"scope": "usage:read"}, media_type="application/json")
+@get(
+    "/v1/usage",
+    operation_id="getUsage",
+    summary="Get usage",
+    tags=["billing"],
+    opt={"scope": "usage:read", "problems": {422: "A parameter is invalid, or `start` is after `end`."}},
+    media_type="application/json",
+)
 async def usage(
     *,
     services: NamedDependency[Services],

@@ -118,6 +118,7 @@ class KeyAuthenticator:
                 raise RateLimited(
                     "Too many failed authentications from this address; try again later.",
                     headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                    limit="failed_authentications",
                 )
         try:
             if not presented:

@@ -82,6 +82,7 @@ async def test_concurrent_wrong_guesses_never_hash_more_than_the_limit(
     for url in urls:
         locked = await gateway.client.get(url, headers={"X-Download-Password": SIMPLE})
         assert locked.status_code == 429
+        assert locked.json()["limit"] == "download_password_failures"
     assert hasher.calls == LIMIT
 
 
@@ -139,6 +140,7 @@ async def test_password_checks_per_client_address_are_limited_before_hashing(
     limited = await gateway.client.get(urls[1], headers={"X-Download-Password": SIMPLE})
     assert limited.status_code == 429
     assert limited.headers["content-type"].startswith("application/problem+json")
+    assert limited.json()["limit"] == "download_password_checks"
     assert int(limited.headers["retry-after"]) >= 1
     assert hasher.calls == 3
     # A file without a password costs no hash and is not limited.

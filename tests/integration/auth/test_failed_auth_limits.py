@@ -25,6 +25,7 @@ async def test_an_address_over_its_failed_authentications_is_refused_before_any_
     assert limited.status_code == 429
     assert limited.headers["content-type"].startswith("application/problem+json")
     assert int(limited.headers["retry-after"]) >= 1
+    assert limited.json()["limit"] == "failed_authentications"
     # The refused guess cost no lookup: it is not in the authenticator's cache.
     auth = gateway.app.state.services.auth
     lookups_before = len(auth._cache)
