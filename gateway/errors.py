@@ -58,6 +58,16 @@ class Problem(msgspec.Struct, omit_defaults=True, kw_only=True):
     missing_scopes: (
         Annotated[list[str], Meta(description="403: scopes a new key asks for that the caller lacks.")] | UnsetType
     ) = UNSET
+    beyond_caller: (
+        Annotated[
+            list[str],
+            Meta(
+                description="403: what of the key to rotate goes beyond the caller's own "
+                "(`scopes`, `rate_limit_per_minute`, `monthly_cap`, `expires_at`)."
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
     limit: (
         Annotated[
             str, Meta(description="429: which limit was reached, e.g. `concurrent_jobs` (the key's own: absent).")

@@ -24,7 +24,7 @@ from gateway.billing.admission import Admission, InputBlob, JobRequest, admit
 from gateway.db.outage import database_unavailable
 from gateway.domain.generation import EngineRequest, ImageInput
 from gateway.domain.requests import GenerationRequest, ImageToImageRequest, InpaintRequest, TextToImageRequest
-from gateway.errors import PROBLEM_BASE, Conflict, GatewayError, Problem, ValidationFailed, problem_response
+from gateway.errors import PROBLEM_BASE, Conflict, Problem, ValidationFailed, problem_response
 from gateway.routing.errors import NoEngineCanServe
 from gateway.state import Services
 from gateway.storage.inputs import CheckedImage, load_image
@@ -113,7 +113,7 @@ async def _replay(services: Services, principal: Principal, key: str, digest: by
             raise Conflict("This Idempotency-Key was used with a different request body.")
         if row["job_id"] is None:
             raise Conflict("A request with this Idempotency-Key is still being processed.")
-        view = await load_job_view(conn, row["job_id"], principal.tenant_id)
+        view = await load_job_view(conn, row["job_id"], principal.tenant)
     assert view is not None
     if view.state in ("queued", "running"):
         raise Conflict("A request with this Idempotency-Key is still being processed.", job_id=str(view.id))
@@ -210,15 +210,15 @@ async def generate(
         raise ValidationFailed(str(exc), reasons=exc.reasons) from exc
     if idempotency_key:
         await _claim_key(services, principal, idempotency_key, digest, job_id)
-    blobs = []
-    for role, image in images.items():
-        key = f"inputs/{job_id}/{role}"
-        await services.blobs.put(key, image.data, image.media_type)
-        blobs.append(InputBlob(role, key, image.media_type, image.width, image.height))
-    password_hash = await hash_password(body.download_password) if body.download_password else None
+    blobs: list[InputBlob] = []
     run_async = body.run_async or "respond-async" in (prefer or "")
     runner = services.runner
     try:
+        for role, image in images.items():
+            key = f"inputs/{job_id}/{role}"
+            await services.blobs.put(key, image.data, image.media_type)
+            blobs.append(InputBlob(role, key, image.media_type, image.width, image.height))
+        password_hash = await hash_password(body.download_password) if body.download_password else None
         spec = JobRequest(
             job_id=job_id,
             operation=operation,
@@ -237,8 +237,10 @@ async def generate(
             lease_s=services.settings.lease_s,
         )
         admission = await admit(services.pool, principal, spec, prices=services.prices, batcher=runner.admissions)
-    except GatewayError:
-        # Nothing was admitted: free the key so a retry (after a top-up, say) can go through.
+    except BaseException:
+        # Nothing was admitted: free the key so a retry (after a top-up, say) can go through. Also
+        # after an unexpected error (a blob store or database failure, a dropped client), or the key
+        # would answer "still being processed" for the whole idempotency TTL.
         if idempotency_key:
             async with services.pool.acquire() as conn:
                 await conn.execute(
@@ -312,7 +314,7 @@ async def _after_admission(
             if finished is not None:  # the settlement's own view of the job: no read back
                 return Submitted(job_view(*finished), pending=False)
     async with services.pool.acquire() as conn:
-        view = await load_job_view(conn, job_id, principal.tenant_id)
+        view = await load_job_view(conn, job_id, principal.tenant)
     assert view is not None
     return Submitted(view, pending=run_async)
 

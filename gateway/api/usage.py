@@ -68,9 +68,17 @@ class Usage(msgspec.Struct, kw_only=True):
 GroupBy = Literal["day", "operation", "engine", "key"]
 
 
-async def usage_rows(conn: Any, tenant_id: UUID | None, start: date, end: date, group_by: list[str]) -> list[UsageRow]:
-    """Usage from the daily rollup; `tenant_id=None` is the whole platform (operators)."""
-    rows = await bq.usage_totals(conn, tenant_id, start, end, group_by)
+async def usage_rows(conn: Any, tenant_id: UUID, start: date, end: date, group_by: list[str]) -> list[UsageRow]:
+    """One tenant's usage from the daily rollup."""
+    return _usage_rows(await bq.usage_totals(conn, tenant_id, start, end, group_by))
+
+
+async def platform_usage_rows(conn: Any, start: date, end: date, group_by: list[str]) -> list[UsageRow]:
+    """Every tenant's usage together, from the daily rollup: for operators only."""
+    return _usage_rows(await bq.platform_usage_totals(conn, start, end, group_by))
+
+
+def _usage_rows(rows: list[Any]) -> list[UsageRow]:
     return [
         UsageRow(
             day=r.get("day"),
@@ -103,9 +111,8 @@ async def tenant_balance(conn: Any, tenant_id: UUID) -> Balance:
 @get("/v1/balance", operation_id="getBalance", summary="Get the balance", tags=["billing"], opt={"scope": "usage:read"})
 async def balance(services: NamedDependency[Services], principal: NamedDependency[Principal]) -> Balance:
     """Balance, credits held by unfinished jobs, and what is available."""
-    assert principal.tenant_id is not None
     async with services.pool.acquire() as conn:
-        return await tenant_balance(conn, principal.tenant_id)
+        return await tenant_balance(conn, principal.tenant)
 
 
 @get(
@@ -123,10 +130,9 @@ async def ledger(
     limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
 ) -> LedgerPage:
     """Every balance change, newest first."""
-    assert principal.tenant_id is not None
     before = decode_id_cursor(cursor, INT64_MAX) if cursor else None
     async with services.pool.acquire() as conn:
-        rows = await bq.ledger_page(conn, principal.tenant_id, before, limit + 1)
+        rows = await bq.ledger_page(conn, principal.tenant, before, limit + 1)
     entries = [
         LedgerEntry(
             id=r["id"],
@@ -160,14 +166,13 @@ async def usage(
     group_by: FromQuery[list[GroupBy] | None] = None,
 ) -> Response[Any]:
     """Jobs, images and credits, grouped by day, operation, engine and/or key. `Accept: text/csv` for CSV."""
-    assert principal.tenant_id is not None
     end = end or datetime.now().date()
     start = start or end - timedelta(days=30)
     if start > end:
         raise ValidationFailed.field("start", "must not be after end")
     groups = list(dict.fromkeys(group_by or ["day"]))
     async with services.pool.acquire() as conn:
-        rows = await usage_rows(conn, principal.tenant_id, start, end, groups)
+        rows = await usage_rows(conn, principal.tenant, start, end, groups)
     if "text/csv" in request.headers.get("accept", ""):
         return Response(
             usage_csv(rows, groups),

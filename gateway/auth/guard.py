@@ -25,7 +25,8 @@ async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: Bas
     if opt.get("exclude_from_auth"):
         return
     services: Services = connection.app.state.services
-    principal = await services.auth.authenticate(presented_key(connection.headers))
+    client = connection.client.host if connection.client is not None else None
+    principal = await services.auth.authenticate(presented_key(connection.headers), client=client)
     if opt.get("operator"):
         if principal.kind != "operator":
             raise PermissionDenied("This endpoint needs an operator key.")

@@ -47,9 +47,10 @@ _DESCRIPTIONS = {
     413: "The body is larger than the gateway accepts.",
     415: "The body's Content-Type is not one this operation takes.",
     422: "A field or parameter is invalid; `errors` names each one.",
-    429: "The key's rate limit is spent: retry after `Retry-After` seconds.",
+    429: "The key's rate limit is spent, or this address made too many failed authentications "
+    "(`limit`: `failed_authentications`): retry after `Retry-After` seconds.",
     500: "An unexpected error; it has been logged.",
-    503: "The database is unreachable or restarting: retry after `Retry-After` seconds. Nothing was charged.",
+    503: "The database is unreachable or restarting (`database-unavailable`): retry after `Retry-After` seconds.",
 }
 
 HEADERS: dict[str, dict[str, Any]] = {

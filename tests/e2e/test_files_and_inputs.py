@@ -425,6 +425,8 @@ async def test_download_password_matrix_header_cookie_list_wrong_and_missing(gat
     finally:
         client.cookies.clear()
 
+    # Each wrong candidate above counted against the job's ten: the zip checks start on a new job.
+    job = await protected_job(gateway, key)
     zipped = await client.get(f"/v1/jobs/{job['id']}/files.zip", headers=auth(key))
     assert zipped.status_code == 401
     zipped = await client.get(f"/v1/jobs/{job['id']}/files.zip", headers={**auth(key), "X-Download-Password": "x"})
@@ -447,13 +449,16 @@ async def test_ten_wrong_passwords_lock_the_file_even_for_the_right_one(gateway:
     retry_after = int(locked.headers["retry-after"])
     assert 0 < retry_after <= 15 * 60
     assert locked.headers["content-type"].startswith("application/problem+json")
-    # The counter is per file: the job's other image still opens with the right password.
-    assert (await gateway.client.get(other_url, headers={"X-Download-Password": SIMPLE})).status_code == 200
+    # One password guards the whole job: its other image is locked as well.
+    assert (await gateway.client.get(other_url, headers={"X-Download-Password": SIMPLE})).status_code == 429
     # Failures older than the 15-minute window no longer count.
     async with gateway.pool.acquire() as conn:
         await conn.execute(
             "UPDATE files SET failures_since = now() - interval '16 minutes' WHERE id = $1",
             job["results"][0]["file_id"],
+        )
+        await conn.execute(
+            "UPDATE jobs SET download_failures_since = now() - interval '16 minutes' WHERE id = $1", job["id"]
         )
     assert (await gateway.client.get(locked_url, headers={"X-Download-Password": SIMPLE})).status_code == 200
 
