@@ -100,18 +100,70 @@ _EXAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
+_JOB_ID = "0b7e5f0e-4c1d-4a39-9a63-2f4c3f0d9a11"
+_JOB_EXAMPLE = {
+    "id": _JOB_ID,
+    "object": "job",
+    "operation": "text-to-image",
+    "state": "succeeded",
+    "progress": 1.0,
+    "n": 2,
+    "images_succeeded": 2,
+    "unit_price": 1.0,
+    "charged": 2.0,
+    "engine": "a2c",
+    "download_protected": True,
+    "results": [
+        {"index": 0, "status": "succeeded", "file_id": "f1Yl3Xv0", "url": "/v1/files/f1Yl3Xv0", "seed": 42},
+        {"index": 1, "status": "succeeded", "file_id": "Q9sK2m1a", "url": "/v1/files/Q9sK2m1a", "seed": 43},
+    ],
+    "zip_url": f"/v1/jobs/{_JOB_ID}/files.zip",
+    "attempts": [{"engine": "a2c", "outcome": "succeeded", "latency_ms": 3120, "images": 2}],
+    "error": None,
+    "created_at": "2026-12-04T09:30:00Z",
+    "started_at": "2026-12-04T09:30:00Z",
+    "finished_at": "2026-12-04T09:30:03Z",
+}
+_PROBLEM_EXAMPLES = {
+    "402": {
+        "type": "https://gateway.invalid/problems/insufficient-credits",
+        "title": "Insufficient credits",
+        "status": 402,
+        "detail": "This request costs 2.0 credits; 0.5 are available.",
+        "instance": "/v1/text-to-image",
+        "balance": 0.5,
+        "available": 0.5,
+        "price": 2.0,
+        "shortfall": 1.5,
+    },
+    "422": {
+        "type": "https://gateway.invalid/problems/validation-error",
+        "title": "The request is invalid",
+        "status": 422,
+        "detail": "n: Expected `int` <= 8",
+        "instance": "/v1/text-to-image",
+        "errors": [{"field": "n", "message": "Expected `int` <= 8"}],
+    },
+}
+
+
 def _generation(operation: dict[str, Any]) -> None:
     responses = operation["responses"]
+    for status, example in _PROBLEM_EXAMPLES.items():
+        responses[status]["content"]["application/problem+json"]["example"] = example
     ok = responses["200"]
+    ok["content"]["application/json"]["example"] = _JOB_EXAMPLE
     ok["description"] = "The job finished and made its images (see `results`); charged per image made."
     ok.setdefault("headers", {}).update(
         Location=_header("Location"), **{"Idempotent-Replayed": _header("Idempotent-Replayed")}
     )
     ok["links"] = _job_links()
+    running = {**_JOB_EXAMPLE, "state": "running", "progress": 0.4, "images_succeeded": 0, "charged": 0.0}
+    running.update(results=[], zip_url=None, attempts=[], finished_at=None)
     responses["202"] = {
         "description": 'Accepted: the job runs on (`Prefer: respond-async`, `"async": true`, or a sync job '
         "that outlived the wait). Poll `Location` or stream its events.",
-        "content": _JOB,
+        "content": {"application/json": {**_JOB["application/json"], "example": running}},
         "headers": {**ok["headers"], "Location": _header("Location", required=True)},
         "links": _job_links(),
     }
