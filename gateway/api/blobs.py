@@ -15,7 +15,7 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 
-from gateway.db.jobs import job_status
+from gateway.db.jobs import get_job_of_any_tenant
 from gateway.errors import Gone, NotFound, PermissionDenied
 from gateway.state import Services
 from gateway.storage.base import BlobNotFound
@@ -38,7 +38,7 @@ async def input_blob(
     # Keys are inputs/<job id>/<role> (gateway/api/images.py); the signature vouches for the form.
     job_id = UUID(blob_key.split("/")[1])
     async with services.pool.acquire() as conn:
-        job = await job_status(conn, job_id)
+        job = await get_job_of_any_tenant(conn, job_id)
     if job is None or job["state"] not in _ACTIVE:
         raise Gone("the job this input belongs to has finished")
     try:

@@ -95,6 +95,12 @@ async def get_job(conn: Conn, job_id: UUID, tenant_id: UUID) -> asyncpg.Record |
     )
 
 
+async def get_job_of_any_tenant(conn: Conn, job_id: UUID) -> asyncpg.Record | None:
+    """The job whoever's it is: for the gateway's own work on it (the runner, signed input URLs),
+    never for an answer to a tenant."""
+    return await conn.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)  # noqa: S608
+
+
 async def details_of(
     conn: Conn, job_ids: list[UUID]
 ) -> tuple[dict[UUID, list[asyncpg.Record]], dict[UUID, list[asyncpg.Record]]]:

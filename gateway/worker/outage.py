@@ -39,7 +39,7 @@ async def fail_when_reachable(
                 if cleanup is not None:
                     await cleanup(conn)
                     cleanup = None
-                job = await jq.get_job(conn, job_id)
+                job = await jq.get_job_of_any_tenant(conn, job_id)
             if job is None or job["state"] not in ("queued", "running"):
                 return
             await settle(job)
