@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,6 +13,7 @@ from litestar import Litestar, Request
 from litestar.config.response_cache import ResponseCacheConfig
 from litestar.datastructures import MutableScopeHeaders
 from litestar.di import Provide
+from litestar.routes import HTTPRoute
 from litestar.types import Message, Scope
 
 from gateway import dashboard
@@ -20,6 +22,7 @@ from gateway.api import (
     admin_billing,
     admin_engines,
     admin_keys,
+    blobs,
     files,
     health,
     images,
@@ -99,6 +102,21 @@ async def _add_rate_headers(message: Message, scope: Scope) -> None:
                 headers[name] = value
 
 
+async def _allow_every_method(message: Message, scope: Scope) -> None:
+    """OPTIONS answers `Allow` with every method of the path. Litestar's automatic OPTIONS handler
+    lists only the methods its path had when that handler was made, so `/v1/keys` said
+    `OPTIONS, POST` without GET: the list comes from the finished route table instead."""
+    if message["type"] == "http.response.start" and scope.get("method") == "OPTIONS":
+        allowed = _allowed_methods(scope["app"]).get(scope.get("path_template", ""))
+        if allowed:
+            MutableScopeHeaders.from_message(message)["Allow"] = allowed
+
+
+@functools.cache
+def _allowed_methods(app: Litestar) -> dict[str, str]:
+    return {route.path: ", ".join(sorted(route.methods)) for route in app.routes if isinstance(route, HTTPRoute)}
+
+
 def max_request_body(settings: Settings) -> int:
     """The largest request body worth reading: two base64-encoded inputs at the size limit."""
     return 2 * (settings.max_input_bytes * 4 // 3 + 4) + 1024 * 1024
@@ -112,6 +130,7 @@ def create_app(settings: Settings) -> Litestar:
             *images.routes,
             *jobs.routes,
             *files.routes,
+            *blobs.routes,
             *keys.routes,
             *usage.routes,
             *admin.routes,
@@ -129,7 +148,7 @@ def create_app(settings: Settings) -> Litestar:
         },
         guards=[authorize],
         before_request=decode_strictly,
-        before_send=[_add_rate_headers],
+        before_send=[_add_rate_headers, _allow_every_method],
         exception_handlers={Exception: handle_exception},
         lifespan=[_lifespan],
         openapi_config=openapi_config(),

@@ -2,6 +2,8 @@
 
 With no engines configured, the diffusion backend runs in-process on the demo model (or
 `gpu.model_path`), reached through the same HTTP client code as a remote `gateway gpu-worker`.
+A configured `kind = "diffusion"` engine without `base_url` is served by that same in-process
+service, so a vendor and the local model can share one route on one machine.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 
 from gateway.auth.keys import KeyAuthenticator
 from gateway.config import EngineConfig, Settings
@@ -21,12 +24,13 @@ from gateway.db.notifications import JOB_EVENTS_CHANNEL, JobWatchers, Listener
 from gateway.db.pool import Pool
 from gateway.domain.generation import OPERATIONS
 from gateway.engines.base import Engine
-from gateway.engines.registry import build_engines
+from gateway.engines.registry import build_engines, check_route_capabilities, in_process
 from gateway.metrics import Metrics
 from gateway.routing.router import Router
 from gateway.state import Services
 from gateway.storage.base import BlobStore
 from gateway.storage.filesystem import FilesystemBlobStore
+from gateway.storage.links import BlobLinks, load_or_create_key
 from gateway.storage.s3 import S3BlobStore
 from gateway.webhooks.dispatcher import WebhookDispatcher
 from gateway.worker.runner import JobRunner
@@ -36,7 +40,10 @@ log = logging.getLogger(__name__)
 LOCAL_ENGINE = "local-diffusion"
 
 
-async def _in_process_diffusion(settings: Settings, extras: dict[str, Any]) -> dict[str, Engine]:
+async def _in_process_diffusion(
+    settings: Settings, extras: dict[str, Any], configs: dict[str, EngineConfig]
+) -> dict[str, Engine]:
+    """One GPU service in this process, and an engine over it for each of `configs`."""
     # Imported here: torch and diffusers load only when the in-process backend is used.
     from gateway.engines.diffusion import DiffusionEngine, in_process_client  # noqa: PLC0415
     from gateway.gpu.server import create_gpu_app, model_path  # noqa: PLC0415
@@ -47,8 +54,36 @@ async def _in_process_diffusion(settings: Settings, extras: dict[str, Any]) -> d
     await service.start()
     app = create_gpu_app(settings.gpu, None, service=service)
     extras["gpu_service"] = service
-    engine = DiffusionEngine(LOCAL_ENGINE, EngineConfig(kind="diffusion", timeout_s=600), in_process_client(app))
-    return {LOCAL_ENGINE: engine}
+    # The in-process app checks gpu.secret_env's secret when one is set, as a worker would.
+    secret = settings.gpu.shared_secret
+    return {
+        name: DiffusionEngine(name, msgspec.structs.replace(cfg, api_key=secret), in_process_client(app))
+        for name, cfg in configs.items()
+    }
+
+
+async def build_engines_and_router(settings: Settings, metrics: Metrics, extras: dict[str, Any]) -> Router:
+    """The configured engines (or, with none, the in-process model on every operation) and their router."""
+    if not settings.engines:
+        local = {LOCAL_ENGINE: EngineConfig(kind="diffusion", timeout_s=600)}
+        engines = await _in_process_diffusion(settings, extras, local)
+        return Router(engines, {op: [LOCAL_ENGINE] for op in OPERATIONS}, settings.routing, metrics)
+    check_route_capabilities(settings)
+    engines = build_engines(settings)
+    local = {name: cfg for name, cfg in settings.engines.items() if in_process(cfg)}
+    if local:
+        engines.update(await _in_process_diffusion(settings, extras, local))
+    # Configuration order, whatever was built where: the router reports health in this order.
+    ordered = {name: engines[name] for name in settings.engines}
+    return Router.from_settings(settings, ordered, metrics)
+
+
+def build_blob_links(settings: Settings) -> BlobLinks | None:
+    """The signer of the gateway's own input URLs: filesystem store with `public_base_url` only."""
+    if settings.storage.kind != "filesystem" or not settings.public_base_url:
+        return None
+    key = load_or_create_key(settings.data_path, settings.blob_signing_key)
+    return BlobLinks(key, settings.public_base_url)
 
 
 def build_blob_store(settings: Settings) -> BlobStore:
@@ -73,17 +108,23 @@ async def build_services(
     """Everything the app needs, in dependency order."""
     extras: dict[str, Any] = {}
     blobs = build_blob_store(settings)
-    if settings.storage.kind == "s3":
-        # Engines that fetch inputs by URL (Qolaba) can be offered jobs: the store presigns them.
+    links = build_blob_links(settings)
+    if settings.storage.kind == "s3" or links is not None:
+        # Engines that fetch inputs by URL (Qolaba) can be offered jobs: the store presigns them,
+        # or the gateway serves them at its own signed URLs.
         extras["signs_inputs"] = True
-    if settings.engines:
-        engines = build_engines(settings)
-        router = Router.from_settings(settings, engines, metrics)
-    else:
-        engines = await _in_process_diffusion(settings, extras)
-        router = Router(engines, {op: [LOCAL_ENGINE] for op in OPERATIONS}, settings.routing, metrics)
+    extras["blob_links"] = links
+    router = await build_engines_and_router(settings, metrics, extras)
     extras["fetch_client"] = httpx.AsyncClient(timeout=settings.fetch_timeout_s, follow_redirects=False)
-    runner = JobRunner(pool=pool, router=router, blobs=blobs, settings=settings, metrics=metrics, dsn=dsn)
+    runner = JobRunner(
+        pool=pool,
+        router=router,
+        blobs=blobs,
+        settings=settings,
+        metrics=metrics,
+        dsn=dsn,
+        signer=links.url if links is not None else None,
+    )
     services = Services(
         settings=settings,
         pool=pool,

@@ -22,6 +22,16 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     return load_settings(overrides=extra)
 
 
+def _startup_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """Settings for a process that serves: every check that can fail at start-up, before it starts,
+    so a bad route is a one-line `configuration error` rather than a traceback from the lifespan."""
+    from gateway.engines.registry import check_route_capabilities  # noqa: PLC0415
+
+    settings = _settings(args, **overrides)
+    check_route_capabilities(settings)
+    return settings
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -72,7 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for name, value in (("GATEWAY_HOST", args.host), ("GATEWAY_PORT", args.port)):
         if value is not None:
             os.environ[name] = str(value)
-    settings = _settings(args)
+    settings = _startup_settings(args)
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -101,7 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from gateway.app import _lifespan, create_app  # noqa: PLC0415
 
-    settings = _settings(args, run_worker=True)
+    settings = _startup_settings(args, run_worker=True)
     configure_logging(settings.log_level, settings.logging.format)
     app = create_app(settings)
 
@@ -160,6 +170,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     asyncio.run(_with_pool(_settings(args), noop))
     print("migrations applied")
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from gateway.doctor import main as doctor  # noqa: PLC0415
+
+    return doctor(args.json)
 
 
 def cmd_openapi(args: argparse.Namespace) -> int:
@@ -273,80 +289,119 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description="Image-generation API gateway.")
-    sub = parser.add_subparsers(dest="command", required=True)
+GPU_WORKER_EPILOG = """\
+settings that matter (the [gpu] table of gateway.toml):
+  gpu.host, gpu.port      where it listens (default 127.0.0.1:8090)
+  gpu.secret_env          REQUIRED: the name of the variable holding the shared secret; the
+                          gateway's diffusion engine must hold the same value in the variable
+                          its engines.NAME.api_key_env names, with base_url = http://HOST:PORT
+  gpu.model_path          a diffusers folder (default: the demo model in the data folder)
+  gpu.device, gpu.dtype   auto, cpu, cuda / auto, float32, float16, bfloat16
+  gpu.max_batch, gpu.batch_window_ms   batching of concurrent requests
 
-    serve = sub.add_parser("serve", help="HTTP API and in-process job runner")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+Only needed on a separate GPU machine: an engine of kind "diffusion" without base_url runs the
+same service inside `gateway serve`.
+"""
+
+
+def _command(sub: Any, name: str, help: str, fn: Any, **kwargs: Any) -> argparse.ArgumentParser:
+    """A sub-command whose one-line `help` shows in its parent's --help and heads its own."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help, **kwargs)
+    parser.set_defaults(fn=fn)
+    return parser
+
+
+def _group(sub: Any, name: str, help: str) -> Any:
+    """A command with sub-commands of its own (`gateway tenants create`)."""
+    parser = sub.add_parser(name, help=help, description=help)
+    return parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="Image-generation API gateway. Settings: gateway.toml ($GATEWAY_CONFIG) and GATEWAY_* variables.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = _command(sub, "serve", "HTTP API and in-process job runner", cmd_serve)
+    serve.add_argument("--host", help="listen address (default: the host setting, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default: the port setting, 8000)")
     serve.add_argument(
         "--workers", type=_positive, default=1, help="processes serving the one socket (default 1; about one per core)"
     )
-    serve.set_defaults(fn=cmd_serve)
-    sub.add_parser("worker", help="job runner only").set_defaults(fn=cmd_worker)
-    sub.add_parser("gpu-worker", help="GPU diffusion service only").set_defaults(fn=cmd_gpu_worker)
-    sub.add_parser("migrate", help="apply migrations and exit").set_defaults(fn=cmd_migrate)
-    openapi = sub.add_parser("openapi", help="write the OpenAPI document")
-    openapi.add_argument("--out")
-    openapi.set_defaults(fn=cmd_openapi)
-
-    tenants = sub.add_parser("tenants").add_subparsers(dest="action", required=True)
-    tcreate = tenants.add_parser("create", help="new tenant, wallet topped up, first key printed once")
-    tcreate.add_argument("name")
-    tcreate.add_argument("--credits", type=float, default=0.0)
-    tcreate.add_argument("--json", action="store_true")
-    tcreate.set_defaults(fn=cmd_tenants_create)
-
-    keys = sub.add_parser("keys").add_subparsers(dest="action", required=True)
-    kcreate = keys.add_parser("create", help="a tenant key, printed once")
-    kcreate.add_argument("--tenant", required=True)
-    kcreate.add_argument("--scopes")
-    kcreate.add_argument("--json", action="store_true")
-    kcreate.set_defaults(fn=cmd_keys_create)
-
-    admin_keys = sub.add_parser("admin-keys").add_subparsers(dest="action", required=True)
-    acreate = admin_keys.add_parser("create", help="an operator key, printed once")
-    acreate.add_argument("--json", action="store_true")
-    acreate.set_defaults(fn=cmd_admin_keys_create)
-    alist = admin_keys.add_parser("list", help="operator keys, never their secrets")
-    alist.add_argument("--json", action="store_true")
-    alist.set_defaults(fn=cmd_admin_keys_list)
-    arevoke = admin_keys.add_parser("revoke", help="revoke an operator key (not the last active one)")
-    arevoke.add_argument("key_id")
-    arevoke.add_argument("--json", action="store_true")
-    arevoke.set_defaults(fn=cmd_admin_keys_revoke)
-
-    billing = sub.add_parser("billing").add_subparsers(dest="action", required=True)
-    billing.add_parser("audit", help="check every ledger invariant; exit 0 only if all hold").set_defaults(
-        fn=cmd_billing_audit
+    _command(sub, "worker", "job runner only (no HTTP API)", cmd_worker)
+    _command(
+        sub,
+        "gpu-worker",
+        "GPU diffusion service only, for a separate GPU machine (needs gpu.secret_env)",
+        cmd_gpu_worker,
+        epilog=GPU_WORKER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _command(sub, "migrate", "apply database migrations and exit", cmd_migrate)
+    doctor = _command(
+        sub, "doctor", "check configuration, database, blob store, engines and routes; exit 1 on a failure", cmd_doctor
+    )
+    _json_flag(doctor)
+    openapi = _command(sub, "openapi", "write the OpenAPI document", cmd_openapi)
+    openapi.add_argument("--out", help="file to write (default: standard output)")
 
-    gen = sub.add_parser("generate", help="submit a job to a running gateway, show its progress, save the image(s)")
-    gen.add_argument("prompt")
-    gen.add_argument("--op", choices=["text-to-image", "image-to-image", "inpaint"], default="text-to-image")
+    tenants = _group(sub, "tenants", "manage tenants")
+    tcreate = _command(tenants, "create", "new tenant, wallet topped up, first key printed once", cmd_tenants_create)
+    tcreate.add_argument("name", help="the tenant's display name")
+    tcreate.add_argument("--credits", type=float, default=0.0, help="credits to top the wallet up with (default 0)")
+    _json_flag(tcreate)
+
+    keys = _group(sub, "keys", "manage tenant API keys")
+    kcreate = _command(keys, "create", "a tenant key, printed once", cmd_keys_create)
+    kcreate.add_argument("--tenant", required=True, help="the tenant's id")
+    kcreate.add_argument("--scopes", help="comma-separated scopes (default: all)")
+    _json_flag(kcreate)
+
+    admin_keys = _group(sub, "admin-keys", "manage operator keys (for /v1/admin and the operator dashboard)")
+    _json_flag(_command(admin_keys, "create", "an operator key, printed once", cmd_admin_keys_create))
+    _json_flag(_command(admin_keys, "list", "operator keys, never their secrets", cmd_admin_keys_list))
+    arevoke = _command(admin_keys, "revoke", "revoke an operator key (not the last active one)", cmd_admin_keys_revoke)
+    arevoke.add_argument("key_id", help="the key's id, as `admin-keys list` shows it")
+    _json_flag(arevoke)
+
+    billing = _group(sub, "billing", "billing checks")
+    _command(billing, "audit", "check every ledger invariant; exit 0 only if all hold", cmd_billing_audit)
+
+    gen = _command(
+        sub, "generate", "submit a job to a running gateway, show its progress, save the image(s)", cmd_generate
+    )
+    gen.add_argument("prompt", help="what to draw")
+    gen.add_argument(
+        "--op", choices=["text-to-image", "image-to-image", "inpaint"], default="text-to-image", help="the operation"
+    )
     gen.add_argument("--out", default="image.png", help="where to save; with --n > 1, NAME-0.EXT, NAME-1.EXT, ...")
     gen.add_argument("--image", help="input image file (image-to-image, inpaint)")
     gen.add_argument("--mask", help="mask file, white = repaint (inpaint)")
     gen.add_argument("--url", help="the gateway's base URL (default: $GATEWAY_URL or http://127.0.0.1:8000)")
     gen.add_argument("--key", help="a tenant API key (default: $GATEWAY_API_KEY)")
-    gen.add_argument("--n", type=int)
-    gen.add_argument("--width", type=int)
-    gen.add_argument("--height", type=int)
-    gen.add_argument("--steps", type=int)
-    gen.add_argument("--seed", type=int)
-    gen.add_argument("--strength", type=float)
-    gen.add_argument("--aspect-ratio", dest="aspect_ratio")
-    gen.add_argument("--output-format", dest="output_format", choices=["png", "jpeg", "webp"])
-    gen.add_argument("--negative-prompt", dest="negative_prompt")
+    gen.add_argument("--n", type=int, help="number of images")
+    gen.add_argument("--width", type=int, help="pixels")
+    gen.add_argument("--height", type=int, help="pixels")
+    gen.add_argument("--steps", type=int, help="denoising steps")
+    gen.add_argument("--seed", type=int, help="seed of the first image")
+    gen.add_argument("--strength", type=float, help="how far to move from the input image (0-1)")
+    gen.add_argument("--aspect-ratio", dest="aspect_ratio", help="e.g. 16:9, instead of width and height")
+    gen.add_argument(
+        "--output-format", dest="output_format", choices=["png", "jpeg", "webp"], help="re-encode the images"
+    )
+    gen.add_argument("--negative-prompt", dest="negative_prompt", help="what not to draw")
     gen.add_argument("--password", help="protect the outputs with this download password")
     gen.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the job")
-    gen.set_defaults(fn=cmd_generate)
 
-    gpu = sub.add_parser("gpu").add_subparsers(dest="action", required=True)
-    demo = gpu.add_parser("make-demo-model", help="build the small random-weight demo model offline")
-    demo.add_argument("dir")
-    demo.set_defaults(fn=cmd_make_demo_model)
+    gpu = _group(sub, "gpu", "GPU model tools")
+    demo = _command(gpu, "make-demo-model", "build the small random-weight demo model offline", cmd_make_demo_model)
+    demo.add_argument("dir", help="folder to write the diffusers model into")
     return parser
 
 

@@ -11,6 +11,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -31,6 +32,8 @@ class Secret(str):
 
 
 EngineKind = Literal["api2convert", "qolaba", "aithriving", "diffusion"]
+# Kinds that call a vendor's API: a base_url and an API key are required.
+VENDOR_KINDS = frozenset({"api2convert", "qolaba", "aithriving"})
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -40,6 +43,8 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """`[engines.NAME]` in gateway.toml."""
 
     kind: EngineKind
+    # Required for vendors. For kind = "diffusion": a `gateway gpu-worker`'s address, or empty
+    # for the in-process GPU service (the one the no-engines default uses).
     base_url: str = ""
     api_key_env: str | None = None
     timeout_s: PositiveFloat = 120.0  # whole-job budget for one attempt on this engine
@@ -260,24 +265,34 @@ def _decode(raw: dict[str, Any], source: str) -> Settings:
 
 
 def _resolve_secrets(settings: Settings, environ: Mapping[str, str]) -> Settings:
-    def secret(var: str | None, what: str) -> Secret | None:
+    def secret(var: str | None, what: str, fix: str) -> Secret | None:
         if var is None:
             return None
-        if var not in environ:
-            raise ConfigError(f"{what}: environment variable {var} is not set")
+        if not environ.get(var):
+            state = "is empty" if var in environ else "is not set"
+            raise ConfigError(f"{what}: environment variable {var} {state}; {fix}")
         return Secret(environ[var])
 
     engines = {
-        name: msgspec.structs.replace(cfg, api_key=secret(cfg.api_key_env, f"engines.{name}.api_key_env"))
+        name: msgspec.structs.replace(
+            cfg, api_key=secret(cfg.api_key_env, f"engines.{name}.api_key_env", _key_fix(cfg))
+        )
         for name, cfg in settings.engines.items()
     }
-    gpu = msgspec.structs.replace(settings.gpu, shared_secret=secret(settings.gpu.secret_env, "gpu.secret_env"))
+    gpu_fix = "export it with the secret the GPU worker and its diffusion engines share"
+    gpu_secret = secret(settings.gpu.secret_env, "gpu.secret_env", gpu_fix)
+    gpu = msgspec.structs.replace(settings.gpu, shared_secret=gpu_secret)
     storage = settings.storage
     if storage.kind == "s3":
+        s3_fix = "export it with the S3 {0}, or name another variable in storage.{1}"
         storage = msgspec.structs.replace(
             storage,
-            access_key=secret(storage.access_key_env, "storage.access_key_env"),
-            secret_key=secret(storage.secret_key_env, "storage.secret_key_env"),
+            access_key=secret(
+                storage.access_key_env, "storage.access_key_env", s3_fix.format("access key id", "access_key_env")
+            ),
+            secret_key=secret(
+                storage.secret_key_env, "storage.secret_key_env", s3_fix.format("secret key", "secret_key_env")
+            ),
         )
     signing = environ.get("GATEWAY_BLOB_SIGNING_KEY")
     return msgspec.structs.replace(
@@ -289,11 +304,67 @@ def _resolve_secrets(settings: Settings, environ: Mapping[str, str]) -> Settings
     )
 
 
+def _key_fix(cfg: EngineConfig) -> str:
+    if cfg.kind == "diffusion":
+        return "export it with the GPU worker's shared secret (the value of the variable its gpu.secret_env names)"
+    return f"export it with your {cfg.kind} API key"
+
+
+def _check_url(value: str, key: str) -> None:
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{key}: must be an http(s) URL, got {value!r}")
+
+
+def _check_engines(settings: Settings) -> None:
+    """Engine tables that cannot work, refused before any secret is read."""
+    for name, cfg in settings.engines.items():
+        key = f"engines.{name}"
+        if cfg.kind in VENDOR_KINDS:
+            if not cfg.base_url:
+                raise ConfigError(
+                    f'{key}.base_url: required for kind = "{cfg.kind}"; set it to the vendor\'s API address'
+                )
+            if cfg.api_key_env is None:
+                raise ConfigError(
+                    f'{key}.api_key_env: required for kind = "{cfg.kind}"; name the environment variable '
+                    "that holds the vendor's API key"
+                )
+        elif cfg.base_url and cfg.api_key_env is None:
+            # gpu-worker refuses to start without a secret, so a remote one always wants it.
+            raise ConfigError(
+                f"{key}.api_key_env: a remote GPU worker (base_url set) needs its shared secret; name the "
+                "environment variable holding the value the worker's gpu.secret_env names, or remove "
+                "base_url to run the model in this process"
+            )
+        if cfg.base_url:
+            _check_url(cfg.base_url, f"{key}.base_url")
+
+
+def _check_gpu_secrets(settings: Settings) -> None:
+    """A diffusion engine pointed at this configuration's own GPU worker must hold its secret."""
+    worker = settings.gpu
+    if worker.shared_secret is None:
+        return
+    for name, cfg in settings.engines.items():
+        if cfg.kind != "diffusion" or not cfg.base_url or cfg.api_key is None:
+            continue
+        if urlsplit(cfg.base_url).port != worker.port or cfg.api_key == worker.shared_secret:
+            continue
+        raise ConfigError(
+            f"engines.{name}.api_key_env: {cfg.api_key_env} differs from gpu.secret_env ({worker.secret_env}), "
+            f"so the GPU worker on port {worker.port} refuses this engine; give both variables the same value"
+        )
+
+
 def _check_routes(settings: Settings) -> None:
     for operation, names in settings.routes.items():
         for name in names:
             if name not in settings.engines:
-                raise ConfigError(f"routes.{operation}: unknown engine {name!r}")
+                known = ", ".join(sorted(settings.engines)) or "none"
+                raise ConfigError(
+                    f"routes.{operation}: unknown engine {name!r}; add an [engines.{name}] table "
+                    f"or remove it from the route (engines configured: {known})"
+                )
 
 
 def _check_storage(storage: StorageConfig) -> None:
@@ -307,6 +378,21 @@ def _check_storage(storage: StorageConfig) -> None:
             raise ConfigError(f"storage.{name}: must be an http(s) URL, got {url!r}")
 
 
+def read_config_file(
+    env: Mapping[str, str], config_path: str | os.PathLike[str] | None = None
+) -> tuple[dict[str, Any], str | os.PathLike[str] | None]:
+    """The config file's table (empty without one) and its path: `config_path`, or GATEWAY_CONFIG."""
+    path = config_path or env.get("GATEWAY_CONFIG")
+    if path is None:
+        return {}, None
+    try:
+        return tomllib.loads(Path(path).read_text()), path
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     *,
@@ -315,15 +401,7 @@ def load_settings(
 ) -> Settings:
     """Read gateway.toml (if any), then GATEWAY_* variables, then explicit overrides (CLI flags)."""
     env = os.environ if environ is None else environ
-    raw: dict[str, Any] = {}
-    path = config_path or env.get("GATEWAY_CONFIG")
-    if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
+    raw, path = read_config_file(env, config_path)
     source = str(path) if path else "settings"
     for key in ("api_key", "shared_secret", "blob_signing_key"):
         if key in raw:
@@ -339,6 +417,10 @@ def load_settings(
     raw.update(overrides or {})
     decoded = _decode(raw, source)
     _check_storage(decoded.storage)
+    _check_engines(decoded)
+    if decoded.public_base_url is not None:
+        _check_url(decoded.public_base_url, "public_base_url")
     settings = _resolve_secrets(decoded, env)
+    _check_gpu_secrets(settings)
     _check_routes(settings)
     return settings

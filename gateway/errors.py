@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 from litestar import MediaType, Request, Response
@@ -19,7 +19,9 @@ from litestar.exceptions import (
     SerializationException,
     ValidationException,
 )
+from msgspec import UNSET, Meta, UnsetType
 
+from gateway.db.outage import RETRY_AFTER_S, database_unavailable
 from gateway.observability.context import current_request_id
 
 log = logging.getLogger(__name__)
@@ -31,22 +33,74 @@ PROBLEM_BASE = "https://gateway.invalid/problems/"
 class FieldError(msgspec.Struct, frozen=True):
     """One invalid field: `field` is the JSON path without the leading `$.`."""
 
-    field: str
+    field: Annotated[str, Meta(description="The field's path, e.g. `n` or `rules[0].base`; empty for the whole body.")]
     message: str
 
 
 class Problem(msgspec.Struct, omit_defaults=True, kw_only=True):
-    """RFC 9457 problem details, plus our extension members."""
+    """An error as RFC 9457 problem details; `type` is stable. Extension members appear only where they apply."""
 
-    type: str
-    title: str
-    status: int
-    detail: str | None = None
-    instance: str | None = None
-    errors: list[FieldError] | None = None
-    # The X-Request-Id of the request answered: what to quote to an operator, who finds its logs and trace by it.
-    request_id: str | None = None
-    extra: dict[str, Any] | None = None
+    type: Annotated[str, Meta(description="A URI naming the kind of problem; stable across releases.")]
+    title: Annotated[str, Meta(description="A short summary of the kind of problem.")]
+    status: Annotated[int, Meta(ge=400, le=599, description="The HTTP status code of this answer.")]
+    # UNSET, not None: an absent member is left out of the body, never sent as null.
+    detail: Annotated[str, Meta(description="What went wrong with this request.")] | UnsetType = UNSET
+    instance: (
+        Annotated[str, Meta(description="The path the problem occurred on (or the failed job's).")] | UnsetType
+    ) = UNSET
+    errors: Annotated[list[FieldError], Meta(description="422: every invalid field.")] | UnsetType = UNSET
+    reasons: (
+        Annotated[
+            dict[str, str], Meta(description="422 when no engine can serve the request: why each engine was excluded.")
+        ]
+        | UnsetType
+    ) = UNSET
+    required_scope: Annotated[str, Meta(description="403: the scope the key lacks.")] | UnsetType = UNSET
+    missing_scopes: (
+        Annotated[list[str], Meta(description="403: scopes a new key asks for that the caller lacks.")] | UnsetType
+    ) = UNSET
+    beyond_caller: (
+        Annotated[
+            list[str],
+            Meta(
+                description="403: what of the key to rotate goes beyond the caller's own "
+                "(`scopes`, `rate_limit_per_minute`, `monthly_cap`, `expires_at`)."
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    limit: (
+        Annotated[
+            str, Meta(description="429: which limit was reached, e.g. `concurrent_jobs` (the key's own: absent).")
+        ]
+        | UnsetType
+    ) = UNSET
+    balance: Annotated[float, Meta(description="402: the wallet's balance, in credits.")] | UnsetType = UNSET
+    available: (
+        Annotated[float, Meta(description="402: credits available (balance less those held for running jobs).")]
+        | UnsetType
+    ) = UNSET
+    price: Annotated[float, Meta(description="402: what the request costs, in credits.")] | UnsetType = UNSET
+    shortfall: Annotated[float, Meta(description="402: the credits missing.")] | UnsetType = UNSET
+    monthly_cap: Annotated[float, Meta(description="402: the key's monthly credit cap.")] | UnsetType = UNSET
+    spent_this_month: (
+        Annotated[float, Meta(description="402: what the key has spent this month, in credits.")] | UnsetType
+    ) = UNSET
+    job_id: (
+        Annotated[str, Meta(description="409: the job an earlier request with this Idempotency-Key runs.")] | UnsetType
+    ) = UNSET
+    pending_migrations: (
+        Annotated[list[str], Meta(description="503 from /readyz: migrations not yet applied.")] | UnsetType
+    ) = UNSET
+    # A failed sync generation carries its job (a JobView: the document types it; errors.py sits
+    # below the api package and cannot import the view).
+    job: Annotated[Any, Meta(description="A failed synchronous generation: the job, with its attempts.")] = UNSET
+    # Every problem the gateway answers names its request: what to quote to an operator, who finds the
+    # request's log lines and trace by it. Unset only for a problem encoded outside any request.
+    request_id: (
+        Annotated[str, Meta(description="The X-Request-Id of this answer, for the operator to find its logs.")]
+        | UnsetType
+    ) = UNSET
 
 
 class GatewayError(Exception):
@@ -72,14 +126,13 @@ class GatewayError(Exception):
         self.extra = extra
 
     def problem(self, instance: str | None = None) -> Problem:
+        # `extra` names Problem's extension members: an unknown one fails here, in every test that raises it.
+        optional = {"detail": self.detail, "instance": instance, "errors": self.errors, **self.extra}
         return Problem(
             type=PROBLEM_BASE + self.slug,
             title=self.title,
             status=self.http_status,
-            detail=self.detail,
-            instance=instance,
-            errors=self.errors,
-            extra=self.extra or None,
+            **{name: value for name, value in optional.items() if value is not None},
         )
 
 
@@ -153,6 +206,12 @@ class ServiceUnavailable(GatewayError):
     status, slug, title = 503, "service-unavailable", "Service unavailable"
 
 
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database is unreachable or restarting; the request changed nothing and may be retried."""
+
+    slug, title = "database-unavailable", "Database unavailable"
+
+
 _JSON_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 
 
@@ -167,15 +226,11 @@ def field_errors_from_msgspec(message: str) -> list[FieldError]:
 
 def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> Response[bytes]:
     """Encode one problem as the HTTP response, with the current request's id."""
-    if problem.request_id is None:
-        problem = msgspec.structs.replace(problem, request_id=current_request_id())
-    body = msgspec.json.encode(problem)
-    if problem.extra:
-        # Extension members sit at the top level of the object, as RFC 9457 says.
-        merged = msgspec.json.decode(body)
-        merged.update(merged.pop("extra"))
-        body = msgspec.json.encode(merged)
-    return Response(content=body, status_code=problem.status, media_type=PROBLEM_JSON, headers=headers)
+    if problem.request_id is UNSET and (request_id := current_request_id()) is not None:
+        problem = msgspec.structs.replace(problem, request_id=request_id)
+    return Response(
+        content=msgspec.json.encode(problem), status_code=problem.status, media_type=PROBLEM_JSON, headers=headers
+    )
 
 
 def _to_gateway_error(exc: Exception) -> GatewayError:
@@ -193,6 +248,11 @@ def _to_gateway_error(exc: Exception) -> GatewayError:
         error = HttpError(exc.detail, headers=dict(exc.headers or {}))
         error.http_status = exc.status_code
         return error
+    if database_unavailable(exc):
+        log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+        return DatabaseUnavailable(
+            "The database is unreachable; retry shortly.", headers={"Retry-After": str(RETRY_AFTER_S)}
+        )
     log.exception("unhandled error", exc_info=exc)
     return GatewayError("An unexpected error occurred; it has been logged.")
 
@@ -223,6 +283,7 @@ __all__ = [
     "PROBLEM_JSON",
     "BadRequest",
     "Conflict",
+    "DatabaseUnavailable",
     "EnginesUnavailable",
     "FieldError",
     "GatewayError",

@@ -13,6 +13,7 @@ import asyncpg
 
 # Imported at run time (not under TYPE_CHECKING): Litestar resolves these hints for injection.
 from gateway.auth.keys import KeyAuthenticator
+from gateway.auth.limits import DownloadLimits
 from gateway.billing.admission import PriceCache
 from gateway.config import Settings
 from gateway.db.embedded import EmbeddedPostgres
@@ -38,3 +39,5 @@ class Services:
     prices: PriceCache = field(default_factory=PriceCache)
     # Database errors as one tuple, so handlers can catch them without importing asyncpg.
     db_errors: tuple[type[BaseException], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError)
+    # Password hashes downloads may cost per client address and per file (gateway/api/files.py).
+    download_limits: DownloadLimits = field(default_factory=DownloadLimits)

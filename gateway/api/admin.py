@@ -123,7 +123,14 @@ async def _load_tenant(services: Services, tenant_id: UUID) -> TenantView:
     return _tenant_view(row)
 
 
-@post("/v1/admin/tenants", tags=["admin"], summary="Create a tenant", opt=_ADMIN, status_code=201)
+@post(
+    "/v1/admin/tenants",
+    operation_id="createTenant",
+    summary="Create a tenant",
+    tags=["admin-tenants"],
+    opt=_ADMIN,
+    status_code=201,
+)
 async def create_tenant(
     services: NamedDependency[Services], principal: NamedDependency[Principal], data: JSONBody[TenantCreate]
 ) -> CreatedTenant:
@@ -142,7 +149,13 @@ async def create_tenant(
     return CreatedTenant(tenant=_tenant_view(row), key=created_key(issued))
 
 
-@get("/v1/admin/tenants", tags=["admin"], summary="List tenants", opt=_ADMIN)
+@get(
+    "/v1/admin/tenants",
+    operation_id="listTenants",
+    summary="List tenants",
+    tags=["admin-tenants"],
+    opt={**_ADMIN, "problems": {422: "A parameter is invalid, or `cursor` is not one this API returned."}},
+)
 async def list_tenants(
     services: NamedDependency[Services],
     cursor: FromQuery[str | None] = None,
@@ -159,7 +172,13 @@ async def list_tenants(
     )
 
 
-@get("/v1/admin/tenants/{tenant_id:uuid}", tags=["admin"], summary="Get a tenant", opt=_ADMIN)
+@get(
+    "/v1/admin/tenants/{tenant_id:uuid}",
+    operation_id="getTenant",
+    summary="Get a tenant",
+    tags=["admin-tenants"],
+    opt={**_ADMIN, "problems": {404: "No such tenant."}},
+)
 async def get_tenant(services: NamedDependency[Services], tenant_id: FromPath[UUID]) -> TenantView:
     """One tenant with its wallet."""
     return await _load_tenant(services, tenant_id)
@@ -167,9 +186,10 @@ async def get_tenant(services: NamedDependency[Services], tenant_id: FromPath[UU
 
 @post(
     "/v1/admin/tenants/{tenant_id:uuid}/suspend",
-    tags=["admin"],
+    operation_id="suspendTenant",
     summary="Suspend a tenant",
-    opt=_ADMIN,
+    tags=["admin-tenants"],
+    opt={**_ADMIN, "problems": {404: "No such tenant."}},
     status_code=200,
 )
 async def suspend_tenant(services: NamedDependency[Services], tenant_id: FromPath[UUID]) -> TenantView:
@@ -181,7 +201,12 @@ async def suspend_tenant(services: NamedDependency[Services], tenant_id: FromPat
 
 
 @post(
-    "/v1/admin/tenants/{tenant_id:uuid}/resume", tags=["admin"], summary="Resume a tenant", opt=_ADMIN, status_code=200
+    "/v1/admin/tenants/{tenant_id:uuid}/resume",
+    operation_id="resumeTenant",
+    summary="Resume a tenant",
+    tags=["admin-tenants"],
+    opt={**_ADMIN, "problems": {404: "No such tenant."}},
+    status_code=200,
 )
 async def resume_tenant(services: NamedDependency[Services], tenant_id: FromPath[UUID]) -> TenantView:
     """The tenant's keys work again (those not revoked or expired meanwhile)."""
@@ -191,7 +216,13 @@ async def resume_tenant(services: NamedDependency[Services], tenant_id: FromPath
     return await _load_tenant(services, tenant_id)
 
 
-@get("/v1/admin/tenants/{tenant_id:uuid}/keys", tags=["admin"], summary="List a tenant's keys", opt=_ADMIN)
+@get(
+    "/v1/admin/tenants/{tenant_id:uuid}/keys",
+    operation_id="listTenantKeys",
+    summary="List a tenant's keys",
+    tags=["admin-tenants"],
+    opt={**_ADMIN, "problems": {404: "No such tenant."}},
+)
 async def list_tenant_keys(services: NamedDependency[Services], tenant_id: FromPath[UUID]) -> KeyList:
     """Every key of the tenant, revoked ones included; never a secret."""
     async with services.pool.acquire() as conn:
@@ -203,9 +234,10 @@ async def list_tenant_keys(services: NamedDependency[Services], tenant_id: FromP
 
 @post(
     "/v1/admin/tenants/{tenant_id:uuid}/keys",
-    tags=["admin"],
+    operation_id="createTenantKey",
     summary="Create a key for a tenant",
-    opt=_ADMIN,
+    tags=["admin-tenants"],
+    opt={**_ADMIN, "problems": {404: "No such tenant."}},
     status_code=201,
 )
 async def create_tenant_key(
@@ -219,9 +251,16 @@ async def create_tenant_key(
 
 @post(
     "/v1/admin/tenants/{tenant_id:uuid}/credits",
-    tags=["admin"],
+    operation_id="changeTenantCredits",
     summary="Top up or adjust credits",
-    opt=_ADMIN,
+    tags=["admin-tenants"],
+    opt={
+        **_ADMIN,
+        "problems": {
+            404: "No such tenant.",
+            409: "The adjustment would take the wallet below the credits held for running jobs.",
+        },
+    },
     status_code=201,
 )
 async def change_credits(

@@ -16,8 +16,9 @@ from uuid import UUID
 import msgspec
 from litestar import Request, Response, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody, PathParameter, QueryParameter
 
+from gateway.api.cursors import INT32_MAX, decode_id_cursor
 from gateway.auth.keys import Principal
 from gateway.db import billing as bq
 from gateway.domain.generation import OPERATIONS, Operation
@@ -215,13 +216,26 @@ async def _load_book(services: Services, version_id: int | None) -> PriceBook:
     return _book(*found)
 
 
-@get("/v1/admin/prices", tags=["admin"], summary="Get the current price book", opt=_ADMIN)
+@get(
+    "/v1/admin/prices",
+    operation_id="getCurrentPrices",
+    summary="Get the current price book",
+    tags=["admin-prices"],
+    opt=_ADMIN,
+)
 async def current_prices(services: NamedDependency[Services]) -> PriceBook:
     """The price book new requests are admitted with."""
     return await _load_book(services, None)
 
 
-@post("/v1/admin/prices", tags=["admin"], summary="Publish a new price book", opt=_ADMIN, status_code=201)
+@post(
+    "/v1/admin/prices",
+    operation_id="publishPrices",
+    summary="Publish a new price book",
+    tags=["admin-prices"],
+    opt=_ADMIN,
+    status_code=201,
+)
 async def publish_prices(
     services: NamedDependency[Services], principal: NamedDependency[Principal], data: JSONBody[PriceBookCreate]
 ) -> PriceBook:
@@ -235,17 +249,20 @@ async def publish_prices(
     return _book(*found)
 
 
-@get("/v1/admin/prices/versions", tags=["admin"], summary="List price versions", opt=_ADMIN)
+@get(
+    "/v1/admin/prices/versions",
+    operation_id="listPriceVersions",
+    summary="List price versions",
+    tags=["admin-prices"],
+    opt={**_ADMIN, "problems": {422: "A parameter is invalid, or `cursor` is not one this API returned."}},
+)
 async def list_price_versions(
     services: NamedDependency[Services],
     cursor: FromQuery[str | None] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
 ) -> PriceVersionPage:
     """Every version of the price book, newest (current) first."""
-    try:
-        before = int(cursor) if cursor else None
-    except ValueError as exc:
-        raise ValidationFailed.field("cursor", "not a cursor this API returned") from exc
+    before = decode_id_cursor(cursor, INT32_MAX) if cursor else None
     async with services.pool.acquire() as conn:
         rows = await bq.price_versions_page(conn, before, limit + 1)
     data = [
@@ -261,13 +278,29 @@ async def list_price_versions(
     return PriceVersionPage(data=data, next_cursor=str(data[-1].id) if len(rows) > limit else None)
 
 
-@get("/v1/admin/prices/versions/{version_id:int}", tags=["admin"], summary="Get a price version", opt=_ADMIN)
-async def get_price_version(services: NamedDependency[Services], version_id: FromPath[int]) -> PriceBook:
+@get(
+    "/v1/admin/prices/versions/{version_id:int}",
+    operation_id="getPriceVersion",
+    summary="Get a price version",
+    tags=["admin-prices"],
+    opt={**_ADMIN, "problems": {404: "No such price version."}},
+)
+async def get_price_version(
+    services: NamedDependency[Services],
+    # The column is a PostgreSQL integer: a larger id cannot exist, and must not reach the query.
+    version_id: Annotated[int, PathParameter(ge=1, le=2**31 - 1)],
+) -> PriceBook:
     """One version of the price book, e.g. the one a job was admitted with (`price_version_id`)."""
     return await _load_book(services, version_id)
 
 
-@get("/v1/admin/usage", tags=["admin"], summary="Usage and margin across tenants", opt=_ADMIN)
+@get(
+    "/v1/admin/usage",
+    operation_id="getAdminUsage",
+    summary="Usage and margin across tenants",
+    tags=["admin-usage"],
+    opt={**_ADMIN, "problems": {422: "A parameter is invalid, or `start` is after `end`."}},
+)
 async def admin_usage(
     *,
     services: NamedDependency[Services],
@@ -373,9 +406,10 @@ def _wallet_view(row: Any) -> WalletView:
 
 @put(
     "/v1/admin/tenants/{tenant_id:uuid}/low-balance-threshold",
-    tags=["admin"],
+    operation_id="setLowBalanceThreshold",
     summary="Set a tenant's low-balance threshold",
-    opt=_ADMIN,
+    tags=["admin-tenants"],
+    opt={**_ADMIN, "problems": {404: "No such tenant."}},
 )
 async def set_low_balance_threshold(
     services: NamedDependency[Services], tenant_id: FromPath[UUID], data: JSONBody[LowBalanceThreshold]

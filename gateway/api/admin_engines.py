@@ -112,7 +112,13 @@ def engine_view(health: EngineHealth) -> EngineView:
     )
 
 
-@get("/v1/admin/engines", tags=["admin"], summary="Engine health and breaker state", opt=_ADMIN)
+@get(
+    "/v1/admin/engines",
+    operation_id="listEngines",
+    summary="Engine health and breaker state",
+    tags=["admin-engines"],
+    opt=_ADMIN,
+)
 async def list_engines(*, services: NamedDependency[Services]) -> EngineList:
     """Each engine's kind, capabilities, health, circuit breaker and concurrency in use, as this
     replica's router sees them (breakers are per replica)."""

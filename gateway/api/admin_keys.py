@@ -67,7 +67,13 @@ def _view(row: Any) -> OperatorKeyView:
     )
 
 
-@get("/v1/admin/operator-keys", tags=["admin"], summary="List operator keys", opt=_ADMIN)
+@get(
+    "/v1/admin/operator-keys",
+    operation_id="listOperatorKeys",
+    summary="List operator keys",
+    tags=["admin-keys"],
+    opt=_ADMIN,
+)
 async def list_operator_keys(*, services: NamedDependency[Services]) -> OperatorKeyList:
     """Every operator key, oldest first. Secrets are never shown again."""
     async with services.pool.acquire() as conn:
@@ -75,7 +81,14 @@ async def list_operator_keys(*, services: NamedDependency[Services]) -> Operator
     return OperatorKeyList(data=[_view(row) for row in rows])
 
 
-@post("/v1/admin/operator-keys", tags=["admin"], summary="Create an operator key", opt=_ADMIN, status_code=201)
+@post(
+    "/v1/admin/operator-keys",
+    operation_id="createOperatorKey",
+    summary="Create an operator key",
+    tags=["admin-keys"],
+    opt=_ADMIN,
+    status_code=201,
+)
 async def create_operator_key(
     *, services: NamedDependency[Services], data: JSONBody[OperatorKeyCreate]
 ) -> CreatedOperatorKey:
@@ -87,9 +100,10 @@ async def create_operator_key(
 
 @delete(
     "/v1/admin/operator-keys/{key_id:uuid}",
-    tags=["admin"],
+    operation_id="revokeOperatorKey",
     summary="Revoke an operator key",
-    opt=_ADMIN,
+    tags=["admin-keys"],
+    opt={**_ADMIN, "problems": {404: "No such operator key.", 409: "It is the last active operator key."}},
     status_code=200,
 )
 async def revoke_operator_key(*, services: NamedDependency[Services], key_id: FromPath[UUID]) -> OperatorKeyView:

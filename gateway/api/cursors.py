@@ -1,4 +1,4 @@
-"""Opaque keyset cursors over (created_at, id), shared by every newest-first listing."""
+"""Keyset cursors of the newest-first listings: opaque (created_at, id) pairs, or a serial id."""
 
 from __future__ import annotations
 
@@ -21,3 +21,19 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         return datetime.fromisoformat(stamp), UUID(ident)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationFailed.field("cursor", "not a cursor this API returned") from exc
+
+
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+
+
+def decode_id_cursor(cursor: str, largest: int) -> int:
+    """The serial id a listing's `next_cursor` named (the ledger's, a price version's); 422 on
+    anything else, including a number the id's column cannot hold."""
+    try:
+        value = int(cursor)
+    except ValueError as exc:
+        raise ValidationFailed.field("cursor", "not a cursor this API returned") from exc
+    if not 0 < value <= largest:
+        raise ValidationFailed.field("cursor", "not a cursor this API returned")
+    return value

@@ -9,7 +9,8 @@ from litestar import Request, Response, get
 from litestar.di import NamedDependency
 
 from gateway.db.migrations import pending_migrations
-from gateway.errors import ServiceUnavailable
+from gateway.db.outage import RETRY_AFTER_S
+from gateway.errors import DatabaseUnavailable, ServiceUnavailable
 from gateway.metrics import OPENMETRICS, OPENMETRICS_TYPE
 from gateway.state import Services
 
@@ -24,13 +25,20 @@ class Readiness(msgspec.Struct):
     pending_migrations: list[str]
 
 
-@get("/healthz", tags=["operations"], summary="Liveness", exclude_from_auth=True)
+@get("/healthz", operation_id="checkLiveness", summary="Liveness", tags=["operations"], exclude_from_auth=True)
 async def healthz() -> Health:
     """The process is up and serving requests."""
     return Health(status="ok")
 
 
-@get("/readyz", tags=["operations"], summary="Readiness", exclude_from_auth=True)
+@get(
+    "/readyz",
+    operation_id="checkReadiness",
+    opt={"problems": {503: "The database is unreachable, or migrations are pending (`pending_migrations`)."}},
+    summary="Readiness",
+    tags=["operations"],
+    exclude_from_auth=True,
+)
 async def readyz(services: NamedDependency[Services]) -> Readiness:
     """The database answers and every migration is applied."""
     unreachable: tuple[type[BaseException], ...] = (OSError, *services.db_errors)
@@ -38,13 +46,22 @@ async def readyz(services: NamedDependency[Services]) -> Readiness:
         async with services.pool.acquire() as conn:
             pending = await pending_migrations(conn)
     except unreachable as exc:
-        raise ServiceUnavailable(f"database unreachable: {type(exc).__name__}") from exc
+        raise DatabaseUnavailable(
+            f"database unreachable: {type(exc).__name__}", headers={"Retry-After": str(RETRY_AFTER_S)}
+        ) from exc
     if pending:
         raise ServiceUnavailable("migrations pending", pending_migrations=pending)
     return Readiness(status="ready", database="ok", pending_migrations=[])
 
 
-@get("/metrics", tags=["operations"], summary="Prometheus metrics", exclude_from_auth=True, media_type="text/plain")
+@get(
+    "/metrics",
+    operation_id="getMetrics",
+    summary="Prometheus metrics",
+    tags=["operations"],
+    exclude_from_auth=True,
+    media_type="text/plain",
+)
 async def metrics(services: NamedDependency[Services], request: Request[Any, Any, Any]) -> Response[Any]:
     """Prometheus text exposition format; OpenMetrics, with trace ids as exemplars on the engine
     latency histogram, for a scraper that asks for it (`Accept: application/openmetrics-text`)."""

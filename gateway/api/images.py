@@ -12,19 +12,19 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.middleware import DefineMiddleware
-from litestar.openapi.spec import Operation
 from litestar.params import HeaderParameter, JSONBody
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api.multipart import FormOrJsonOperation, FormOrJsonRequest, is_multipart
+from gateway.api.multipart import FormOrJsonRequest, is_multipart
 from gateway.api.strict import is_json, strict_body
 from gateway.api.views import JobView, job_view, load_job_view
 from gateway.auth.guard import authorize
 from gateway.auth.keys import Principal
-from gateway.billing.admission import InputBlob, JobRequest, admit
+from gateway.billing.admission import Admission, InputBlob, JobRequest, admit
+from gateway.db.outage import database_unavailable
 from gateway.domain.generation import EngineRequest, ImageInput
 from gateway.domain.requests import GenerationRequest, ImageToImageRequest, InpaintRequest, TextToImageRequest
-from gateway.errors import PROBLEM_BASE, Conflict, GatewayError, Problem, ValidationFailed, problem_response
+from gateway.errors import PROBLEM_BASE, Conflict, Problem, ValidationFailed, problem_response
 from gateway.routing.errors import NoEngineCanServe
 from gateway.state import Services
 from gateway.storage.inputs import CheckedImage, load_image
@@ -113,7 +113,7 @@ async def _replay(services: Services, principal: Principal, key: str, digest: by
             raise Conflict("This Idempotency-Key was used with a different request body.")
         if row["job_id"] is None:
             raise Conflict("A request with this Idempotency-Key is still being processed.")
-        view = await load_job_view(conn, row["job_id"], principal.tenant_id)
+        view = await load_job_view(conn, row["job_id"], principal.tenant)
     assert view is not None
     if view.state in ("queued", "running"):
         raise Conflict("A request with this Idempotency-Key is still being processed.", job_id=str(view.id))
@@ -210,15 +210,15 @@ async def generate(
         raise ValidationFailed(str(exc), reasons=exc.reasons) from exc
     if idempotency_key:
         await _claim_key(services, principal, idempotency_key, digest, job_id)
-    blobs = []
-    for role, image in images.items():
-        key = f"inputs/{job_id}/{role}"
-        await services.blobs.put(key, image.data, image.media_type)
-        blobs.append(InputBlob(role, key, image.media_type, image.width, image.height))
-    password_hash = await hash_password(body.download_password) if body.download_password else None
+    blobs: list[InputBlob] = []
     run_async = body.run_async or "respond-async" in (prefer or "")
     runner = services.runner
     try:
+        for role, image in images.items():
+            key = f"inputs/{job_id}/{role}"
+            await services.blobs.put(key, image.data, image.media_type)
+            blobs.append(InputBlob(role, key, image.media_type, image.width, image.height))
+        password_hash = await hash_password(body.download_password) if body.download_password else None
         spec = JobRequest(
             job_id=job_id,
             operation=operation,
@@ -237,8 +237,10 @@ async def generate(
             lease_s=services.settings.lease_s,
         )
         admission = await admit(services.pool, principal, spec, prices=services.prices, batcher=runner.admissions)
-    except GatewayError:
-        # Nothing was admitted: free the key so a retry (after a top-up, say) can go through.
+    except BaseException:
+        # Nothing was admitted: free the key so a retry (after a top-up, say) can go through. Also
+        # after an unexpected error (a blob store or database failure, a dropped client), or the key
+        # would answer "still being processed" for the whole idempotency TTL.
         if idempotency_key:
             async with services.pool.acquire() as conn:
                 await conn.execute(
@@ -249,6 +251,48 @@ async def generate(
         for blob in blobs:
             await services.blobs.delete(blob.blob_key)
         raise
+    except Exception as exc:
+        if database_unavailable(exc):
+            # The admission may have committed before the connection died: a job it made must
+            # not run on behind a 503 (nothing happens if there is none).
+            _undo_after_outage(services, principal, job_id, idempotency_key)
+        raise
+    try:
+        return await _after_admission(services, principal, admission, job_id, idempotency_key, run_async=run_async)
+    except Exception as exc:
+        if database_unavailable(exc):
+            # The answer is a 503: the job it admitted must not run on and be charged.
+            _undo_after_outage(services, principal, job_id, idempotency_key)
+        raise
+
+
+def _undo_after_outage(services: Services, principal: Principal, job_id: UUID, idempotency_key: str | None) -> None:
+    """Once the database is back: free the Idempotency-Key (the 503 told the client to retry, and
+    the retry must not meet "still being processed") and fail the job, at no charge."""
+
+    async def release_key(conn: Any) -> None:
+        if idempotency_key:
+            await conn.execute(
+                "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 AND (job_id IS NULL OR job_id = $3)",
+                principal.tenant_id,
+                idempotency_key,
+                job_id,
+            )
+
+    services.runner.fail_after_outage(job_id, release_key)
+
+
+async def _after_admission(
+    services: Services,
+    principal: Principal,
+    admission: Admission,
+    job_id: UUID,
+    idempotency_key: str | None,
+    *,
+    run_async: bool,
+) -> Submitted:
+    """Record the idempotency key, then wait for a sync job (bounded) or answer a queued one."""
+    runner = services.runner
     if idempotency_key:
         async with services.pool.acquire() as conn:
             await conn.execute(
@@ -270,7 +314,7 @@ async def generate(
             if finished is not None:  # the settlement's own view of the job: no read back
                 return Submitted(job_view(*finished), pending=False)
     async with services.pool.acquire() as conn:
-        view = await load_job_view(conn, job_id, principal.tenant_id)
+        view = await load_job_view(conn, job_id, principal.tenant)
     assert view is not None
     return Submitted(view, pending=run_async)
 
@@ -283,9 +327,9 @@ def _failure_response(view: JobView, headers: dict[str, str]) -> Response[Any]:
         type=str(error.get("type", PROBLEM_BASE + "job-failed")),
         title=str(error.get("title", "The job failed")),
         status=int(error["status"]) if isinstance(error.get("status"), int) else 500,
-        detail=error.get("detail"),
+        detail=str(error.get("detail") or "The job failed."),
         instance=f"/v1/jobs/{view.id}",
-        extra={"job": msgspec.to_builtins(view)},
+        job=msgspec.to_builtins(view),
     )
     return problem_response(problem, headers)
 
@@ -327,21 +371,32 @@ class JsonGeneration:
         await response.to_asgi_response(app=None, request=request)(scope, receive, send)
 
 
-def _generation_route(operation: str, *, forms: bool = False) -> post:
+_GENERATION_PROBLEMS = {
+    402: "The wallet cannot cover `n` images at the unit price; nothing was reserved.",
+    409: "The Idempotency-Key was used with another body, or its first request still runs (`job_id`).",
+    422: "A field is invalid (`errors`), no routed engine can serve the request (`reasons`), or the engine "
+    "rejected it (the failed job in `job`; nothing charged).",
+    429: "The key's rate limit, or the tenant's limit on concurrent jobs, is reached.",
+    503: "Every engine failed (the failed job in `job`; nothing charged), or the database is unreachable.",
+}
+
+
+def _generation_route(operation: str, operation_id: str, summary: str, *, forms: bool = False) -> post:
     """The route of `/v1/{operation}`, with JSON requests answered by `JsonGeneration`; `forms`: it
     also takes multipart/form-data (documented as either in the OpenAPI document)."""
     return post(
         f"/v1/{operation}",
+        operation_id=operation_id,
+        summary=summary,
         tags=["images"],
-        opt={"scope": "generate"},
+        opt={"scope": "generate", "problems": _GENERATION_PROBLEMS, "forms": forms},
         status_code=200,
         middleware=[DefineMiddleware(JsonGeneration, operation=operation)],
         request_class=FormOrJsonRequest if forms else None,
-        operation_class=FormOrJsonOperation if forms else Operation,
     )
 
 
-@_generation_route("text-to-image")
+@_generation_route("text-to-image", "createTextToImage", "Generate images from a prompt")
 async def text_to_image(
     *,
     services: NamedDependency[Services],
@@ -363,7 +418,7 @@ async def text_to_image(
     )
 
 
-@_generation_route("image-to-image", forms=True)
+@_generation_route("image-to-image", "createImageToImage", "Transform an image", forms=True)
 async def image_to_image(
     *,
     services: NamedDependency[Services],
@@ -387,7 +442,7 @@ async def image_to_image(
     )
 
 
-@_generation_route("inpaint", forms=True)
+@_generation_route("inpaint", "createInpaint", "Repaint part of an image", forms=True)
 async def inpaint(
     *,
     services: NamedDependency[Services],

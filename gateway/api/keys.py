@@ -131,47 +131,29 @@ def key_spec(data: KeyCreate) -> service.KeySpec:
     )
 
 
-def within_creator(spec: service.KeySpec, creator: Principal, *, rate_limit_given: bool) -> service.KeySpec:
-    """The spec bounded by the creating key's own limits, so a key can never mint a looser one:
-    no higher rate limit, no larger monthly cap, no later expiry. Omitted limits inherit the
-    creator's; a limit given beyond it is refused with 422 naming the field."""
-    rate = spec.rate_limit_per_minute
-    if rate > creator.rate_limit_per_minute:
-        if rate_limit_given:
-            raise ValidationFailed.field(
-                "rate_limit_per_minute", f"must not exceed the creating key's {creator.rate_limit_per_minute}"
-            )
-        rate = creator.rate_limit_per_minute
-    cap = spec.monthly_cap
-    if creator.monthly_cap is not None:
-        if cap is None:
-            cap = creator.monthly_cap
-        elif cap > creator.monthly_cap:
-            raise ValidationFailed.field(
-                "monthly_cap", f"must not exceed the creating key's {to_credits(creator.monthly_cap)} credits"
-            )
-    expires = spec.expires_at
-    if creator.expires_at is not None:
-        if expires is None:
-            expires = creator.expires_at
-        elif expires > creator.expires_at:
-            raise ValidationFailed.field("expires_at", "must not be later than the creating key's expiry")
-    return msgspec.structs.replace(spec, rate_limit_per_minute=rate, monthly_cap=cap, expires_at=expires)
-
-
 def _tenant(principal: Principal) -> UUID:
-    # The guard lets only tenant keys reach these handlers; an operator has no tenant of its own.
-    assert principal.tenant_id is not None
-    return principal.tenant_id
+    # The guard lets only tenant keys reach these handlers; an operator has no tenant of its own
+    # (Principal.tenant raises rather than let a None reach a query).
+    return principal.tenant
 
 
-@post("/v1/keys", tags=["keys"], summary="Create a key", opt={"scope": "keys:manage"}, status_code=201)
+@post(
+    "/v1/keys",
+    operation_id="createKey",
+    summary="Create a key",
+    tags=["keys"],
+    opt={
+        "scope": "keys:manage",
+        "problems": {403: "The key lacks `keys:manage`, or asks for scopes the caller lacks (`missing_scopes`)."},
+    },
+    status_code=201,
+)
 async def create_key(
     services: NamedDependency[Services], principal: NamedDependency[Principal], data: JSONBody[KeyCreate]
 ) -> CreatedKey:
     """A new key for the caller's tenant, with at most the caller's scopes and limits (rate, monthly
     cap, expiry; omitted ones inherit the caller's). The secret is in `key`, shown this once."""
-    spec = within_creator(key_spec(data), principal, rate_limit_given=data.rate_limit_per_minute is not None)
+    spec = service.within_creator(key_spec(data), principal, rate_limit_given=data.rate_limit_per_minute is not None)
     async with services.pool.acquire() as conn, conn.transaction():
         issued = await service.create_tenant_key(
             conn,
@@ -183,7 +165,7 @@ async def create_key(
     return created_key(issued)
 
 
-@get("/v1/keys", tags=["keys"], summary="List keys", opt={"scope": "keys:manage"})
+@get("/v1/keys", operation_id="listKeys", summary="List keys", tags=["keys"], opt={"scope": "keys:manage"})
 async def list_keys(services: NamedDependency[Services], principal: NamedDependency[Principal]) -> KeyList:
     """Every key of the caller's tenant, revoked ones included. Secrets are never shown again."""
     async with services.pool.acquire() as conn:
@@ -193,9 +175,18 @@ async def list_keys(services: NamedDependency[Services], principal: NamedDepende
 
 @post(
     "/v1/keys/{key_id:uuid}/rotate",
-    tags=["keys"],
+    operation_id="rotateKey",
     summary="Rotate a key",
-    opt={"scope": "keys:manage"},
+    tags=["keys"],
+    opt={
+        "scope": "keys:manage",
+        "problems": {
+            403: "The key lacks `keys:manage`, or the key to rotate is not the caller and has wider scopes, a "
+            "higher rate limit, a larger monthly cap or a later expiry than the caller (`beyond_caller`).",
+            404: "No such key.",
+            409: "The key is revoked or expired.",
+        },
+    },
     status_code=200,
 )
 async def rotate_key(
@@ -205,16 +196,26 @@ async def rotate_key(
     data: JSONBody[KeyRotate],
 ) -> CreatedKey:
     """A new secret for the key (same id, name, scopes and limits). The old secret keeps working for
-    `grace_period_s` seconds, so clients can switch over without downtime. Send `{}` for no grace."""
+    `grace_period_s` seconds, so clients can switch over without downtime. Send `{}` for no grace.
+
+    A key may rotate itself, or another key whose scopes, rate limit, monthly cap and expiry are
+    within its own (403 otherwise): the answer carries the new secret."""
     async with services.pool.acquire() as conn, conn.transaction():
         issued = await service.rotate(
-            conn, tenant_id=_tenant(principal), key_id=key_id, grace_period_s=data.grace_period_s
+            conn, tenant_id=_tenant(principal), key_id=key_id, caller=principal, grace_period_s=data.grace_period_s
         )
     services.auth.invalidate()
     return created_key(issued)
 
 
-@delete("/v1/keys/{key_id:uuid}", tags=["keys"], summary="Revoke a key", opt={"scope": "keys:manage"}, status_code=200)
+@delete(
+    "/v1/keys/{key_id:uuid}",
+    operation_id="revokeKey",
+    summary="Revoke a key",
+    tags=["keys"],
+    opt={"scope": "keys:manage", "problems": {404: "No such key."}},
+    status_code=200,
+)
 async def revoke_key(
     services: NamedDependency[Services], principal: NamedDependency[Principal], key_id: FromPath[UUID]
 ) -> KeyView:

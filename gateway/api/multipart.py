@@ -8,24 +8,25 @@ so a bad value answers 422 naming the field, exactly as in JSON.
 
 `FormOrJsonRequest` is the handlers' `request_class`: Litestar reads `data` through
 `Request.json()`, which this class answers from the form when the body is multipart.
-`FormOrJsonOperation` documents the second encoding in the OpenAPI document.
+The OpenAPI document describes the second encoding (gateway/openapi/operations.py, `forms`).
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from email.parser import BytesParser
+from email.policy import HTTP
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from litestar import Request
-from litestar.datastructures import UploadFile
+from litestar.datastructures import FormMultiDict, UploadFile
 from litestar.enums import RequestEncodingType
-from litestar.openapi.spec import Encoding, OpenAPIMediaType, Operation, RequestBody, Schema
-from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
+from litestar.utils.scope.state import ScopeState
 
-from gateway.errors import FieldError, ValidationFailed, field_errors_from_msgspec
+from gateway.errors import FieldError, MalformedBody, ValidationFailed, field_errors_from_msgspec
 
 # The fields that may arrive as file parts; every other field is text.
 FILE_FIELDS = frozenset({"image", "mask"})
@@ -63,12 +64,52 @@ def _invalid(errors: list[FieldError]) -> ValidationFailed:
     return ValidationFailed("; ".join(f"{e.field}: {e.message}" for e in errors), errors=errors)
 
 
+async def read_form(request: Request[Any, Any, Any]) -> FormMultiDict:
+    """The request's form. OpenAPI sends a binary field as a part with its Content-Type and no
+    filename, which Litestar's parser decodes as UTF-8 text (and fails on); such a form is read
+    again with the standard library's MIME parser, where a part that is not text is a file."""
+    try:
+        return await request.form()
+    except UnicodeDecodeError:
+        form = _mime_form(await request.body(), request.headers.get("content-type", ""))
+    # Kept where Litestar keeps the form it parsed: the route closes its files when the request ends.
+    # (Litestar's annotation says list[str]; its own parser puts files in those lists too.)
+    parsed = cast("dict[str, Any]", form)
+    ScopeState.from_scope(request.scope).form = parsed
+    return FormMultiDict.from_form_data(parsed)
+
+
+def _mime_form(body: bytes, content_type: str) -> dict[str, list[str | UploadFile]]:
+    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    if not message.is_multipart():
+        raise MalformedBody("The form could not be parsed.")
+    form: dict[str, list[str | UploadFile]] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            raise MalformedBody("The form could not be parsed: a part has no name.")
+        data = part.get_payload(decode=True)
+        data = data if isinstance(data, bytes) else b""
+        media_type = part.get_content_type()
+        filename = part.get_filename()
+        if filename or media_type != "text/plain":
+            form.setdefault(name, []).append(
+                UploadFile(content_type=media_type, filename=filename or name, file_data=data)
+            )
+            continue
+        try:
+            form.setdefault(name, []).append(data.decode(part.get_content_charset() or "utf-8"))
+        except UnicodeDecodeError as exc:
+            raise MalformedBody(f"The form could not be parsed: the text part {name!r} is not UTF-8.") from exc
+    return form
+
+
 async def form_fields(request: Request[Any, Any, Any], struct: type[msgspec.Struct]) -> dict[str, Any]:
     """The form as the JSON-shaped dict the Struct decodes from (files become data: URIs)."""
     # Read the whole body first: the form parser would otherwise consume the stream, and the
     # body stays readable for the idempotency fingerprint.
     await request.body()
-    form = await request.form()
+    form = await read_form(request)
     shapes = _shapes(struct)
     out: dict[str, Any] = {}
     errors: list[FieldError] = []
@@ -133,23 +174,3 @@ class FormOrJsonRequest(Request[Any, Any, Any]):
         if struct is None or not is_multipart(self):
             return await super().json()
         return msgspec.to_builtins(convert_form(await form_fields(self, struct), struct))
-
-
-@dataclass
-class FormOrJsonOperation(Operation):
-    """Adds the multipart encoding of the JSON request body, with the image fields as files."""
-
-    def __post_init__(self) -> None:
-        body = self.request_body
-        if not isinstance(body, RequestBody) or RequestEncodingType.JSON.value not in body.content:
-            return
-        schema = body.content[RequestEncodingType.JSON.value].schema
-        assert schema is not None
-        binary = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
-        text = Schema(type=OpenAPIType.STRING)
-        files = Schema(properties={name: Schema(one_of=[binary, text]) for name in sorted(FILE_FIELDS)})
-        image_types = "image/png, image/jpeg, image/webp"
-        body.content[RequestEncodingType.MULTI_PART.value] = OpenAPIMediaType(
-            schema=Schema(all_of=[schema, files]),
-            encoding={name: Encoding(content_type=image_types) for name in sorted(FILE_FIELDS)},
-        )

@@ -34,6 +34,7 @@ from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.params import JSONBody
 
 from gateway.api.images import IdempotencyKey, Submitted, generate
+from gateway.api.multipart import read_form
 from gateway.auth.keys import Principal
 from gateway.domain.requests import (
     GenerationRequest,
@@ -153,6 +154,16 @@ class StillRunning(GatewayError):
     status, slug, title = 504, "still-running", "The images are not ready yet"
 
 
+# The answers of both OpenAI-compatible routes beyond authentication's, in OpenAI's error shape.
+_OPENAI_PROBLEMS = {
+    400: "The request is invalid (OpenAI answers 400 where /v1 answers 422); `error.param` names the field.",
+    402: "The wallet cannot cover the images (`insufficient_quota`).",
+    409: "The Idempotency-Key was used with another body, or its first request still runs.",
+    503: "Every engine failed (nothing charged), or the database is unreachable.",
+    504: "The images are not ready within the wait; the job runs on at `/v1/jobs/{id}` (`x-should-retry: false`).",
+}
+
+
 # -- translation ----------------------------------------------------------------------------
 
 
@@ -232,7 +243,14 @@ async def _answer(
 # -- handlers -------------------------------------------------------------------------------
 
 
-@post("/images/generations", tags=["openai"], opt={"scope": "generate"}, status_code=200)
+@post(
+    "/images/generations",
+    operation_id="openaiCreateImage",
+    summary="Create images (OpenAI-compatible)",
+    tags=["openai"],
+    opt={"scope": "generate", "problems": _OPENAI_PROBLEMS},
+    status_code=200,
+)
 async def create_image(
     *,
     services: NamedDependency[Services],
@@ -261,7 +279,7 @@ _EDIT_FILES = ("image", "image[]", "mask")
 async def _edit_form(request: Request[Any, Any, Any]) -> tuple[OpenAIImageEdit, bytes, bytes | None]:
     if request.content_type[0] != RequestEncodingType.MULTI_PART.value:
         raise ValidationFailed.field("image", "send the edit as multipart/form-data with the image as a file")
-    form = await request.form()
+    form = await read_form(request)
     text: dict[str, Any] = {}
     images: list[bytes] = []
     mask: bytes | None = None
@@ -371,8 +389,10 @@ class _EditOperation(Operation):
 
 @post(
     "/images/edits",
+    operation_id="openaiEditImage",
+    summary="Edit an image (OpenAI-compatible)",
     tags=["openai"],
-    opt={"scope": "generate"},
+    opt={"scope": "generate", "problems": _OPENAI_PROBLEMS},
     status_code=200,
     operation_class=_EditOperation,
 )

@@ -46,10 +46,30 @@ async def strict_body(request: Request[Any, Any, Any]) -> msgspec.Struct | None:
     try:
         decoded: msgspec.Struct = _decoder(annotation).decode(body)
     except msgspec.ValidationError as exc:
-        errors = field_errors_from_msgspec(str(exc))
-        raise ValidationFailed(
-            "; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in errors), errors=errors
-        ) from exc
+        decoded = _integral_floats_as_ints(body, annotation, exc)
     except msgspec.DecodeError as exc:
         raise MalformedBody(f"The body is not valid JSON: {exc}") from exc
     return decoded
+
+
+def _integral(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    return value
+
+
+def _integral_floats_as_ints(body: bytes, annotation: Any, error: msgspec.ValidationError) -> Any:
+    """JSON has one number type: `2.0` is the integer 2 (the document's `type: integer` admits it),
+    which msgspec's strict mode refuses. Only a body that failed the strict decode pays for this
+    second pass; a string for a number stays an error, as does 2.5 for an integer."""
+    try:
+        return msgspec.convert(_integral(msgspec.json.decode(body)), annotation, strict=True)
+    except msgspec.ValidationError as exc:
+        errors = field_errors_from_msgspec(str(exc))
+        raise ValidationFailed(
+            "; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in errors), errors=errors
+        ) from error

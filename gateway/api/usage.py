@@ -13,6 +13,7 @@ from litestar import Request, Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, Parameter
 
+from gateway.api.cursors import INT64_MAX, decode_id_cursor
 from gateway.auth.keys import Principal
 from gateway.db import billing as bq
 from gateway.domain.money import to_credits
@@ -67,9 +68,17 @@ class Usage(msgspec.Struct, kw_only=True):
 GroupBy = Literal["day", "operation", "engine", "key"]
 
 
-async def usage_rows(conn: Any, tenant_id: UUID | None, start: date, end: date, group_by: list[str]) -> list[UsageRow]:
-    """Usage from the daily rollup; `tenant_id=None` is the whole platform (operators)."""
-    rows = await bq.usage_totals(conn, tenant_id, start, end, group_by)
+async def usage_rows(conn: Any, tenant_id: UUID, start: date, end: date, group_by: list[str]) -> list[UsageRow]:
+    """One tenant's usage from the daily rollup."""
+    return _usage_rows(await bq.usage_totals(conn, tenant_id, start, end, group_by))
+
+
+async def platform_usage_rows(conn: Any, start: date, end: date, group_by: list[str]) -> list[UsageRow]:
+    """Every tenant's usage together, from the daily rollup: for operators only."""
+    return _usage_rows(await bq.platform_usage_totals(conn, start, end, group_by))
+
+
+def _usage_rows(rows: list[Any]) -> list[UsageRow]:
     return [
         UsageRow(
             day=r.get("day"),
@@ -99,15 +108,20 @@ async def tenant_balance(conn: Any, tenant_id: UUID) -> Balance:
     )
 
 
-@get("/v1/balance", tags=["billing"], opt={"scope": "usage:read"})
+@get("/v1/balance", operation_id="getBalance", summary="Get the balance", tags=["billing"], opt={"scope": "usage:read"})
 async def balance(services: NamedDependency[Services], principal: NamedDependency[Principal]) -> Balance:
     """Balance, credits held by unfinished jobs, and what is available."""
-    assert principal.tenant_id is not None
     async with services.pool.acquire() as conn:
-        return await tenant_balance(conn, principal.tenant_id)
+        return await tenant_balance(conn, principal.tenant)
 
 
-@get("/v1/ledger", tags=["billing"], opt={"scope": "usage:read"})
+@get(
+    "/v1/ledger",
+    operation_id="listLedgerEntries",
+    summary="List ledger entries",
+    tags=["billing"],
+    opt={"scope": "usage:read", "problems": {422: "A parameter is invalid, or `cursor` is not one this API returned."}},
+)
 async def ledger(
     *,
     services: NamedDependency[Services],
@@ -116,13 +130,9 @@ async def ledger(
     limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
 ) -> LedgerPage:
     """Every balance change, newest first."""
-    assert principal.tenant_id is not None
-    try:
-        before = int(cursor) if cursor else None
-    except ValueError as exc:
-        raise ValidationFailed.field("cursor", "not a cursor this API returned") from exc
+    before = decode_id_cursor(cursor, INT64_MAX) if cursor else None
     async with services.pool.acquire() as conn:
-        rows = await bq.ledger_page(conn, principal.tenant_id, before, limit + 1)
+        rows = await bq.ledger_page(conn, principal.tenant, before, limit + 1)
     entries = [
         LedgerEntry(
             id=r["id"],
@@ -138,7 +148,14 @@ async def ledger(
     return LedgerPage(data=entries, next_cursor=str(entries[-1].id) if len(rows) > limit else None)
 
 
-@get("/v1/usage", tags=["billing"], opt={"scope": "usage:read"}, media_type="application/json")
+@get(
+    "/v1/usage",
+    operation_id="getUsage",
+    summary="Get usage",
+    tags=["billing"],
+    opt={"scope": "usage:read", "problems": {422: "A parameter is invalid, or `start` is after `end`."}},
+    media_type="application/json",
+)
 async def usage(
     *,
     services: NamedDependency[Services],
@@ -149,14 +166,13 @@ async def usage(
     group_by: FromQuery[list[GroupBy] | None] = None,
 ) -> Response[Any]:
     """Jobs, images and credits, grouped by day, operation, engine and/or key. `Accept: text/csv` for CSV."""
-    assert principal.tenant_id is not None
     end = end or datetime.now().date()
     start = start or end - timedelta(days=30)
     if start > end:
         raise ValidationFailed.field("start", "must not be after end")
     groups = list(dict.fromkeys(group_by or ["day"]))
     async with services.pool.acquire() as conn:
-        rows = await usage_rows(conn, principal.tenant_id, start, end, groups)
+        rows = await usage_rows(conn, principal.tenant, start, end, groups)
     if "text/csv" in request.headers.get("accept", ""):
         return Response(
             usage_csv(rows, groups),

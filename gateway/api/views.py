@@ -101,7 +101,7 @@ def job_view(job: Any, results: list[Any], attempts: list[Any]) -> JobView:
     )
 
 
-async def load_job_view(conn: Conn, job_id: UUID, tenant_id: UUID | None) -> JobView | None:
+async def load_job_view(conn: Conn, job_id: UUID, tenant_id: UUID) -> JobView | None:
     """The job with its results and attempts (one round trip), or None when it is not this tenant's."""
     found = await gq.job_with_details(conn, job_id, tenant_id)
     return None if found is None else job_view(*found)

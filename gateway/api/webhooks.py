@@ -44,13 +44,28 @@ async def _settings(services: Services, principal: Principal) -> WebhookSettings
     return WebhookSettings(url=row["webhook_url"], secret=display_secret(row["webhook_secret"]))
 
 
-@get("/v1/webhook", tags=["webhooks"], opt={"scope": "keys:manage"})
+@get(
+    "/v1/webhook",
+    operation_id="getWebhook",
+    summary="Get the webhook settings",
+    tags=["webhooks"],
+    opt={"scope": "keys:manage"},
+)
 async def get_webhook(services: NamedDependency[Services], principal: NamedDependency[Principal]) -> WebhookSettings:
     """The tenant's default webhook URL and the secret its deliveries are signed with."""
     return await _settings(services, principal)
 
 
-@put("/v1/webhook", tags=["webhooks"], opt={"scope": "keys:manage"})
+@put(
+    "/v1/webhook",
+    operation_id="setWebhook",
+    summary="Set the webhook URL",
+    tags=["webhooks"],
+    opt={
+        "scope": "keys:manage",
+        "problems": {422: "The URL is invalid, not https, or resolves to a non-public address."},
+    },
+)
 async def set_webhook(
     *, services: NamedDependency[Services], principal: NamedDependency[Principal], data: JSONBody[WebhookSettingsUpdate]
 ) -> WebhookSettings:
@@ -63,7 +78,14 @@ async def set_webhook(
     return await _settings(services, principal)
 
 
-@post("/v1/webhook/rotate-secret", tags=["webhooks"], opt={"scope": "keys:manage"}, status_code=200)
+@post(
+    "/v1/webhook/rotate-secret",
+    operation_id="rotateWebhookSecret",
+    summary="Rotate the webhook signing secret",
+    tags=["webhooks"],
+    opt={"scope": "keys:manage"},
+    status_code=200,
+)
 async def rotate_webhook_secret(
     services: NamedDependency[Services], principal: NamedDependency[Principal]
 ) -> WebhookSettings:

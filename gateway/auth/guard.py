@@ -26,7 +26,8 @@ async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: Bas
     if opt.get("exclude_from_auth"):
         return
     services: Services = connection.app.state.services
-    principal = await services.auth.authenticate(presented_key(connection.headers))
+    client = connection.client.host if connection.client is not None else None
+    principal = await services.auth.authenticate(presented_key(connection.headers), client=client)
     if principal.tenant_id is not None:  # the request's log lines name the tenant from here on
         annotate(tenant_id=str(principal.tenant_id))
     if opt.get("operator"):

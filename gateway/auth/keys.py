@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,9 +22,11 @@ from uuid import UUID
 import asyncpg
 
 from gateway.auth import tokens
+from gateway.auth.limits import KeyedLimiter
 from gateway.db import keys as q
+from gateway.db import require_tenant
 from gateway.db.pool import Pool
-from gateway.errors import Unauthenticated
+from gateway.errors import RateLimited, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,9 @@ Scope = Literal["generate", "jobs:read", "files:read", "usage:read", "keys:manag
 
 _GENERIC = "The API key is missing, malformed, unknown, expired or revoked."
 _CACHE_LIMIT = 100_000
+# Failed authentications one client address may make per minute. Well-formed random keys are cheap
+# to make (the checksum is public) and each unknown one costs a database lookup.
+FAILED_AUTH_PER_MINUTE = 60
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,12 @@ class Principal:
     rate_limit_per_minute: int
     monthly_cap: int | None = None
     expires_at: datetime | None = None
+
+    @property
+    def tenant(self) -> UUID:
+        """The tenant of a tenant key, for tenant queries; a TypeError for an operator key, which has
+        none (and must never stand for "every tenant")."""
+        return require_tenant(self.tenant_id)
 
 
 @dataclass
@@ -78,21 +91,46 @@ class KeyAuthenticator:
     pool: Pool
     ttl_s: float
     clock: Callable[[], float] = time.monotonic
-    _cache: dict[bytes, _Cached] = field(default_factory=dict)
+    cache_limit: int = _CACHE_LIMIT
+    failed_auth_per_minute: float = FAILED_AUTH_PER_MINUTE
+    # Least recently used first: a full cache forgets one entry per new one, not everything at once.
+    _cache: OrderedDict[bytes, _Cached] = field(default_factory=OrderedDict)
+    _failures: KeyedLimiter = field(init=False)
     _buckets: dict[UUID, TokenBucket] = field(default_factory=dict)
     _used_tenant: set[UUID] = field(default_factory=set)
     _used_operator: set[UUID] = field(default_factory=set)
 
-    async def authenticate(self, presented: str | None) -> Principal:
+    def __post_init__(self) -> None:
+        self._failures = KeyedLimiter(self.failed_auth_per_minute, clock=self.clock)
+
+    async def authenticate(self, presented: str | None, *, client: str | None = None) -> Principal:
         """The principal for `presented`, or `Unauthenticated` with one generic message.
 
-        The precise reason goes to the log (never the key itself)."""
-        if not presented:
-            raise self._refuse("no key presented")
-        kind = tokens.parse_kind(presented)
-        if kind is None:
-            raise self._refuse("malformed key")
-        return await self.authenticate_hash(kind, tokens.hash_key(presented), hint=tokens.hint(presented))
+        The precise reason goes to the log (never the key itself). With `client` (the caller's
+        address), each failure counts against it, and an address over `failed_auth_per_minute`
+        failures is refused with `RateLimited` before its key costs a database lookup; a key this
+        replica has just seen (a fresh cache entry) still goes through, so others behind the same
+        address keep working."""
+        if client is not None:
+            wait = self._failures.wait_s(client)
+            if wait > 0 and not (presented and self._cached_fresh(tokens.hash_key(presented))):
+                log.info("authentication refused: %s is over its failed-authentication limit", client)
+                raise RateLimited(
+                    "Too many failed authentications from this address; try again later.",
+                    headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                    limit="failed_authentications",
+                )
+        try:
+            if not presented:
+                raise self._refuse("no key presented")
+            kind = tokens.parse_kind(presented)
+            if kind is None:
+                raise self._refuse("malformed key")
+            return await self.authenticate_hash(kind, tokens.hash_key(presented), hint=tokens.hint(presented))
+        except Unauthenticated:
+            if client is not None:
+                self._failures.spend(client)
+            raise
 
     async def authenticate_hash(self, kind: tokens.KeyKind, secret_hash: bytes, *, hint: str = "") -> Principal:
         """The principal whose secret hashes to `secret_hash`, under the same rules as `authenticate`.
@@ -129,19 +167,25 @@ class KeyAuthenticator:
         log.info("authentication refused: %s", reason)
         return Unauthenticated(_GENERIC, headers={"WWW-Authenticate": 'Bearer realm="gateway"'})
 
+    def _cached_fresh(self, secret_hash: bytes) -> bool:
+        cached = self._cache.get(secret_hash)
+        return cached is not None and cached.row is not None and self.clock() - cached.fetched < self.ttl_s
+
     async def _lookup(self, kind: str, secret_hash: bytes) -> asyncpg.Record | None:
         now = self.clock()
         cached = self._cache.get(secret_hash)
         if cached is not None and now - cached.fetched < self.ttl_s:
+            self._cache.move_to_end(secret_hash)
             return cached.row
         async with self.pool.acquire() as conn:
             if kind == "operator":
                 row = await q.operator_key_by_hash(conn, secret_hash)
             else:
                 row = await q.tenant_key_by_hash(conn, secret_hash)
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
         self._cache[secret_hash] = _Cached(row, now)
+        self._cache.move_to_end(secret_hash)
+        while len(self._cache) > self.cache_limit:
+            self._cache.popitem(last=False)
         return row
 
     def invalidate(self) -> None:

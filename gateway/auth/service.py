@@ -21,10 +21,11 @@ import asyncpg
 import msgspec
 
 from gateway.auth import tokens
-from gateway.auth.keys import SCOPES
+from gateway.auth.keys import SCOPES, Principal
 from gateway.db import Conn
 from gateway.db import billing as bq
 from gateway.db import keys as q
+from gateway.domain.money import to_credits
 from gateway.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 
 MAX_GRACE_PERIOD_S = 30 * 24 * 3600
@@ -88,6 +89,53 @@ def check_grantable(requested: Iterable[str], held: Iterable[str]) -> None:
             f"A key can only create keys with a subset of its own scopes; it lacks {', '.join(missing)}.",
             missing_scopes=missing,
         )
+
+
+def within_creator(spec: KeySpec, creator: Principal, *, rate_limit_given: bool) -> KeySpec:
+    """The spec bounded by the creating key's own limits, so a key can never mint a looser one:
+    no higher rate limit, no larger monthly cap, no later expiry. Omitted limits inherit the
+    creator's; a limit given beyond it is refused with 422 naming the field. The API and the
+    dashboard both create keys through this rule."""
+    rate = spec.rate_limit_per_minute
+    if rate > creator.rate_limit_per_minute:
+        if rate_limit_given:
+            raise ValidationFailed.field(
+                "rate_limit_per_minute", f"must not exceed the creating key's {creator.rate_limit_per_minute}"
+            )
+        rate = creator.rate_limit_per_minute
+    cap = spec.monthly_cap
+    if creator.monthly_cap is not None:
+        if cap is None:
+            cap = creator.monthly_cap
+        elif cap > creator.monthly_cap:
+            raise ValidationFailed.field(
+                "monthly_cap", f"must not exceed the creating key's {to_credits(creator.monthly_cap)} credits"
+            )
+    expires = spec.expires_at
+    if creator.expires_at is not None:
+        if expires is None:
+            expires = creator.expires_at
+        elif expires > creator.expires_at:
+            raise ValidationFailed.field("expires_at", "must not be later than the creating key's expiry")
+    return msgspec.structs.replace(spec, rate_limit_per_minute=rate, monthly_cap=cap, expires_at=expires)
+
+
+def looser_than(target: asyncpg.Record, caller: Principal) -> list[str]:
+    """What of the key `target` is beyond the caller's own limits (empty: it is within them).
+
+    The same bounds `within_creator` puts on a new key: scopes a subset, rate limit, monthly cap and
+    expiry no looser. Rotating a key hands out its secret, so a caller may only rotate keys it could
+    have created itself."""
+    looser = []
+    if not set(target["scopes"]) <= caller.scopes:
+        looser.append("scopes")
+    if target["rate_limit_per_minute"] > caller.rate_limit_per_minute:
+        looser.append("rate_limit_per_minute")
+    if caller.monthly_cap is not None and (target["monthly_cap"] is None or target["monthly_cap"] > caller.monthly_cap):
+        looser.append("monthly_cap")
+    if caller.expires_at is not None and (target["expires_at"] is None or target["expires_at"] > caller.expires_at):
+        looser.append("expires_at")
+    return looser
 
 
 async def create_tenant(
@@ -179,10 +227,15 @@ async def revoke_operator_key(conn: Conn, key_id: UUID) -> asyncpg.Record:
     return row
 
 
-async def rotate(conn: Conn, *, tenant_id: UUID, key_id: UUID, grace_period_s: int = 0) -> IssuedKey:
+async def rotate(
+    conn: Conn, *, tenant_id: UUID, key_id: UUID, caller: Principal | None, grace_period_s: int = 0
+) -> IssuedKey:
     """A new secret for the key; the old one keeps working for `grace_period_s` (0: stops at once).
 
-    Name, scopes and limits stay: they belong to the key, not to its secret."""
+    Name, scopes and limits stay: they belong to the key, not to its secret. `caller` is the tenant
+    key asking (None: an operator): it may rotate itself, or a key within its own limits
+    (`looser_than`); anything else is refused with `PermissionDenied`, since the answer carries
+    the key's new secret."""
     if not 0 <= grace_period_s <= MAX_GRACE_PERIOD_S:
         raise ValidationFailed.field("grace_period_s", f"must be between 0 and {MAX_GRACE_PERIOD_S} seconds")
     row = await q.get_tenant_key(conn, key_id, tenant_id, lock=True)
@@ -193,6 +246,14 @@ async def rotate(conn: Conn, *, tenant_id: UUID, key_id: UUID, grace_period_s: i
         raise Conflict("A revoked key cannot be rotated.")
     if row["expires_at"] is not None and row["expires_at"] <= now:
         raise Conflict("An expired key cannot be rotated.")
+    if caller is not None and caller.key_id != key_id:
+        looser = looser_than(row, caller)
+        if looser:
+            raise PermissionDenied(
+                "A key can only rotate itself or a key within its own scopes and limits; this key's "
+                f"{', '.join(looser)} go beyond the caller's.",
+                beyond_caller=looser,
+            )
     await q.retire_secrets(conn, key_id, grace_period_s)
     secret = tokens.new_key("tenant")
     await q.insert_secret(conn, key_id=key_id, secret_hash=tokens.hash_key(secret), hint=tokens.hint(secret))

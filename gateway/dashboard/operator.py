@@ -14,7 +14,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 
 from gateway.api.cursors import decode_cursor, encode_cursor
-from gateway.api.usage import tenant_balance, usage_rows
+from gateway.api.usage import platform_usage_rows, tenant_balance
 from gateway.auth import service
 from gateway.dashboard import pages
 from gateway.dashboard.charts import daily_series, every_day, stacked_bars
@@ -88,7 +88,7 @@ async def platform(
             tenant_id=None,
             unit_costs=services.settings.engine_unit_costs,
         )
-        daily = await usage_rows(conn, None, start, end, ["day", "engine"])
+        daily = await platform_usage_rows(conn, start, end, ["day", "engine"])
     last = tenants[TENANTS_PER_PAGE - 1] if len(tenants) > TENANTS_PER_PAGE else None
     days_list = every_day(start, end)
     series = daily_series(

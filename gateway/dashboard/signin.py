@@ -22,7 +22,7 @@ from gateway.dashboard.sessions import (
     same_token,
     start_session,
 )
-from gateway.errors import Unauthenticated
+from gateway.errors import RateLimited, Unauthenticated
 from gateway.state import Services
 
 _SIGN_IN_FORM_TTL_S = 3600
@@ -63,9 +63,13 @@ async def sign_in(request: Request[Any, Any, Any], services: NamedDependency[Ser
         return _sign_in_page(request, status=403, error="The form expired or came from elsewhere; try again.")
     key = str(form.get("key") or "").strip()
     try:
-        principal = await services.auth.authenticate(key)
+        principal = await services.auth.authenticate(key, client=request.client.host if request.client else None)
     except Unauthenticated:
         return _sign_in_page(request, status=401, error="That key is unknown, expired or revoked.")
+    except RateLimited as exc:
+        page = _sign_in_page(request, status=429, error=exc.detail)
+        page.headers.update(exc.headers)
+        return page
     token = await start_session(services, principal, tokens.hash_key(key))
     return pages.see_other(
         "/dashboard",

@@ -268,7 +268,9 @@ async def create_key(
     form = await checked_form(request, session)
     tenant_id = _tenant(session, "keys:manage")
     try:
-        spec = _key_spec(form)
+        # The rule the API applies: no wider scopes, higher rate, larger cap or later expiry than
+        # the key this session signed in with.
+        spec = service.within_creator(_key_spec(form), session.principal, rate_limit_given=False)
         async with services.pool.acquire() as conn, conn.transaction():
             issued = await service.create_tenant_key(
                 conn,
@@ -296,7 +298,9 @@ async def rotate_key(
     try:
         grace = _choice(form, "grace_period_s", GRACE_CHOICES)
         async with services.pool.acquire() as conn, conn.transaction():
-            issued = await service.rotate(conn, tenant_id=tenant_id, key_id=key_id, grace_period_s=grace)
+            issued = await service.rotate(
+                conn, tenant_id=tenant_id, key_id=key_id, caller=session.principal, grace_period_s=grace
+            )
     except NotFound:
         raise
     except GatewayError as exc:

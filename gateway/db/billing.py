@@ -10,7 +10,7 @@ from uuid import UUID
 
 import asyncpg
 
-from gateway.db import Conn
+from gateway.db import Conn, require_tenant
 from gateway.domain.money import PriceRule
 
 
@@ -149,7 +149,7 @@ async def ledger_page(conn: Conn, tenant_id: UUID, before_id: int | None, limit:
            FROM ledger_entries
            WHERE tenant_id BETWEEN $1 AND $1 AND id < coalesce($2::bigint, 9223372036854775807)
            ORDER BY tenant_id, id DESC LIMIT $3""",
-        tenant_id,
+        require_tenant(tenant_id),
         before_id,
         limit,
     )
@@ -192,7 +192,8 @@ async def usage_report(
     unit_costs: dict[str, tuple[float, float]],
 ) -> list[asyncpg.Record]:
     """Usage from the daily rollup (one tenant's, or across tenants with `tenant_id=None`), with
-    the cost of goods. Every usage view (/v1/usage, /v1/admin/usage, the dashboard) reads this.
+    the cost of goods: the operators' query (/v1/admin/usage, the operator dashboard). Tenant views
+    go through `usage_totals`, which requires a tenant id.
 
     `unit_costs` maps an engine to (credits per vendor credit, credits per GPU second); engines
     not in it cost nothing. `cost` and `margin` are millicredits, rounded per group."""
@@ -221,7 +222,14 @@ async def usage_report(
 
 
 async def usage_totals(
-    conn: Conn, tenant_id: UUID | None, start: date, end: date, group_by: list[str]
+    conn: Conn, tenant_id: UUID, start: date, end: date, group_by: list[str]
 ) -> list[asyncpg.Record]:
-    """`usage_report` without unit costs (its `cost` is then 0): what a tenant's own views show."""
-    return await usage_report(conn, start=start, end=end, group_by=group_by, tenant_id=tenant_id, unit_costs={})
+    """One tenant's `usage_report` without unit costs (its `cost` is then 0): what its own views show."""
+    return await usage_report(
+        conn, start=start, end=end, group_by=group_by, tenant_id=require_tenant(tenant_id), unit_costs={}
+    )
+
+
+async def platform_usage_totals(conn: Conn, start: date, end: date, group_by: list[str]) -> list[asyncpg.Record]:
+    """Every tenant's usage together, without unit costs: for operators only."""
+    return await usage_report(conn, start=start, end=end, group_by=group_by, tenant_id=None, unit_costs={})

@@ -31,7 +31,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from gateway.db import Conn, field_arrays
+from gateway.db import Conn, field_arrays, require_tenant
 from gateway.db.jobs import JOB_COLUMNS, NOTIFY_CHANNEL
 from gateway.observability.tracing import child_span, db_attributes
 
@@ -288,16 +288,16 @@ SELECT {JOB_COLUMNS},
                                                      'error_class', a.error_class, 'error', a.error)
                                   ORDER BY a.id), '[]')
         FROM job_attempts a WHERE a.job_id = jobs.id) AS attempts_json
-FROM jobs WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)
+FROM jobs WHERE id = $1 AND tenant_id = $2
 """  # noqa: S608 - only constants are interpolated
 
 
 async def job_with_details(
-    conn: Conn, job_id: UUID, tenant_id: UUID | None
+    conn: Conn, job_id: UUID, tenant_id: UUID
 ) -> tuple[asyncpg.Record, list[dict[str, Any]], list[dict[str, Any]]] | None:
     """A job (None when it is not `tenant_id`'s), its results by index and its attempts in order, in
     one round trip instead of three."""
-    row: asyncpg.Record | None = await conn.fetchrow(JOB_WITH_DETAILS, job_id, tenant_id)
+    row: asyncpg.Record | None = await conn.fetchrow(JOB_WITH_DETAILS, job_id, require_tenant(tenant_id))
     if row is None:
         return None
     return row, row["results_json"], row["attempts_json"]

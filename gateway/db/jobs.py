@@ -7,7 +7,7 @@ from uuid import UUID
 
 import asyncpg
 
-from gateway.db import Conn
+from gateway.db import Conn, require_tenant
 from gateway.domain.generation import EngineAttempt
 
 NOTIFY_CHANNEL = "gateway_jobs"
@@ -56,13 +56,13 @@ async def renew_lease_or_cancel(conn: Conn, job_id: UUID, owner: str, lease_s: f
     return True, bool(row["cancel_requested"])
 
 
-async def job_status(conn: Conn, job_id: UUID, tenant_id: UUID | None = None) -> asyncpg.Record | None:
-    """The few columns an event stream compares between notifications (cheap: one row by key)."""
+async def job_status(conn: Conn, job_id: UUID, tenant_id: UUID) -> asyncpg.Record | None:
+    """The few columns an event stream compares between notifications (cheap: one row by key);
+    None when the job is not `tenant_id`'s."""
     return await conn.fetchrow(
-        """SELECT id, state, progress, images_succeeded FROM jobs
-           WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)""",
+        "SELECT id, state, progress, images_succeeded FROM jobs WHERE id = $1 AND tenant_id = $2",
         job_id,
-        tenant_id,
+        require_tenant(tenant_id),
     )
 
 
@@ -86,13 +86,19 @@ async def insert_attempt(conn: Conn, job_id: UUID, attempt: EngineAttempt) -> No
     )
 
 
-async def get_job(conn: Conn, job_id: UUID, tenant_id: UUID | None = None) -> asyncpg.Record | None:
-    """A job; with `tenant_id`, only when it belongs to that tenant (others get None, so 404)."""
+async def get_job(conn: Conn, job_id: UUID, tenant_id: UUID) -> asyncpg.Record | None:
+    """The job when it belongs to `tenant_id` (another tenant's gets None, so 404)."""
     return await conn.fetchrow(
-        f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)",  # noqa: S608
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND tenant_id = $2",  # noqa: S608
         job_id,
-        tenant_id,
+        require_tenant(tenant_id),
     )
+
+
+async def get_job_of_any_tenant(conn: Conn, job_id: UUID) -> asyncpg.Record | None:
+    """The job whoever's it is: for the gateway's own work on it (the runner, signed input URLs),
+    never for an answer to a tenant."""
+    return await conn.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)  # noqa: S608
 
 
 async def details_of(
@@ -140,7 +146,7 @@ async def list_jobs(
               AND {state_test}
               AND ($5::text IS NULL OR operation = $5)
             ORDER BY created_at DESC, id DESC LIMIT $6""",  # noqa: S608
-        tenant_id,
+        require_tenant(tenant_id),
         before[0] if before else None,
         before[1] if before else None,
         state,
@@ -154,7 +160,7 @@ async def request_cancel(conn: Conn, job_id: UUID, tenant_id: UUID) -> asyncpg.R
         """UPDATE jobs SET cancel_requested = true, updated_at = now()
            WHERE id = $1 AND tenant_id = $2 RETURNING state""",
         job_id,
-        tenant_id,
+        require_tenant(tenant_id),
     )
 
 

@@ -8,7 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
-from gateway.db import Conn
+from gateway.db import Conn, require_tenant
 
 TENANT_KEY_BY_HASH = """
 SELECT k.id, k.tenant_id, k.scopes, k.expires_at, k.revoked_at, k.rate_limit_per_minute, k.monthly_cap,
@@ -197,7 +197,7 @@ async def list_tenant_keys(conn: Conn, tenant_id: UUID) -> list[asyncpg.Record]:
     """Every key of the tenant, revoked ones included, oldest first (uses api_keys_tenant)."""
     return await conn.fetch(
         f"SELECT {_KEY_COLUMNS} FROM api_keys k WHERE k.tenant_id = $1 ORDER BY k.created_at, k.id",  # noqa: S608 - constant
-        tenant_id,
+        require_tenant(tenant_id),
     )
 
 
@@ -208,7 +208,7 @@ async def get_tenant_key(conn: Conn, key_id: UUID, tenant_id: UUID, *, lock: boo
         f"""SELECT {_KEY_COLUMNS} FROM api_keys k WHERE k.id = $1 AND k.tenant_id = $2
             {"FOR UPDATE OF k" if lock else ""}""",  # noqa: S608 - constant
         key_id,
-        tenant_id,
+        require_tenant(tenant_id),
     )
     return row
 
@@ -239,6 +239,6 @@ async def revoke_tenant_key(conn: Conn, key_id: UUID, tenant_id: UUID) -> bool:
         """UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
            WHERE id = $1 AND tenant_id = $2 RETURNING id""",
         key_id,
-        tenant_id,
+        require_tenant(tenant_id),
     )
     return row is not None

@@ -6,7 +6,7 @@ from uuid import UUID
 
 import asyncpg
 
-from gateway.db import Conn
+from gateway.db import Conn, require_tenant
 
 
 async def claim_due(conn: Conn, *, limit: int, lease_s: float) -> list[asyncpg.Record]:
@@ -43,7 +43,7 @@ async def seconds_until_next_due(conn: Conn) -> float | None:
 async def mark_delivered(conn: Conn, message_id: int, attempt: int) -> bool:
     """Record the acknowledgement; False when the claim was no longer ours (nothing changes)."""
     row = await conn.fetchval(
-        """UPDATE webhook_outbox SET delivered_at = now(), last_error = NULL
+        """UPDATE webhook_outbox SET delivered_at = now(), last_error = NULL, last_error_detail = NULL
            WHERE id = $1 AND attempts = $2 AND delivered_at IS NULL AND failed_at IS NULL RETURNING true""",
         message_id,
         attempt,
@@ -51,11 +51,14 @@ async def mark_delivered(conn: Conn, message_id: int, attempt: int) -> bool:
     return bool(row)
 
 
-async def mark_failed(conn: Conn, message_id: int, attempt: int, *, error: str, retry_in_s: float | None) -> None:
-    """A failed attempt: retry after `retry_in_s`, or give up (dead) when it is None."""
+async def mark_failed(
+    conn: Conn, message_id: int, attempt: int, *, error: str, detail: str, retry_in_s: float | None
+) -> None:
+    """A failed attempt: retry after `retry_in_s`, or give up (dead) when it is None. `error` is the
+    generic reason a tenant may see; `detail` (the exception's text) is for operators only."""
     await conn.execute(
         """UPDATE webhook_outbox
-           SET last_error = $3,
+           SET last_error = $3, last_error_detail = $5,
                next_attempt_at = CASE WHEN $4::float8 IS NULL THEN next_attempt_at
                                       ELSE now() + make_interval(secs => $4::float8) END,
                failed_at = CASE WHEN $4::float8 IS NULL THEN now() END
@@ -64,6 +67,7 @@ async def mark_failed(conn: Conn, message_id: int, attempt: int, *, error: str, 
         attempt,
         error[:1000],
         retry_in_s,
+        detail[:1000],
     )
 
 
@@ -88,10 +92,11 @@ async def set_tenant_webhook_secret(conn: Conn, tenant_id: UUID, secret: str) ->
 
 
 async def messages_for(conn: Conn, tenant_id: UUID) -> list[asyncpg.Record]:
-    """A tenant's outbox messages, oldest first (what was sent, and how it went)."""
+    """A tenant's outbox messages, oldest first (what was sent, and how it went). Only the generic
+    `last_error`: the operator-only `last_error_detail` is never selected for a tenant."""
     return await conn.fetch(
         """SELECT message_id, url, event_type, attempts, next_attempt_at, delivered_at, failed_at, last_error,
                   created_at
            FROM webhook_outbox WHERE tenant_id = $1 ORDER BY id""",
-        tenant_id,
+        require_tenant(tenant_id),
     )

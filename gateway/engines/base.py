@@ -65,6 +65,13 @@ class EngineTimeout(EngineError):
     error_class = "timeout"
 
 
+# Why a vendor that fetches inputs by URL is skipped: neither store nor gateway can give it one.
+INPUT_URL_MISSING = (
+    "{what} must be reachable by URL for this engine, and this gateway has none to give: set "
+    "public_base_url (the gateway then serves inputs at signed, expiring URLs) or use the S3 blob store"
+)
+
+
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     """What an engine can serve. `check` names the first constraint a request breaks."""
 
@@ -104,7 +111,7 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
         if self.models is not None and request.model is not None and request.model not in self.models:
             return f"model {request.model} is not available"
         if self.needs_input_url and request.image is not None and request.image.url is None:
-            return "input images must be reachable by URL (set public_base_url)"
+            return INPUT_URL_MISSING.format(what="input images")
         return None
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import importlib
+from typing import cast
 
 import httpx
 
-from gateway.config import EngineConfig, Settings
+from gateway.config import ConfigError, EngineConfig, Settings
+from gateway.engines import aithriving, api2convert, qolaba
 from gateway.engines.aithriving import AithrivingEngine
 from gateway.engines.api2convert import Api2ConvertEngine
-from gateway.engines.base import Engine
+from gateway.engines.base import Capabilities, Engine
 from gateway.engines.client import EngineClient
 from gateway.engines.qolaba import QolabaEngine
 from gateway.engines.transport import EngineTransport
@@ -51,10 +53,43 @@ def build_client(config: EngineConfig, transport: httpx.AsyncBaseTransport | Non
     )
 
 
+def in_process(config: EngineConfig) -> bool:
+    """A diffusion engine without `base_url` is served by the GPU service inside this process."""
+    return config.kind == "diffusion" and not config.base_url
+
+
 def build_engines(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> dict[str, Engine]:
-    """One engine per `[engines.NAME]`, each with its own client; `transport` replaces the network in tests."""
+    """One engine per `[engines.NAME]` that is reached over the network, each with its own client;
+    `transport` replaces the network in tests. In-process diffusion engines are built by
+    gateway/bootstrap.py, which owns the GPU service they share."""
     # A bad engine table (ConfigError) stops startup. The clients built so far have never
     # opened a connection, so there is nothing to close when that happens.
     return {
-        name: build_engine(name, config, build_client(config, transport)) for name, config in settings.engines.items()
+        name: build_engine(name, config, build_client(config, transport))
+        for name, config in settings.engines.items()
+        if not in_process(config)
     }
+
+
+def capabilities(kind: str) -> Capabilities:
+    """What engines of `kind` can serve, without building one."""
+    if kind == "diffusion":
+        return cast(Capabilities, importlib.import_module("gateway.engines.diffusion").CAPABILITIES)
+    vendors = {
+        "api2convert": api2convert.CAPABILITIES,
+        "qolaba": qolaba.CAPABILITIES,
+        "aithriving": aithriving.CAPABILITIES,
+    }
+    return vendors[kind]
+
+
+def check_route_capabilities(settings: Settings) -> None:
+    """Refuse (ConfigError naming the route) a route none of whose engines can do its operation."""
+    for operation, names in settings.routes.items():
+        if not names:
+            raise ConfigError(f"routes.{operation}: empty; list the engines to try, or remove the line")
+        if any(operation in capabilities(settings.engines[name].kind).operations for name in names):
+            continue
+        able = sorted(name for name, cfg in settings.engines.items() if operation in capabilities(cfg.kind).operations)
+        fix = f"route it to one that can ({', '.join(able)})" if able else "add an engine that can"
+        raise ConfigError(f"routes.{operation}: no engine listed ({', '.join(names)}) can do {operation}; {fix}")

@@ -21,6 +21,7 @@ import msgspec
 from gateway.config import ConfigError, EngineConfig, RoutingConfig, Settings
 from gateway.domain.generation import AttemptOutcome, EngineAttempt, EngineRequest, EngineResult, Operation
 from gateway.engines.base import (
+    INPUT_URL_MISSING,
     Engine,
     EngineError,
     EngineRateLimited,
@@ -356,7 +357,7 @@ class Router:
 def _mask_url_missing(engine: Engine, request: EngineRequest) -> str | None:
     # Capabilities.check covers the init image only; URL-only vendors need the mask's URL too.
     if engine.capabilities.needs_input_url and request.mask is not None and request.mask.url is None:
-        return "mask must be reachable by URL (set public_base_url)"
+        return INPUT_URL_MISSING.format(what="the mask")
     return None
 
 

@@ -14,6 +14,7 @@ import io
 import ipaddress
 import socket
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -64,18 +65,61 @@ def decode_image(data: bytes, field: str, *, max_pixels: int) -> CheckedImage:
     return CheckedImage(data=data, media_type=FORMATS[fmt], width=width, height=height, mode=mode)
 
 
+# NAT64's well-known prefix: the last 32 bits are an IPv4 address a translator connects to.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Every failed fetch says the same: which of refused, timed out, reset or HTTP 404 it was would
+# tell a client which ports of a host are open.
+FETCH_FAILED = "the image could not be fetched"
+# A fetch as a whole, redirects included, ends after this long: per-read timeouts alone let a
+# server trickling a byte at a time hold a request for hours.
+FETCH_DEADLINE_S = 30.0
+
+
 def is_public_address(address: str) -> bool:
-    """Whether the gateway may connect to `address`: the SSRF rule for every URL a client gives us."""
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """Whether the gateway may connect to `address`: the SSRF rule for every URL a client gives us.
+
+    An IPv6 address that carries an IPv4 one (mapped, 6to4 in 2002::/16, NAT64) is judged by the
+    IPv4 address it reaches."""
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip.sixtofour is not None:
+            if not is_public_address(str(ip.sixtofour)):
+                return False
+        elif ip in _NAT64:
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_link_local or ip.is_loopback)
 
 
-async def check_public_url(url: str, field: str, allow_hosts: frozenset[str], *, what: str) -> None:
+@dataclass(frozen=True)
+class CheckedURL:
+    """A URL that passed the SSRF rule, with the address it was checked at (None: an allow-listed host,
+    connected to by name)."""
+
+    url: str
+    address: str | None
+
+    def request_args(self) -> dict[str, Any]:
+        """`url`, `headers` and `extensions` for httpx that connect to the checked address itself, so
+        no second DNS lookup (which an attacker's name server could answer differently) comes
+        between the check and the connection. TLS still verifies the certificate for the host name
+        (`sni_hostname`), and the Host header still names it."""
+        if self.address is None:
+            return {"url": self.url}
+        parsed = httpx.URL(self.url)
+        return {
+            "url": parsed.copy_with(host=self.address),
+            "headers": {"Host": parsed.netloc.decode("ascii")},
+            "extensions": {"sni_hostname": parsed.host},
+        }
+
+
+async def check_public_url(url: str, field: str, allow_hosts: frozenset[str], *, what: str) -> CheckedURL:
     """Refuse (ValidationFailed naming `field`) a URL that is not https or whose host resolves to any
-    non-public address. `what` names the URL's kind in messages ("remote images", "webhook URLs").
-    Hosts in `allow_hosts` (config `fetch_allow_hosts`, e.g. 127.0.0.1 in tests) skip both rules."""
+    non-public address; return it with the address to connect to. `what` names the URL's kind in
+    messages ("remote images", "webhook URLs"). Hosts in `allow_hosts` (config `fetch_allow_hosts`,
+    e.g. 127.0.0.1 in tests) skip both rules."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -85,31 +129,52 @@ async def check_public_url(url: str, field: str, allow_hosts: frozenset[str], *,
         raise ValidationFailed.field(field, "must be an https URL")
     host = parts.hostname
     if host in allow_hosts:
-        return
+        return CheckedURL(url, None)
     if parts.scheme != "https":
         raise ValidationFailed.field(field, f"{what} must use https")
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port or 443, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise ValidationFailed.field(field, f"cannot resolve {host}") from exc
-    for info in infos:
-        if not is_public_address(str(info[4][0])):
+    addresses = [str(info[4][0]) for info in infos]
+    if not addresses:
+        raise ValidationFailed.field(field, f"cannot resolve {host}")
+    for address in addresses:
+        if not is_public_address(address):
             raise ValidationFailed.field(field, f"{host} resolves to a non-public address; refused")
+    return CheckedURL(url, addresses[0])
 
 
 async def fetch_remote(
+    url: str,
+    field: str,
+    *,
+    client: httpx.AsyncClient,
+    max_bytes: int,
+    allow_hosts: frozenset[str],
+    deadline_s: float = FETCH_DEADLINE_S,
+) -> bytes:
+    """GET `url` following at most 3 redirects, checking every hop's resolved addresses and
+    connecting to the address checked; all of it within `deadline_s`."""
+    try:
+        async with asyncio.timeout(deadline_s):
+            return await _fetch(url, field, client=client, max_bytes=max_bytes, allow_hosts=allow_hosts)
+    except TimeoutError as exc:
+        raise ValidationFailed.field(field, FETCH_FAILED) from exc
+
+
+async def _fetch(
     url: str, field: str, *, client: httpx.AsyncClient, max_bytes: int, allow_hosts: frozenset[str]
 ) -> bytes:
-    """GET `url` following at most 3 redirects, checking every hop's resolved addresses."""
     for _ in range(_MAX_REDIRECTS + 1):
-        await check_public_url(url, field, allow_hosts, what="remote images")
+        checked = await check_public_url(url, field, allow_hosts, what="remote images")
         try:
-            async with client.stream("GET", url, follow_redirects=False) as response:
+            async with client.stream("GET", follow_redirects=False, **checked.request_args()) as response:
                 if response.is_redirect:
                     url = urljoin(url, response.headers.get("location", ""))
                     continue
                 if response.status_code != 200:
-                    raise ValidationFailed.field(field, f"fetching the image returned HTTP {response.status_code}")
+                    raise ValidationFailed.field(field, FETCH_FAILED)
                 chunks, size = [], 0
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
@@ -118,7 +183,7 @@ async def fetch_remote(
                     chunks.append(chunk)
                 return b"".join(chunks)
         except httpx.HTTPError as exc:
-            raise ValidationFailed.field(field, f"fetching the image failed ({type(exc).__name__})") from exc
+            raise ValidationFailed.field(field, FETCH_FAILED) from exc
     raise ValidationFailed.field(field, "too many redirects")
 
 

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -39,6 +40,20 @@ USER_AGENT = "image-gateway-webhooks/1"
 # message over while this one may still be talking to the receiver.
 _LEASE_MARGIN_S = 30.0
 _jitter = secrets.SystemRandom()
+
+
+# What a tenant may read about a failed delivery. The exception's text (kept for operators as the
+# detail) can name addresses, ports and resolver errors of the network the gateway runs in.
+UNREACHABLE = "the endpoint could not be reached"
+REFUSED = "the URL is not allowed (not https, or not a public address)"
+
+
+@dataclass(frozen=True)
+class DeliveryFailure:
+    """Why an attempt failed: `reason` for the tenant, `detail` for operators only."""
+
+    reason: str
+    detail: str
 
 
 def retry_delay(attempt: int, config: WebhookConfig, fraction: float) -> float:
@@ -129,50 +144,55 @@ class WebhookDispatcher:
             await self._deliver_logged(row)
 
     async def _deliver_logged(self, row: Any) -> None:
-        error = await self._post(row)
+        failure = await self.attempt(row)
         attempt: int = row["attempts"]
         try:
             async with self.pool.acquire() as conn:
-                if error is None:
+                if failure is None:
                     await wq.mark_delivered(conn, row["id"], attempt)
                     return
                 retry = None
                 if attempt < self.config.max_attempts:
                     retry = retry_delay(attempt, self.config, _jitter.random())
                 else:
-                    log.warning("webhook %s is dead after %d attempts: %s", row["message_id"], attempt, error)
-                await wq.mark_failed(conn, row["id"], attempt, error=error, retry_in_s=retry)
+                    log.warning("webhook %s is dead after %d attempts: %s", row["message_id"], attempt, failure.detail)
+                await wq.mark_failed(
+                    conn, row["id"], attempt, error=failure.reason, detail=failure.detail, retry_in_s=retry
+                )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             # Unrecorded: the claim's lease runs out and the message is tried again.
             log.warning("recording webhook %s failed: %s", row["message_id"], exc)
 
-    async def _post(self, row: Any) -> str | None:
-        """POST the message; None on a 2xx acknowledgement, else what went wrong."""
+    async def attempt(self, row: Any) -> DeliveryFailure | None:
+        """POST the message once, to the address its URL was checked at; None on a 2xx
+        acknowledgement, else what went wrong."""
         url: str = row["url"]
         try:
-            await check_webhook_url(url, "webhook_url", self.allow_hosts)
+            checked = await check_webhook_url(url, "webhook_url", self.allow_hosts)
         except ValidationFailed as exc:
-            return f"refused: {exc.detail}"
+            return DeliveryFailure(REFUSED, f"refused: {exc.detail}")
         body = message_body(row)
         timestamp = int(time.time())
         try:
             signature = sign(row["webhook_secret"], row["message_id"], timestamp, body)
         except ValueError as exc:
-            return f"cannot sign: {exc}"
+            return DeliveryFailure("the message could not be signed", f"cannot sign: {exc}")
         headers = {
             "Content-Type": "application/json",
             "webhook-id": row["message_id"],
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signature,
         }
-        if row["request_id"]:
+        if row.get("request_id"):  # a job's event: the id of the request that created the job
             headers[REQUEST_ID_HEADER] = row["request_id"]
+        request = checked.request_args()
+        headers.update(request.pop("headers", {}))
         try:
             # Streamed and never read: only the status matters, and a receiver cannot make us buffer a body.
-            async with self._client.stream("POST", url, content=body, headers=headers) as response:
+            async with self._client.stream("POST", content=body, headers=headers, **request) as response:
                 status = response.status_code
         except httpx.HTTPError as exc:
-            return f"{type(exc).__name__}: {exc}"[:500]
+            return DeliveryFailure(UNREACHABLE, f"{type(exc).__name__}: {exc}"[:500])
         if 200 <= status < 300:
             return None
-        return f"HTTP {status}"
+        return DeliveryFailure(f"HTTP {status}", f"HTTP {status}")

@@ -35,6 +35,7 @@ from gateway.routing.router import Router
 from gateway.storage.base import BlobStore
 from gateway.storage.formats import needs_conversion, to_output_format
 from gateway.worker.drain import drain
+from gateway.worker.outage import Cleanup, fail_when_reachable
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ class JobRunner:
                 try:
                     async with self.pool.acquire() as conn:
                         rows = await jq.claim_jobs(conn, self.owner, self.settings.lease_s, free)
-                except (OSError, asyncpg.PostgresError) as exc:
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    # The database restarting: keep polling; the claim loop must outlive the outage.
                     log.warning("claiming jobs failed: %s", exc)
                     rows = []
                 for row in rows:
@@ -139,6 +141,33 @@ class JobRunner:
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(self._slot_freed)
         return task
+
+    def fail_after_outage(self, job_id: UUID, cleanup: Cleanup | None = None) -> None:
+        """Settle `job_id` as failed, charging nothing, once the database answers again (after
+        running `cleanup`, the caller's own undoing, on a connection).
+
+        Its request was answered with an error (the database went away while it was being
+        served), so the tenant never got the job: it must not run on and be charged later. A
+        runner that finishes it meanwhile finds it settled and discards its images."""
+        outcome = Outcome(
+            state="failed",
+            error=_problem(
+                "database-unavailable",
+                "Database unavailable",
+                503,
+                "The database became unreachable while the request was answered; "
+                "the job was stopped and costs nothing.",
+            ),
+        )
+
+        async def settle(job: asyncpg.Record) -> None:
+            await self._settle(job, outcome, unless_canceled=False)
+
+        task = asyncio.create_task(
+            fail_when_reachable(self.pool, job_id, settle, self._stopping, cleanup), name=f"fail-{job_id}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _slot_freed(self, _: asyncio.Task[Finished | None]) -> None:
         # Wake the claim loop only when it stopped for want of a slot: waking it after every job
@@ -217,7 +246,14 @@ class JobRunner:
             await self._discard(job_id, outcome)
             return None
         # The settlement statement itself checks for a cancellation request: no extra round trip.
-        settlement = await self._settle(job, outcome, unless_canceled=True)
+        try:
+            settlement = await self._settle(job, outcome, unless_canceled=True)
+        except BaseException:
+            # Unsettled (the database went away): the job runs again under a new lease, or is
+            # failed by `fail_after_outage`; this run's images would belong to nothing.
+            for image in outcome.images:
+                await self.blobs.delete(image.blob_key)
+            raise
         settled = settlement.status
         if settled is Settled.CANCEL_REQUESTED:
             await self._discard(job_id, outcome)
@@ -416,15 +452,16 @@ class JobRunner:
                 rows = await jq.inputs(conn, job["id"])
         for row in rows:
             data = await self.blobs.get(row["blob_key"])
-            url = await self._input_url(row["blob_key"])
+            url = await self._input_url(row["blob_key"], job["deadline_at"].timestamp())
             params[row["role"]] = ImageInput(
                 data=data, media_type=row["content_type"], width=row["width"], height=row["height"], url=url
             )
         params["job_id"] = str(job["id"])
         return msgspec.convert(params, EngineRequest, from_attributes=True)
 
-    async def _input_url(self, blob_key: str) -> str | None:
+    async def _input_url(self, blob_key: str, deadline: float) -> str | None:
         url = await self.blobs.presigned_url(blob_key, self.settings.storage.presign_ttl_s)
         if url is None and self.signer is not None:
-            url = self.signer(blob_key)
+            # The gateway's own URL (gateway/storage/links.py) lives no longer than the job may.
+            url = self.signer(blob_key, deadline)
         return url

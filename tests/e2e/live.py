@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ class LiveGateway:
     in-process `gateway` fixture: tenants made there can call it, its jobs show in the ledger.
     """
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Any, sock: socket.socket | None = None) -> None:
         config = uvicorn.Config(
             create_app(settings),
             host="127.0.0.1",
@@ -37,7 +38,11 @@ class LiveGateway:
             timeout_graceful_shutdown=2,
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="live-gateway", daemon=True)
+        # `sock`: a socket bound in advance, for settings that must name the gateway's own address.
+        sockets = [sock] if sock is not None else None
+        self._thread = threading.Thread(
+            target=lambda: self._server.run(sockets=sockets), name="live-gateway", daemon=True
+        )
         self.base_url = ""
 
     def start(self) -> str:

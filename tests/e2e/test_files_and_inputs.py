@@ -116,6 +116,34 @@ async def test_a_multipart_file_that_is_not_an_image_is_refused_naming_the_field
     assert field_of(response) == "image"
 
 
+async def test_a_file_part_without_a_filename_is_read_by_its_content_type(gateway: Gateway) -> None:
+    """OpenAPI clients send a binary form field with its Content-Type and no filename."""
+    _, key = await gateway.tenant(credits=10)
+
+    def form(image: bytes, media_type: str = "image/png") -> bytes:
+        return (
+            b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nx\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="image"\r\nContent-Type: '
+            + media_type.encode()
+            + b"\r\n\r\n"
+            + image
+            + b"\r\n--b--\r\n"
+        )
+
+    headers = {**auth(key), "Content-Type": "multipart/form-data; boundary=b"}
+    made = await gateway.client.post("/v1/image-to-image", content=form(png(512, 512)), headers=headers)
+    assert made.status_code == 200, made.text
+    assert made.json()["state"] == "succeeded"
+    broken = await gateway.client.post(
+        "/v1/image-to-image", content=form(b"\xff\xd8\xff", "image/jpeg"), headers=headers
+    )
+    assert broken.status_code == 422, broken.text
+    assert field_of(broken) == "image"
+    not_text = await gateway.client.post("/v1/image-to-image", content=form(b"\xff\xd8", "text/plain"), headers=headers)
+    assert not_text.status_code == 400, not_text.text
+    assert "UTF-8" in not_text.json()["detail"]
+
+
 async def test_a_repeated_multipart_request_is_replayed_under_its_idempotency_key(gateway: Gateway) -> None:
     _, key = await gateway.tenant(credits=10)
     headers = {**auth(key), "Idempotency-Key": "form-1"}
@@ -397,6 +425,8 @@ async def test_download_password_matrix_header_cookie_list_wrong_and_missing(gat
     finally:
         client.cookies.clear()
 
+    # Each wrong candidate above counted against the job's ten: the zip checks start on a new job.
+    job = await protected_job(gateway, key)
     zipped = await client.get(f"/v1/jobs/{job['id']}/files.zip", headers=auth(key))
     assert zipped.status_code == 401
     zipped = await client.get(f"/v1/jobs/{job['id']}/files.zip", headers={**auth(key), "X-Download-Password": "x"})
@@ -419,13 +449,16 @@ async def test_ten_wrong_passwords_lock_the_file_even_for_the_right_one(gateway:
     retry_after = int(locked.headers["retry-after"])
     assert 0 < retry_after <= 15 * 60
     assert locked.headers["content-type"].startswith("application/problem+json")
-    # The counter is per file: the job's other image still opens with the right password.
-    assert (await gateway.client.get(other_url, headers={"X-Download-Password": SIMPLE})).status_code == 200
+    # One password guards the whole job: its other image is locked as well.
+    assert (await gateway.client.get(other_url, headers={"X-Download-Password": SIMPLE})).status_code == 429
     # Failures older than the 15-minute window no longer count.
     async with gateway.pool.acquire() as conn:
         await conn.execute(
             "UPDATE files SET failures_since = now() - interval '16 minutes' WHERE id = $1",
             job["results"][0]["file_id"],
+        )
+        await conn.execute(
+            "UPDATE jobs SET download_failures_since = now() - interval '16 minutes' WHERE id = $1", job["id"]
         )
     assert (await gateway.client.get(locked_url, headers={"X-Download-Password": SIMPLE})).status_code == 200
 

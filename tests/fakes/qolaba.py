@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from litestar import Litestar, Request, Response, get, post
 
 from tests.fakes.base import FakeVendor
@@ -40,9 +41,28 @@ class FakeQolaba(FakeVendor):
     tasks: dict[str, FakeTask] = field(default_factory=dict)
     # A status string the engine has never seen; it must keep polling through it.
     odd_status: str = "IN_PROGRESS_7"
+    # On, the fake fetches `image` and `mask_url` on submit as the real vendor does (off: the
+    # engine contract tests send URLs nobody serves), and records (url, HTTP status, body).
+    fetch_inputs: bool = False
+    fetched: list[tuple[str, int, bytes]] = field(default_factory=list)
 
     def reset_state(self) -> None:
         self.tasks.clear()
+        self.fetch_inputs = False
+        self.fetched.clear()
+
+    async def _fetch_inputs(self, body: dict[str, Any]) -> str | None:
+        """GET each input URL; the reason the task cannot run when one does not answer 200."""
+        for name in ("image", "mask_url"):
+            url = body.get(name)
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                continue
+            async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+                reply = await client.get(url)
+            self.fetched.append((url, reply.status_code, reply.content))
+            if reply.status_code != 200:
+                return f"{name}: fetching it returned HTTP {reply.status_code}"
+        return None
 
     def error_body(self, status: int) -> Any:
         return envelope(error="internal error", error_data=f"HTTP {status}", status="FAILURE")
@@ -63,6 +83,8 @@ class FakeQolaba(FakeVendor):
             return fault
         if problems := self.check("post", path, "application/json", body):
             return Response(envelope(error="invalid request", error_data="; ".join(problems)), status_code=400)
+        if self.fetch_inputs and (unfetchable := await self._fetch_inputs(body)) is not None:
+            return Response(envelope(error="invalid input", error_data=unfetchable), status_code=400)
         task = FakeTask(
             id=str(uuid.uuid4()),
             batch=int(body.get("batch", 1)),

@@ -97,7 +97,7 @@ async def test_rotation_keeps_old_secret_for_the_grace_period_then_refuses_it(
     old, _ = await _tenant(auth_pool)
     assert old.tenant_id is not None
     async with auth_pool.acquire() as conn, conn.transaction():
-        new = await service.rotate(conn, tenant_id=old.tenant_id, key_id=old.id, grace_period_s=1)
+        new = await service.rotate(conn, tenant_id=old.tenant_id, key_id=old.id, caller=None, grace_period_s=1)
     assert new.id == old.id
     assert new.key != old.key
     assert (await authenticator.authenticate(old.key)).key_id == old.id
@@ -114,7 +114,7 @@ async def test_rotation_without_grace_retires_old_secret_at_once(
     old, _ = await _tenant(auth_pool)
     assert old.tenant_id is not None
     async with auth_pool.acquire() as conn, conn.transaction():
-        new = await service.rotate(conn, tenant_id=old.tenant_id, key_id=old.id)
+        new = await service.rotate(conn, tenant_id=old.tenant_id, key_id=old.id, caller=None)
     with pytest.raises(Unauthenticated):
         await authenticator.authenticate(old.key)
     await authenticator.authenticate(new.key)
@@ -124,8 +124,8 @@ async def test_second_rotation_never_extends_an_older_secrets_grace(auth_pool: P
     first, _ = await _tenant(auth_pool)
     assert first.tenant_id is not None
     async with auth_pool.acquire() as conn, conn.transaction():
-        await service.rotate(conn, tenant_id=first.tenant_id, key_id=first.id, grace_period_s=60)
-        await service.rotate(conn, tenant_id=first.tenant_id, key_id=first.id, grace_period_s=3600)
+        await service.rotate(conn, tenant_id=first.tenant_id, key_id=first.id, caller=None, grace_period_s=60)
+        await service.rotate(conn, tenant_id=first.tenant_id, key_id=first.id, caller=None, grace_period_s=3600)
         rows = await conn.fetch(
             "SELECT hint, retires_at - now() AS left FROM api_key_secrets WHERE key_id = $1 ORDER BY created_at",
             first.id,
@@ -142,7 +142,11 @@ async def test_grace_period_over_thirty_days_is_refused(auth_pool: Pool) -> None
     async with auth_pool.acquire() as conn:
         with pytest.raises(ValidationFailed):
             await service.rotate(
-                conn, tenant_id=key.tenant_id, key_id=key.id, grace_period_s=service.MAX_GRACE_PERIOD_S + 1
+                conn,
+                tenant_id=key.tenant_id,
+                key_id=key.id,
+                caller=None,
+                grace_period_s=service.MAX_GRACE_PERIOD_S + 1,
             )
 
 
@@ -153,7 +157,7 @@ async def test_revoked_key_is_refused_and_cannot_be_rotated(auth_pool: Pool, aut
         await service.revoke(conn, tenant_id=key.tenant_id, key_id=key.id)
         await service.revoke(conn, tenant_id=key.tenant_id, key_id=key.id)
         with pytest.raises(Conflict):
-            await service.rotate(conn, tenant_id=key.tenant_id, key_id=key.id)
+            await service.rotate(conn, tenant_id=key.tenant_id, key_id=key.id, caller=None)
     with pytest.raises(Unauthenticated):
         await authenticator.authenticate(key.key)
 
@@ -164,7 +168,7 @@ async def test_another_tenants_key_is_not_found(auth_pool: Pool) -> None:
     assert mine.tenant_id is not None
     async with auth_pool.acquire() as conn:
         with pytest.raises(NotFound):
-            await service.rotate(conn, tenant_id=mine.tenant_id, key_id=theirs.id)
+            await service.rotate(conn, tenant_id=mine.tenant_id, key_id=theirs.id, caller=None)
         with pytest.raises(NotFound):
             await service.revoke(conn, tenant_id=mine.tenant_id, key_id=theirs.id)
         revoked = await conn.fetchval("SELECT revoked_at FROM api_keys WHERE id = $1", theirs.id)

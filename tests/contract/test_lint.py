@@ -1,0 +1,38 @@
+"""Redocly CLI's recommended ruleset finds no error and no warning in the committed document
+(openapi/redocly.yaml; the accepted findings, each with its reason, in openapi/.redocly.lint-ignore.yaml)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from tests.e2e.processes import REPO
+
+REDOCLY = "@redocly/cli@2.77.0"
+
+
+@pytest.mark.skipif(shutil.which("npm") is None, reason="Node.js (npm) is not on this machine")
+def test_the_document_passes_redoclys_recommended_rules(tmp_path_factory: pytest.TempPathFactory) -> None:
+    prefix = tmp_path_factory.mktemp("redocly")
+    install = subprocess.run(
+        ["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--silent", REDOCLY],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    lint = subprocess.run(
+        [str(prefix / "node_modules" / ".bin" / "redocly"), "lint", "gateway.json", "--config", "redocly.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO / "openapi",
+        check=False,
+    )
+    output = lint.stdout + lint.stderr
+    assert lint.returncode == 0, output
+    assert "valid" in output, output
+    assert "warning" not in output.replace("Deprecation warning", "").lower(), output
