@@ -160,12 +160,7 @@ class Origin(NamedTuple):
     traceparent: str | None = None
 
 
-_NO_ORIGIN = Origin()
-
-
-def admit_args(
-    principal: Principal, spec: JobRequest, version: int, unit: int, origin: Origin = _NO_ORIGIN
-) -> gq.AdmitArgs:
+def admit_args(principal: Principal, spec: JobRequest, version: int, unit: int, origin: Origin) -> gq.AdmitArgs:
     """The admission statement's arguments for `spec`, priced at `unit` under `version`."""
     assert principal.tenant_id is not None
     return gq.AdmitArgs(
