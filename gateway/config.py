@@ -59,6 +59,9 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # (/v1/admin/usage): per vendor credit it reports spending, and per GPU second.
     cost_per_vendor_credit: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     cost_per_gpu_second: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # Send W3C traceparent (our trace ids) to this engine: off for vendors, whose traces we do not share.
+    # Our own GPU service (kind "diffusion") always gets it.
+    propagate_trace: bool = False
     # Resolved from the environment variable `api_key_env` by the loader, never from the file.
     api_key: Secret | None = None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
@@ -165,3 +166,27 @@ async def test_engine_latency_exemplars_carry_the_attempts_trace_id(
     plain = await gw.client.get("/metrics")
     assert plain.headers["content-type"].startswith("text/plain")
     assert "trace_id" not in plain.text, "the Prometheus text format has no exemplars"
+
+
+async def test_a_vendor_configured_to_share_traces_gets_the_attempts_traceparent(
+    make_gateway: Callable[..., Awaitable[Gateway]], fake_api2convert: Any
+) -> None:
+    a2c = {
+        "kind": "api2convert",
+        "base_url": fake_api2convert.base_url,
+        "api_key_env": "A2C_KEY",
+        "poll_interval_s": 0.01,
+        "max_poll_interval_s": 0.05,
+        "propagate_trace": True,
+    }
+    gw = await make_gateway(engines={"a2c": a2c}, routes={"text-to-image": ["a2c"]})
+    _, key = await gw.tenant()
+    with recording_spans() as spans:
+        response = await gw.client.post("/v1/text-to-image", json=T2I, headers=auth(key))
+    assert response.status_code == 200, response.text
+    attempt = spans.one("engine.attempt").context
+    expected = f"00-{attempt.trace_id:032x}-"
+    sent = [{k.lower(): v for k, v in call.headers.items()} for call in fake_api2convert.calls]
+    assert sent, "the vendor was called"
+    for headers in sent:
+        assert headers["traceparent"].startswith(expected), headers
