@@ -116,7 +116,7 @@ async def test_batched_requests_match_unbatched_ones_and_take_fewer_calls(demo_m
 class OomAboveOne(LoadedModel):
     """Raises torch's own out-of-memory error for any batch larger than one image."""
 
-    def call_pipeline(self, pipe: Any, kwargs: dict[str, Any]) -> list[Any]:
+    def call_pipeline(self, pipe: Any, kwargs: dict[str, Any]) -> Any:
         import torch
 
         if len(kwargs["prompt"]) > 1:
@@ -170,19 +170,19 @@ class RecordingModel(LoadedModel):
 
     calls: list[int]
 
-    def call_pipeline(self, pipe: Any, kwargs: dict[str, Any]) -> list[Any]:
+    def call_pipeline(self, pipe: Any, kwargs: dict[str, Any]) -> Any:
         self.calls.append(len(kwargs["prompt"]))
         return super().call_pipeline(pipe, kwargs)
 
 
 async def test_padding_batches_for_compiled_graphs_leaves_the_images_unchanged(demo_model: LoadedModel) -> None:
-    padded = RecordingModel(demo_model.pipelines["text-to-image"], family="sd15", device="cpu", max_batch=8)
+    padded = RecordingModel(demo_model.pipelines["text-to-image"], family="sd15", device="cpu")
     padded.calls = []
     padded.pad_batches = True  # what compile=True turns on; compiling itself only pays on a GPU
     key, works = await GpuService(gpu_config(), None, model=demo_model).admit(request(n=3))
     images = padded.run(Batch(key, works), lambda done, total: None)
     plain = demo_model.run(Batch(key, works), lambda done, total: None)
-    assert padded.calls == [4]  # 3 images padded to the next power of two
+    assert padded.calls == [4]  # 3 images padded to the next declared batch size (1, 2, 4, 8)
     assert len(images) == 3
     for mine, reference in zip(images, plain, strict=True):
         assert abs(pixels(mine) - pixels(reference)).max() <= PIXEL_TOLERANCE
