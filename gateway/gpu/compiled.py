@@ -184,9 +184,11 @@ def _as_float(timestep: Any, sample: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(timestep, device=sample.device).to(torch.float32)
 
 
-def compile_gates(unet: Any, vae_decoder: Any, *, mode: str, backend: str) -> tuple[ShapeGate, ShapeGate]:
+def compile_gates(
+    unet: Any, vae_decoder: Any, *, mode: str, backend: str, compiler: Callable[..., Any] = torch.compile
+) -> tuple[ShapeGate, ShapeGate]:
     """Gate (and compile) the UNet's and the VAE decoder's forwards in place."""
     return (
-        ShapeGate(unet, "unet", mode=mode, backend=backend, normalise=unet_timestep_as_float),
-        ShapeGate(vae_decoder, "vae decoder", mode=mode, backend=backend),
+        ShapeGate(unet, "unet", mode=mode, backend=backend, normalise=unet_timestep_as_float, compiler=compiler),
+        ShapeGate(vae_decoder, "vae decoder", mode=mode, backend=backend, compiler=compiler),
     )

@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -105,7 +106,15 @@ class LoadedModel:
     dtype while encoding), and `encode` turns each image into PNG/JPEG/WebP bytes on any thread.
     """
 
-    def __init__(self, base: Any, *, family: Family, device: str, config: GpuConfig | None = None) -> None:
+    def __init__(
+        self,
+        base: Any,
+        *,
+        family: Family,
+        device: str,
+        config: GpuConfig | None = None,
+        compiler: Callable[..., Any] = torch.compile,
+    ) -> None:
         config = config or GpuConfig(device="cpu" if device == "cpu" else "cuda")
         self.family: Family = family
         self.device = device
@@ -145,7 +154,11 @@ class LoadedModel:
             shapes = self.warm_shapes()
             allow_recompiles(2 * len(shapes) + 8)
             self.gates = compile_gates(
-                base.unet, self.decode_vae.decoder, mode=config.compile_mode, backend=config.compile_backend
+                base.unet,
+                self.decode_vae.decoder,
+                mode=config.compile_mode,
+                backend=config.compile_backend,
+                compiler=compiler,
             )
 
     @property

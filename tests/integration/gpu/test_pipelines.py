@@ -186,3 +186,31 @@ async def test_padding_batches_for_compiled_graphs_leaves_the_images_unchanged(d
     assert len(images) == 3
     for mine, reference in zip(images, plain, strict=True):
         assert abs(pixels(mine) - pixels(reference)).max() <= PIXEL_TOLERANCE
+
+
+class KwargsRecorder(LoadedModel):
+    """Remembers the arguments of the last pipeline call."""
+
+    last: dict[str, Any]
+
+    def call_pipeline(self, pipe: Any, kwargs: dict[str, Any]) -> Any:
+        self.last = kwargs
+        return super().call_pipeline(pipe, kwargs)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+async def test_the_separate_decode_stage_gives_the_pipelines_own_images(
+    tmp_path: Path, demo_model_path: Path, family: str
+) -> None:
+    import numpy as np
+    import torch
+    from diffusers import DiffusionPipeline
+
+    path = demo_model_path if family == "sd15" else make_demo_model(tmp_path / "xl", family="sdxl")
+    base = DiffusionPipeline.from_pretrained(path, local_files_only=True)
+    model = KwargsRecorder(base, family="sdxl" if family == "sdxl" else "sd15", device="cpu")
+    key, works = await GpuService(gpu_config(), None, model=model).admit(request(n=2, negative_prompt="blurry"))
+    ours = model.decode(model.denoise(Batch(key, works), lambda done, total: None))
+    generators = [torch.Generator("cpu").manual_seed(w.seed) for w in works]
+    theirs = base(**{**model.last, "generator": generators, "output_type": "pil", "callback_on_step_end": None}).images
+    assert [np.asarray(image).tolist() for image in ours] == [np.asarray(image).tolist() for image in theirs]
