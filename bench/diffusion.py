@@ -466,7 +466,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
         "",
         f"{gpu_name}, {os.cpu_count()} CPUs; torch {torch.__version__}, {dtype}; service compile: "
         f"{f'{args.compile_mode} ({args.compile_backend}), warm-up {warm_s:.0f} s' if args.compile else 'off'}; "
-        f"{args.images} images per repeat, median of {args.repeats}; "
+        f"{args.images}+ images per repeat (whole batches), median of {args.repeats}; "
         f"service clients = 2 x batch, window {args.window_ms:g} ms",
     ]
     util = Utilisation()

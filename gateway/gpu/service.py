@@ -156,10 +156,11 @@ class GpuService:
                     log.info("warm-up: %s in %.1f s", _describe(shape), time.perf_counter() - shape_started)
                 self.warm_done += 1
         except Exception as exc:
-            if model.is_fatal(exc):
-                self._set_fault(f"device fault during warm-up: {type(exc).__name__}: {exc}")
-                raise NotAccepting(self.fault or "device fault") from exc
-            raise
+            # Compile errors already fell back to eager inside the gates; what reaches here is a
+            # device fault or a bug, and a service that cannot warm up must not wait for traffic.
+            kind = "device fault" if model.is_fatal(exc) else "failure"
+            self._set_fault(f"{kind} during warm-up: {type(exc).__name__}: {exc}")
+            raise NotAccepting(self.fault or kind) from exc
         finally:
             self._warming = False
         for size, batch in too_big.items():
