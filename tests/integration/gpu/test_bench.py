@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from bench.diffusion import build_baseline, build_service_model, main, parse_args, service_config, shared_tensors
@@ -27,6 +28,7 @@ def test_the_benchmarks_baseline_does_not_share_the_services_model() -> None:
     assert shared_tensors(baseline, sharing) > 0
 
 
+@pytest.mark.slow
 def test_a_benchmark_run_writes_a_row_per_operation_batch_size_and_mode(tmp_path: Path) -> None:
     argv = ["--device", "cpu", "--steps", "2", "--batch-sizes", "1,2", "--images", "2", "--repeats", "1"]
     assert main([*argv, "--out", str(tmp_path)]) == 0
