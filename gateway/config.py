@@ -94,7 +94,7 @@ class GpuConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     With `compile`, the UNet and the VAE decoder are compiled for the declared shapes only: every
     resolution in `resolutions` (empty: the model's native size) at every size in `batch_sizes`,
-    with and without classifier-free guidance. All of them are compiled and run once before
+    with and/or without classifier-free guidance (`compile_guidance`). All of them are compiled and run once before
     `/v1/health` answers 200; a batch is padded up to the next declared size, and any other shape
     runs eager (logged once per shape) instead of compiling while a request waits.
     """
@@ -111,6 +111,9 @@ class GpuConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     compile_cache_dir: str | None = None
     resolutions: tuple[str, ...] = ()  # "WxH" compiled and warmed at startup
     batch_sizes: tuple[PositiveInt, ...] = (1, 2, 4, 8)  # compiled batch sizes (images, before CFG doubling)
+    # Guidance > 1 doubles the UNet batch. A deployment whose requests always use guidance can
+    # warm "with" only and start faster; an undeclared request shape still works, eager.
+    compile_guidance: Literal["both", "with", "without"] = "both"
     max_batch: PositiveInt = 8
     batch_limits: dict[str, PositiveInt] = msgspec.field(default_factory=dict)  # "WxH" -> at most this many
     # Share of the device's memory this process may take (torch's caching allocator refuses more,

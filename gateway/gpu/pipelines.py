@@ -293,16 +293,19 @@ class LoadedModel:
     # -- warm-up --------------------------------------------------------------------------------
 
     def warm_shapes(self) -> list[WarmShape]:
-        """The declared shapes, smallest batch first; without guidance only where the UNet batch is new."""
+        """The declared shapes, smallest batch first; without guidance only where the UNet batch is new
+        (a batch of 2 without guidance is the UNet batch of 1 image with it)."""
         resolutions = [parse_resolution(r) for r in self.config.resolutions] or [self.native_size]
         shapes: list[WarmShape] = []
+        guidance = self.config.compile_guidance
         for width, height in dict.fromkeys(resolutions):
             limit = self.config.batch_limit(width, height)
             sizes = [b for b in self.batch_sizes if b <= limit]
-            with_guidance = {2 * b for b in sizes}
+            with_guidance = {2 * b for b in sizes} if guidance != "without" else set()
             for b in sizes:
-                shapes.append(WarmShape(width, height, b, True))
-                if b not in with_guidance:
+                if guidance != "without":
+                    shapes.append(WarmShape(width, height, b, True))
+                if guidance != "with" and b not in with_guidance:
                     shapes.append(WarmShape(width, height, b, False))
         return sorted(shapes, key=lambda s: (s.width, s.height, s.batch, not s.guidance))
 

@@ -116,6 +116,13 @@ def test_declared_shapes_cover_each_resolution_batch_size_and_guidance(demo_mode
     assert LoadedModel(demo_model.pipelines["text-to-image"], family="sd15", device="cpu").warm_shapes() == [
         WarmShape(64, 64, b, g) for b, g in ((1, True), (1, False), (2, True), (4, True), (8, True))
     ]  # nothing declared: the model's native size (the demo UNet's 8x8 latent is 64 px)
+    only_with = LoadedModel(
+        demo_model.pipelines["text-to-image"],
+        family="sd15",
+        device="cpu",
+        config=gpu_config(batch_sizes=(1, 8), compile_guidance="with"),
+    )
+    assert only_with.warm_shapes() == [WarmShape(64, 64, 1, True), WarmShape(64, 64, 8, True)]
 
 
 async def test_an_undeclared_shape_with_compile_on_is_served_eager_and_logged(
