@@ -9,8 +9,9 @@
 #                              the service compiled (reduce-overhead) at batch 8. About 7 minutes.
 #   bench/gpu-run.sh sdxl      there: SDXL 1024², 30 steps, eager, batch 1/2/4, image-to-image
 #                              and inpaint at 4. About 5 minutes.
-#   bench/gpu-run.sh sweep     there: SD1.5 compiled (max-autotune) at every batch size; the
-#                              compile alone takes minutes: for a session with time to spare.
+#   bench/gpu-run.sh sweep     there: SD1.5, the service compiled at every batch size (1/2/4/8;
+#                              $COMPILE_MODE, default reduce-overhead; max-autotune compiles far
+#                              longer). The compile alone takes minutes: a session with time to spare.
 #
 # There, the command is run by the device tool with carry [".whl"]. Tables (markdown), JSON and
 # charts (PNG), the environment (env.txt) and the whole log (log.txt) are written under $OUT,
@@ -88,16 +89,16 @@ step() {
 
 case $stage in
 sd15)
-    step 270 --arch $sd15 --batch-sizes 1,2,4,8 --images 8 --repeats 3 --budget-s 200
-    step 270 --arch $sd15 --batch-sizes 8 --ops text-to-image --modes service --images 16 --repeats 3 \
-        --compile --compile-mode reduce-overhead --budget-s 240
+    step 260 --arch $sd15 --batch-sizes 1,2,4,8 --images 8 --repeats 3 --budget-s 200
+    step 260 --arch $sd15 --batch-sizes 8 --ops text-to-image --modes service --images 16 --repeats 3 \
+        --compile --compile-mode reduce-overhead --budget-s 230
     ;;
 sdxl)
     step 330 --arch $sdxl --batch-sizes 1,2,4 --images 4 --repeats 3 --budget-s 270
     ;;
 sweep)
     step 580 --arch $sd15 --batch-sizes 1,2,4,8 --ops text-to-image --modes service --images 16 --repeats 3 \
-        --compile --compile-mode max-autotune --budget-s 540
+        --compile --compile-mode "${COMPILE_MODE:-reduce-overhead}" --budget-s 540
     ;;
 esac
 echo "== done; results in $OUT: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$log"
