@@ -214,3 +214,36 @@ async def test_the_separate_decode_stage_gives_the_pipelines_own_images(
     generators = [torch.Generator("cpu").manual_seed(w.seed) for w in works]
     theirs = base(**{**model.last, "generator": generators, "output_type": "pil", "callback_on_step_end": None}).images
     assert [np.asarray(image).tolist() for image in ours] == [np.asarray(image).tolist() for image in theirs]
+
+
+class ThreadRecorder(LoadedModel):
+    """Remembers which thread ran each pipeline call and each decode."""
+
+    denoise_threads: list[str]
+    decode_threads: list[str]
+
+    def call_pipeline(self, pipe: Any, kwargs: dict[str, Any]) -> Any:
+        import threading
+
+        self.denoise_threads.append(threading.current_thread().name)
+        return super().call_pipeline(pipe, kwargs)
+
+    def decode(self, denoised: Any) -> list[Any]:
+        import threading
+
+        self.decode_threads.append(threading.current_thread().name)
+        return super().decode(denoised)
+
+
+async def test_every_batch_of_the_service_runs_on_its_one_gpu_thread(demo_model: LoadedModel) -> None:
+    model = ThreadRecorder(demo_model.pipelines["text-to-image"], family="sd15", device="cpu")
+    model.denoise_threads, model.decode_threads = [], []
+    service = GpuService(gpu_config(max_batch=1, batch_window_ms=0.0), None, model=model)
+    requests = [request(seed=s, steps=2) for s in range(3)]
+    requests.append(request(operation="image-to-image", strength=0.5, steps=2, **inputs()))
+    await asyncio.gather(*(generate(service, r) for r in requests))
+    assert len(model.denoise_threads) == 4
+    assert set(model.denoise_threads) == {model.denoise_threads[0]}
+    assert model.denoise_threads[0].startswith("gpu_")
+    assert set(model.decode_threads) == {model.decode_threads[0]} != set(model.denoise_threads)
+    await service.aclose()
