@@ -296,7 +296,10 @@ class Api2ConvertEngine:
         self.name = name
         self.config = config
         self._client = client
-        self._base = config.base_url.rstrip("/")
+        # The pages write the host bare and the path as /v2/jobs; the SDK's OpenAPI document has the
+        # server as https://api.api2convert.com/v2 and the path as /jobs. Either base URL an operator
+        # copies ends up at the one documented /v2/jobs, never at /v2/v2/jobs.
+        self._base = config.base_url.rstrip("/").removesuffix("/v2")
         self._max_bytes = int(config.options.get("max_download_bytes", 64 * 1024 * 1024))
         self._cleanup: set[asyncio.Task[None]] = set()
 

@@ -135,3 +135,15 @@ async def test_aithriving_keeps_the_images_made_before_the_engine_failed(fake_ai
     await engine.aclose()
     assert [image.index for image in result.images] == [0]
     assert set(result.failed) == {1, 2}
+
+
+async def test_api2convert_base_url_with_the_version_still_reaches_v2_jobs(fake_api2convert: FakeApi2Convert) -> None:
+    # The SDK's OpenAPI server is https://api.api2convert.com/v2; the pages' Host is the bare host.
+    config = engine_config("api2convert", f"{fake_api2convert.base_url}/v2/")
+    engine = build_engine("a2c", config, build_client(config))
+    try:
+        result = await engine.generate(sample_request(), _nothing)
+    finally:
+        await engine.aclose()
+    assert len(result.images) == 1
+    assert {c.path for c in fake_api2convert.calls if c.method == "POST"} == {"/v2/jobs"}
