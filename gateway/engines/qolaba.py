@@ -3,8 +3,11 @@
 Inputs travel by URL only (`image`, `mask_url`), so the engine needs the gateway's signed URLs.
 Every answer, the task-status one included, is the envelope
 `{time_required, error, error_data, input, output, app_id, task_id, status}`. Status values are
-not documented (reference/vendors.md §2.1, [GAP]), so success is a non-empty `output`, failure
-is a non-empty `error`/`error_data` or HTTP 500, and anything else means "keep polling".
+not documented (reference/vendors.md §2.1, [GAP]), so success is a non-empty `output`; failure
+is a non-empty `error`/`error_data`, HTTP 500, or a `status` that names an end without a result
+(Celery's FAILURE and REVOKED and the usual spellings of failed/cancelled/error, any case), and
+a finished `status` (SUCCESS, completed, done) with no output is a failure too: polling on would
+only run into the timeout. Any other status means "keep polling".
 Where the two doc sites disagree on ranges, the stricter set applies.
 """
 
@@ -126,15 +129,30 @@ def request_body(request: EngineRequest, defaults: Mapping[str, Any]) -> dict[st
     return body
 
 
+# Undocumented: Celery's terminal states, and the spellings other task APIs use, compared in upper case.
+FAILED_STATUSES = frozenset({"FAILURE", "FAILED", "FAIL", "ERROR", "REVOKED", "CANCELED", "CANCELLED", "REJECTED"})
+FINISHED_STATUSES = frozenset({"SUCCESS", "SUCCEEDED", "COMPLETED", "COMPLETE", "DONE", "FINISHED"})
+
+
 def _filled(value: Any) -> bool:
     return value not in (None, "", [], {})
 
 
+def _status(envelope: Envelope) -> str:
+    return envelope.status.strip().upper() if isinstance(envelope.status, str) else ""
+
+
 def envelope_failure(envelope: Envelope, what: str) -> EngineError | None:
-    """The failure an envelope reports (non-empty `error` or `error_data`), or None."""
+    """The failure an envelope reports (non-empty `error` or `error_data`, a failed `status`, or a
+    finished `status` without output), or None while the task may still produce images."""
     if _filled(envelope.error) or _filled(envelope.error_data):
         # The vendor's error text is not classified (undocumented); it is the task failing.
         return EngineUnavailable(f"{what}: task failed")
+    status = _status(envelope)
+    if status in FAILED_STATUSES:
+        return EngineUnavailable(f"{what}: task failed (status {status})")
+    if status in FINISHED_STATUSES and not _filled(envelope.output):
+        return EngineUnavailable(f"{what}: task finished (status {status}) without output")
     return None
 
 

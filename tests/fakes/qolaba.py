@@ -40,9 +40,12 @@ class FakeQolaba(FakeVendor):
     tasks: dict[str, FakeTask] = field(default_factory=dict)
     # A status string the engine has never seen; it must keep polling through it.
     odd_status: str = "IN_PROGRESS_7"
+    # The task fails through `status` alone, error and error_data left empty (set to e.g. "FAILURE").
+    failed_status: str | None = None
 
     def reset_state(self) -> None:
         self.tasks.clear()
+        self.failed_status = None
 
     def error_body(self, status: int) -> Any:
         return envelope(error="internal error", error_data=f"HTTP {status}", status="FAILURE")
@@ -106,6 +109,8 @@ class FakeQolaba(FakeVendor):
             if task.polls < fake.faults.polls_before_done:
                 status = PENDING if task.polls % 2 else fake.odd_status
                 return Response(envelope(task_id=task.id, status=status))
+            if fake.failed_status is not None:
+                return Response(envelope(task_id=task.id, status=fake.failed_status))
             if fake.faults.fail_job:
                 return Response(envelope(task_id=task.id, status="FAILURE", error="generation failed"))
             outputs = fake._outputs(task)

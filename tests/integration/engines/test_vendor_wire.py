@@ -97,6 +97,19 @@ async def test_qolaba_polls_through_unknown_statuses_with_bearer_auth(fake_qolab
     assert all("authorization" not in c.headers for c in fake_qolaba.calls if c.method == "GET")
 
 
+async def test_qolaba_task_failing_only_through_status_is_answered_at_the_first_poll(fake_qolaba: FakeQolaba) -> None:
+    fake_qolaba.failed_status = "FAILURE"  # error and error_data stay empty
+    # A budget far beyond the test: reaching it would mean the failure was polled past.
+    config = engine_config("qolaba", fake_qolaba.base_url, timeout_s=30.0)
+    engine = build_engine("q", config, build_client(config))
+    try:
+        with pytest.raises(EngineUnavailable, match="status FAILURE"):
+            await engine.generate(sample_request("text-to-image"), _nothing)
+    finally:
+        await engine.aclose()
+    assert len([c for c in fake_qolaba.calls if c.path == "/getImage"]) == 1
+
+
 async def test_qolaba_inpaint_goes_to_the_inpainting_path_with_the_mask_url(fake_qolaba: FakeQolaba) -> None:
     config = engine_config("qolaba", fake_qolaba.base_url)
     engine = build_engine("q", config, build_client(config))
