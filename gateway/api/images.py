@@ -22,9 +22,17 @@ from gateway.api.views import JobView, job_view, load_job_view
 from gateway.auth.guard import authorize
 from gateway.auth.keys import Principal
 from gateway.billing.admission import InputBlob, JobRequest, admit
-from gateway.domain.generation import EngineRequest, ImageInput
+from gateway.domain.generation import HONOURABLE_FIELDS, EngineRequest, ImageInput
 from gateway.domain.requests import GenerationRequest, ImageToImageRequest, InpaintRequest, TextToImageRequest
-from gateway.errors import PROBLEM_BASE, Conflict, GatewayError, Problem, ValidationFailed, problem_response
+from gateway.errors import (
+    PROBLEM_BASE,
+    Conflict,
+    FieldError,
+    GatewayError,
+    Problem,
+    ValidationFailed,
+    problem_response,
+)
 from gateway.routing.errors import NoEngineCanServe
 from gateway.state import Services
 from gateway.storage.inputs import CheckedImage, load_image
@@ -66,7 +74,23 @@ def _engine_params(operation: str, body: GenerationRequest, seed: int, width: in
     if isinstance(body, ImageToImageRequest | InpaintRequest):
         params["strength"] = body.strength
         params["resize_mode"] = body.resize_mode
+    params["explicit"] = explicit_fields(body)
     return params
+
+
+def explicit_fields(body: GenerationRequest) -> list[str]:
+    """The HONOURABLE_FIELDS the tenant set: a value other than the documented default (a field
+    left at its default cannot be told from one sent as the default), and both sides when a
+    size was asked for through width, height or aspect_ratio."""
+    defaults = {f.name: f.default for f in msgspec.structs.fields(body)}
+    explicit = [
+        name
+        for name in HONOURABLE_FIELDS
+        if name in defaults and name not in ("width", "height") and getattr(body, name) != defaults[name]
+    ]
+    if body.width is not None or body.height is not None or body.aspect_ratio is not None:
+        explicit += ["width", "height"]
+    return sorted(explicit)
 
 
 async def _inputs(services: Services, body: GenerationRequest) -> dict[str, CheckedImage]:
@@ -207,7 +231,9 @@ async def generate(
     try:
         services.router.check(probe, body.engines)
     except NoEngineCanServe as exc:
-        raise ValidationFailed(str(exc), reasons=exc.reasons) from exc
+        # The fields no routed engine would honour as asked, each named (errors[].field).
+        errors = [FieldError(field, f"no routed engine honours it: {why}") for field, why in exc.fields.items()]
+        raise ValidationFailed(str(exc), errors=errors or None, reasons=exc.reasons) from exc
     if idempotency_key:
         await _claim_key(services, principal, idempotency_key, digest, job_id)
     blobs = []

@@ -16,7 +16,15 @@ import httpx
 import msgspec
 
 from gateway.config import ConfigError, EngineConfig
-from gateway.domain.generation import STYLES, EngineRequest, EngineResult, EngineSpend, GeneratedImage, Sampler
+from gateway.domain.generation import (
+    STYLES,
+    EngineRequest,
+    EngineResult,
+    EngineSpend,
+    GeneratedImage,
+    Operation,
+    Sampler,
+)
 from gateway.engines.base import Capabilities, EngineError, EngineUnavailable, ProgressCallback
 from gateway.engines.http import (
     decode_json,
@@ -59,6 +67,12 @@ CAPABILITIES = Capabilities(
     max_n=8,  # one request per image; 8 is the gateway's own limit
     samplers=frozenset(SAMPLERS),
     styles=frozenset(STYLES),  # the style_preset enum is exactly our style list
+    # No negative prompt field; cfg_scale is an int (a fractional guidance goes rounded, see `received`).
+    honours={
+        "image-to-image": frozenset(
+            {"width", "height", "steps", "guidance_scale", "seed", "strength", "sampler", "style"}
+        )
+    },
 )
 
 OPTIONS = {"clip_guidance_preset": one_of(CLIP_GUIDANCE_PRESETS)}
@@ -120,6 +134,27 @@ def form_fields(request: EngineRequest, index: int) -> dict[str, str]:
     return fields
 
 
+def received(request: EngineRequest) -> dict[str, Any]:
+    """What the form of image 0 carries, in our field names (Engine.received)."""
+    fields = form_fields(request, 0)
+    sent: dict[str, Any] = {
+        "prompt": fields["prompt"],
+        "width": int(fields["width"]),
+        "height": int(fields["height"]),
+        "steps": int(fields["steps"]),
+        "guidance_scale": int(fields["cfg_scale"]),
+    }
+    if "image_strength" in fields:
+        sent["strength"] = round(1.0 - float(fields["image_strength"]), 6)
+    if fields["seed"] != "0":  # 0 asks the vendor for a random seed
+        sent["seed"] = int(fields["seed"])
+    if request.sampler is not None:
+        sent["sampler"] = request.sampler
+    if request.style is not None:
+        sent["style"] = request.style
+    return sent
+
+
 def decode_answer(answer: Answer, what: str) -> tuple[bytes, int | None]:
     """The image bytes and seed of a successful answer; raise for a failed or malformed one."""
     if answer.code != 0:
@@ -153,9 +188,14 @@ class AithrivingEngine:
         self._auth_header = str(config.options.get("auth_header", "Authentication"))
         self._credits_per_image = float(config.options.get("credits_per_image", 0.0))
 
-    def check_options(self, options: Mapping[str, Any]) -> str | None:
+    def check_options(self, options: Mapping[str, Any], operation: Operation | None = None) -> str | None:
         """Validate `engine_options.aithriving` (clip_guidance_preset)."""
+        del operation  # one operation, one option table
         return check_options(options)
+
+    def received(self, request: EngineRequest) -> dict[str, Any]:
+        """What the vendor gets of `request` (no negative prompt; guidance as a whole number)."""
+        return received(request)
 
     async def generate(self, request: EngineRequest, progress: ProgressCallback) -> EngineResult:
         """One request per image; keep what came out, stop early on a transport-level failure."""

@@ -39,6 +39,7 @@ from gateway.domain.generation import (
     EngineSpend,
     GeneratedImage,
     ImageInput,
+    Operation,
     Style,
 )
 from gateway.engines.base import Capabilities, EngineError, EngineUnavailable, ProgressCallback
@@ -76,6 +77,15 @@ CAPABILITIES = Capabilities(
     max_n=8,
     samplers=frozenset(),  # no sampler option: a request naming one cannot be honoured here
     styles=frozenset(STYLES),
+    # width/height only without engine_options.api2convert.aspect_ratio (the vendor ignores them
+    # beside it, so they are not sent); seed from 1 (0 is the vendor's random); style only mapped,
+    # not replaced by a raw engine_options style. See `received`.
+    honours={
+        "text-to-image": frozenset({"negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "style"}),
+        "inpaint": frozenset(
+            {"negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "style", "strength"}
+        ),
+    },
 )
 
 TERMINAL = frozenset({"completed", "failed", "canceled"})
@@ -100,9 +110,19 @@ OPTIONS = {
 }
 
 
-def check_options(options: Mapping[str, Any]) -> str | None:
-    """Validate `engine_options.api2convert` against the vendor's documented options; the reason, or None."""
-    return option_error(options, OPTIONS, KIND)
+# The text-to-image page gives `style` an enum; the image-inpaint page only a pattern (any text).
+TEXT_TO_IMAGE_STYLES = ("anime", "artistic", "generic", "photorealistic")
+
+
+def check_options(options: Mapping[str, Any], operation: Operation | None = None) -> str | None:
+    """Validate `engine_options.api2convert` against the vendor's documented options for `operation`
+    (all operations' tables when None); the reason, or None."""
+    problem = option_error(options, OPTIONS, KIND)
+    if problem is None and operation == "text-to-image" and "style" in options:
+        problem = option_error({"style": options["style"]}, {"style": one_of(TEXT_TO_IMAGE_STYLES)}, KIND)
+        if problem is not None:
+            problem += " for text-to-image"
+    return problem
 
 
 class JobStatus(msgspec.Struct, frozen=True):
@@ -212,6 +232,28 @@ def conversion_options(request: EngineRequest, index: int, download_password: st
     return options
 
 
+def received(request: EngineRequest) -> dict[str, Any]:
+    """What conversion 0 carries, in our field names (Engine.received)."""
+    options = conversion_options(request, 0)
+    sent: dict[str, Any] = {
+        "prompt": options["prompt"],
+        "steps": options["num_inference_steps"],
+        "guidance_scale": options["cfg_scale"],
+    }
+    for ours, theirs in (
+        ("negative_prompt", "negative_prompt"),
+        ("width", "width"),
+        ("height", "height"),
+        ("seed", "seed"),
+        ("strength", "denoising_strength"),
+    ):
+        if theirs in options:
+            sent[ours] = options[theirs]
+    if request.style is not None and options.get("style") == STYLES.get(request.style):
+        sent["style"] = request.style  # mapped, not replaced by a raw engine_options style
+    return sent
+
+
 def job_body(request: EngineRequest, download_password: str | None = None) -> dict[str, Any]:
     """The POST /v2/jobs body for `request`: one conversion per requested image."""
     target = TARGETS[request.operation]
@@ -303,9 +345,13 @@ class Api2ConvertEngine:
         self._max_bytes = int(config.options.get("max_download_bytes", 64 * 1024 * 1024))
         self._cleanup: set[asyncio.Task[None]] = set()
 
-    def check_options(self, options: Mapping[str, Any]) -> str | None:
+    def check_options(self, options: Mapping[str, Any], operation: Operation | None = None) -> str | None:
         """Validate `engine_options.api2convert` against the documented conversion options."""
-        return check_options(options)
+        return check_options(options, operation)
+
+    def received(self, request: EngineRequest) -> dict[str, Any]:
+        """What api2convert gets of `request` (no size beside an aspect_ratio option, no seed 0)."""
+        return received(request)
 
     def _headers(self) -> dict[str, str]:
         if self.config.api_key is None:

@@ -23,7 +23,7 @@ import httpx
 import msgspec
 
 from gateway.config import ConfigError, EngineConfig
-from gateway.domain.generation import EngineRequest, EngineResult, EngineSpend, GeneratedImage
+from gateway.domain.generation import EngineRequest, EngineResult, EngineSpend, GeneratedImage, Operation
 from gateway.engines.base import Capabilities, EngineError, EngineUnavailable, ProgressCallback
 from gateway.engines.http import (
     decode_json,
@@ -71,6 +71,12 @@ CAPABILITIES = Capabilities(
     styles=frozenset(),  # style comes from the model (app_id), not a preset
     models=frozenset(MODELS),
     needs_input_url=True,
+    # No steps or seed parameter on any page; the inpainting page has no size, guidance or strength.
+    honours={
+        "text-to-image": frozenset({"negative_prompt", "width", "height", "guidance_scale", "model"}),
+        "image-to-image": frozenset({"negative_prompt", "width", "height", "guidance_scale", "strength", "model"}),
+        "inpaint": frozenset({"negative_prompt", "model"}),
+    },
 )
 
 
@@ -132,6 +138,24 @@ def request_body(request: EngineRequest, defaults: Mapping[str, Any]) -> dict[st
 # Undocumented: Celery's terminal states, and the spellings other task APIs use, compared in upper case.
 FAILED_STATUSES = frozenset({"FAILURE", "FAILED", "FAIL", "ERROR", "REVOKED", "CANCELED", "CANCELLED", "REJECTED"})
 FINISHED_STATUSES = frozenset({"SUCCESS", "SUCCEEDED", "COMPLETED", "COMPLETE", "DONE", "FINISHED"})
+
+
+def received(request: EngineRequest, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """What the request body carries, in our field names (Engine.received)."""
+    body = request_body(request, defaults)
+    sent: dict[str, Any] = {"prompt": body["prompt"]}
+    for ours, theirs in (
+        ("negative_prompt", "negative_prompt"),
+        ("width", "width"),
+        ("height", "height"),
+        ("guidance_scale", "guidance_scale"),
+        ("strength", "strength"),
+    ):
+        if theirs in body:
+            sent[ours] = body[theirs]
+    if request.model is not None:
+        sent["model"] = request.model  # as its app_id
+    return sent
 
 
 def _filled(value: Any) -> bool:
@@ -200,9 +224,14 @@ class QolabaEngine:
         self._credits_per_image = float(config.options.get("credits_per_image", 0.0))
         self._max_bytes = int(config.options.get("max_download_bytes", 64 * 1024 * 1024))
 
-    def check_options(self, options: Mapping[str, Any]) -> str | None:
+    def check_options(self, options: Mapping[str, Any], operation: Operation | None = None) -> str | None:
         """Validate `engine_options.qolaba` (app_id, inference_type)."""
+        del operation  # the same options on every page
         return check_options(options)
+
+    def received(self, request: EngineRequest) -> dict[str, Any]:
+        """What Qolaba gets of `request` (never steps or seed; for inpaint no size, guidance, strength)."""
+        return received(request, self._defaults)
 
     def _headers(self) -> dict[str, str]:
         if self.config.api_key is None:

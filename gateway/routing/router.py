@@ -28,6 +28,7 @@ from gateway.engines.base import (
     EngineTimeout,
     EngineUnavailable,
     ProgressCallback,
+    dropped_fields,
 )
 from gateway.metrics import Metrics
 from gateway.routing.breaker import CircuitBreaker
@@ -119,6 +120,7 @@ class Router:
         pinned = set(request.engine_options)
         servable: list[EngineSlot] = []
         reasons: dict[str, str] = {}
+        dropped: dict[str, list[str]] = {}  # field -> what each engine excluded for it would do
         for name in names:
             slot = self._slots[name]
             engine = slot.engine
@@ -130,11 +132,19 @@ class Router:
                 continue
             why = engine.capabilities.check(request) or _mask_url_missing(engine, request)
             if why is None and engine.kind in request.engine_options:
-                why = engine.check_options(request.engine_options[engine.kind])
+                why = engine.check_options(request.engine_options[engine.kind], request.operation)
+            if why is None and request.explicit:
+                # An image made without what the tenant asked for is not the image they pay for.
+                changes = dropped_fields(request, engine.received(request))
+                for field, change in changes.items():
+                    dropped.setdefault(field, []).append(f"{name}: {change}")
+                why = "; ".join(changes.values()) or None
             if why is not None:
                 reasons[name] = why
                 continue
             servable.append(slot)
+        if not servable and dropped:
+            raise NoEngineCanServe(reasons, fields={f: "; ".join(c) for f, c in dropped.items()})
         return servable, reasons
 
     def check(self, request: EngineRequest, allow: Sequence[str] | None = None) -> None:
@@ -268,7 +278,7 @@ class Router:
                 # Our deadline, not the engine's own budget, cut the attempt: no verdict on the engine.
                 slot.breaker.release()
                 what = "the deadline passed during generation" if generating else "no free slot before the deadline"
-                return self._finish(slot, started, "timeout", error=EngineTimeout(f"{name}: {what}"))
+                return self._finish(slot, request, started, "timeout", error=EngineTimeout(f"{name}: {what}"))
         except Exception as exc:
             # An engine bug must not sink the job while other engines could serve it.
             log.exception("engine %s raised an unexpected error", name)
@@ -280,17 +290,18 @@ class Router:
             if result.images:
                 slot.breaker.record_success()
                 outcome: AttemptOutcome = "succeeded" if len(result.images) >= request.n else "partial"
-                return self._finish(slot, started, outcome, result=result)
+                return self._finish(slot, request, started, outcome, result=result)
             error = EngineUnavailable(f"{name}: the engine returned no images")
         if error.retryable:
             slot.breaker.record_failure()
         else:
             slot.breaker.release()
-        return self._finish(slot, started, _outcome_of(error), error=error)
+        return self._finish(slot, request, started, _outcome_of(error), error=error)
 
     def _finish(
         self,
         slot: EngineSlot,
+        request: EngineRequest,
         started: float,
         outcome: AttemptOutcome,
         *,
@@ -308,6 +319,7 @@ class Router:
             error_class=error.error_class if error is not None else None,
             error=error.message if error is not None else None,
             images=len(result.images) if result is not None else 0,
+            received=slot.engine.received(request),
         )
         if error is not None:
             log.info("engine %s attempt %s: %s", name, outcome, error.message)

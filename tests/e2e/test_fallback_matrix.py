@@ -8,6 +8,7 @@ ledger audit stays clean.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from typing import Any
 from uuid import UUID
@@ -15,6 +16,9 @@ from uuid import UUID
 from tests.conftest import Gateway
 from tests.e2e.test_generation_billing import T2I, audit_clean, auth
 from tests.fakes.base import FakeVendor, Faults
+from tests.fakes.images import png
+
+IMAGE = base64.b64encode(png(512, 512)).decode()
 
 UNIT_PRICE = 0.4  # credits per 512x512 image at 30 steps in the default price book
 
@@ -190,3 +194,50 @@ async def test_failed_probe_opens_the_breaker_again(make_gateway: Any) -> None:
     assert submits(a2c) == before + 1  # exactly one probe
     assert (await engines(gw))["a2c"]["breaker"]["state"] == "open"
     await audit_clean(gw)
+
+
+async def test_a_fallback_that_would_ignore_the_asked_seed_is_not_used_and_nothing_is_charged(gateway: Gateway) -> None:
+    _, key = await gateway.tenant(credits=10)
+    gateway.extra["a2c"].fail_with_status(502)
+    # qolaba takes no seed: an image from it would not be the one asked for.
+    response = await gateway.client.post("/v1/text-to-image", json={**T2I, "seed": 1234}, headers=auth(key))
+    assert response.status_code == 503, response.text
+    job = problem_job(response)
+    assert {a["engine"] for a in job["attempts"]} == {"a2c"}  # retried alone, qolaba never tried
+    assert submits(gateway.extra["qolaba"]) == 0
+    assert await charges(gateway, job["id"]) == []
+    assert await balance(gateway, key) == 10
+    await audit_clean(gateway)
+
+
+async def test_each_attempt_records_what_its_engine_was_sent(gateway: Gateway) -> None:
+    _, key = await gateway.tenant(credits=10)
+    gateway.extra["a2c"].fail_with_status(502)
+    body = {**T2I, "negative_prompt": "fog", "guidance_scale": 6.0}
+    response = await gateway.client.post("/v1/text-to-image", json=body, headers=auth(key))
+    job = response.json()
+    assert response.status_code == 200, job
+    failed, served = job["attempts"]
+    assert (failed["engine"], served["engine"]) == ("a2c", "qolaba")
+    assert failed["received"]["steps"] == 30
+    assert failed["received"]["negative_prompt"] == "fog"
+    # qolaba has no steps or seed parameter; the seed was the gateway's choice, steps the default.
+    assert "steps" not in served["received"]
+    assert "seed" not in served["received"]
+    assert (served["received"]["guidance_scale"], served["received"]["width"]) == (6.0, 512)
+    stored = (await gateway.client.get(f"/v1/jobs/{job['id']}", headers=auth(key))).json()
+    assert [a["received"] for a in stored["attempts"]] == [failed["received"], served["received"]]
+
+
+async def test_a_field_no_routed_engine_honours_is_a_422_naming_it(gateway: Gateway) -> None:
+    _, key = await gateway.tenant(credits=10)
+    # image-to-image routes to aithriving alone, whose form has no negative prompt.
+    body = {"prompt": "x", "image": IMAGE, "negative_prompt": "fog", "width": 512, "height": 512}
+    response = await gateway.client.post("/v1/image-to-image", json=body, headers=auth(key))
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert [e["field"] for e in problem["errors"]] == ["negative_prompt"]
+    assert "ait" in problem["errors"][0]["message"]
+    assert submits(gateway.extra["ait"]) == 0
+    assert await balance(gateway, key) == 10
