@@ -64,6 +64,8 @@ class EngineView(msgspec.Struct, kw_only=True):
     object: str = "engine"
     kind: str
     status: EngineStatus
+    # When the vendor last refused our credentials (401/403); null once the engine produced images again.
+    credentials_refused_at: datetime | None = None
     weight: int
     breaker: BreakerView
     concurrency: ConcurrencyView
@@ -90,6 +92,7 @@ def engine_view(health: EngineHealth) -> EngineView:
         name=health.name,
         kind=health.kind,
         status=health.status,
+        credentials_refused_at=health.credentials_refused_at,
         weight=health.weight,
         breaker=BreakerView(
             state=health.breaker,

@@ -38,6 +38,8 @@ from gateway.engines.http import (
 
 KIND = "aithriving"
 PATH = "/api/generate/basic/imageToImage"
+AUTH_HEADERS = ("Authentication", "Authorization")  # the header table's name, the example's name
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 # Our sampler names to the Stability-style enum the vendor documents. pndm has no counterpart.
 SAMPLERS: dict[Sampler, str] = {
@@ -95,9 +97,11 @@ class ImageData(msgspec.Struct, frozen=True):
 
 
 class Answer(msgspec.Struct, frozen=True):
-    """The response envelope: code 0 is success, -1 failure (the message says why, for humans)."""
+    """The response envelope: code 0 is success, -1 failure (the message says why, for humans).
 
-    code: int
+    `code` is an int in the table and the example; a "0" string is taken as the same answer."""
+
+    code: int | str
     message: str = ""
     data: ImageData | None = None
 
@@ -157,13 +161,17 @@ def received(request: EngineRequest) -> dict[str, Any]:
 
 def decode_answer(answer: Answer, what: str) -> tuple[bytes, int | None]:
     """The image bytes and seed of a successful answer; raise for a failed or malformed one."""
-    if answer.code != 0:
+    if str(answer.code).strip() != "0":
         # Per-result failure. Only `code` is documented; the message is not classified.
         raise ResultFailed(f"{what}: generation failed (code {answer.code})")
     if answer.data is None:
         raise ResultFailed(f"{what}: success without image data")
+    # "the base64 encoded image": bare base64 as in the example, or a data: URL around it.
+    payload = answer.data.image
+    if payload.startswith("data:"):
+        payload = payload.partition(",")[2]
     try:
-        data = base64.b64decode(answer.data.image, validate=True)
+        data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ResultFailed(f"{what}: image is not valid base64") from exc
     return data, answer.data.seed
@@ -183,9 +191,10 @@ class AithrivingEngine:
         self.config = config
         self._client = client
         self._url = f"{config.base_url.rstrip('/')}{PATH}"
-        # The docs' header table says "Authentication" while their example sends "Authorization";
-        # the table is followed, and an operator can switch without a code change.
-        self._auth_header = str(config.options.get("auth_header", "Authentication"))
+        # The docs' header table says "Authentication" while their example sends "Authorization": the
+        # key goes in both (the same secret to the same host), unless `auth_header` names the one.
+        configured = config.options.get("auth_header")
+        self._auth_headers = (str(configured),) if configured is not None else AUTH_HEADERS
         self._credits_per_image = float(config.options.get("credits_per_image", 0.0))
 
     def check_options(self, options: Mapping[str, Any], operation: Operation | None = None) -> str | None:
@@ -229,8 +238,12 @@ class AithrivingEngine:
     async def _one(self, request: EngineRequest, index: int) -> GeneratedImage:
         what = f"{self.name} image {index}"
         assert request.image is not None
-        files = {"init_image": ("init_image", request.image.data, request.image.media_type)}
-        headers = {self._auth_header: str(self.config.api_key)} if self.config.api_key is not None else {}
+        # The example uploads "init_image.png": a file name with the image's extension, in case the
+        # vendor goes by it (the table says only "File").
+        filename = f"init_image.{EXTENSIONS.get(request.image.media_type, 'png')}"
+        files = {"init_image": (filename, request.image.data, request.image.media_type)}
+        key = self.config.api_key
+        headers = dict.fromkeys(self._auth_headers, str(key)) if key is not None else {}
         post = self._client.build_request(
             "POST", self._url, data=form_fields(request, index), files=files, headers=headers
         )

@@ -356,7 +356,10 @@ class Api2ConvertEngine:
     def _headers(self) -> dict[str, str]:
         if self.config.api_key is None:
             return {}
-        return {"X-Oc-Api-Key": str(self.config.api_key)}
+        # The pages send X-Oc-Api-Key; the SDK names X-Api2convert-Api-Key canonical and the X-Oc-*
+        # names permanent aliases. Both carry the same key to the same host.
+        key = str(self.config.api_key)
+        return {"X-Oc-Api-Key": key, "X-Api2convert-Api-Key": key}
 
     async def generate(self, request: EngineRequest, progress: ProgressCallback) -> EngineResult:
         """Create the job, poll it to a terminal status, download the outputs."""
@@ -408,7 +411,8 @@ class Api2ConvertEngine:
     async def _download_all(
         self, request: EngineRequest, uris: dict[int, str], failed: dict[int, str], password: str
     ) -> list[GeneratedImage]:
-        headers = {"x-oc-download-password": password}
+        # The option tables name x-oc-download-password, the SDK X-Api2convert-Download-Password.
+        headers = {"x-oc-download-password": password, "x-api2convert-download-password": password}
         images = []
         for index in sorted(uris):
             try:

@@ -50,6 +50,14 @@ class EngineUnavailable(EngineError):
     error_class = "engine_failure"
 
 
+class EngineCredentialsRefused(EngineUnavailable):
+    """The vendor refused our account's credentials (401/403): an operator problem, not the request's.
+
+    The router opens the engine's breaker at once and shows it in the engine's status."""
+
+    error_class = "credentials_refused"
+
+
 class EngineRateLimited(EngineUnavailable):
     """The engine answered 429. `retry_after` seconds, when it said."""
 

@@ -40,9 +40,15 @@ from gateway.engines.http import (
 
 KIND = "qolaba"
 
-# The docs spell the image-to-image path in two ways; each operation uses its own page's spelling.
+# The docs spell the image-to-image path in two ways; each operation starts with its own page's
+# spelling and, on a 404 or 405 (no such route: nothing was queued), tries the other one and keeps it.
 PATHS = {"text-to-image": "/getTextToImage", "image-to-image": "/getImageToImage", "inpaint": "/getImagetoImage"}
+OTHER_SPELLING = {"/getImageToImage": "/getImagetoImage", "/getImagetoImage": "/getImageToImage"}
 STATUS_PATH = "/getImage"
+# The inpainting page's header table says "Bearer <token>", the image-to-image page's only
+# "Authorization: string". Bearer goes first; on a 401/403 the bare token is tried once and kept if it
+# passes. `auth_scheme` pins one.
+AUTH_SCHEMES = ("bearer", "raw")
 
 # The app_id table of the image-to-image page, under the names our `model` field takes.
 MODELS = {
@@ -71,7 +77,8 @@ CAPABILITIES = Capabilities(
     styles=frozenset(),  # style comes from the model (app_id), not a preset
     models=frozenset(MODELS),
     needs_input_url=True,
-    # No steps or seed parameter on any page; the inpainting page has no size, guidance or strength.
+    # No steps or seed parameter on any page; the inpainting page has no size, guidance or strength;
+    # the size only with the SDXL app_id (the default), see `received`.
     honours={
         "text-to-image": frozenset({"negative_prompt", "width", "height", "guidance_scale", "model"}),
         "image-to-image": frozenset({"negative_prompt", "width", "height", "guidance_scale", "strength", "model"}),
@@ -155,6 +162,10 @@ def received(request: EngineRequest, defaults: Mapping[str, Any]) -> dict[str, A
             sent[ours] = body[theirs]
     if request.model is not None:
         sent["model"] = request.model  # as its app_id
+    if body["app_id"] != MODELS["sdxl"]:
+        # "This parameter is only applicable for the SDXL API": other models ignore the size.
+        sent.pop("width", None)
+        sent.pop("height", None)
     return sent
 
 
@@ -212,7 +223,10 @@ class QolabaEngine:
     def __init__(self, name: str, config: EngineConfig, client: httpx.AsyncClient) -> None:
         configured = {k: v for k, v in config.options.items() if k in OPTIONS}
         problem = option_error(configured, OPTIONS, KIND)
-        unknown = set(config.options) - set(OPTIONS) - {"credits_per_image", "max_download_bytes"}
+        unknown = set(config.options) - set(OPTIONS) - {"credits_per_image", "max_download_bytes", "auth_scheme"}
+        scheme = config.options.get("auth_scheme")
+        if scheme is not None and scheme not in AUTH_SCHEMES:
+            unknown.add(f"auth_scheme (must be one of {', '.join(AUTH_SCHEMES)})")
         if problem or unknown:
             reason = problem or f"unknown option(s) {', '.join(sorted(unknown))}"
             raise ConfigError(f"engines.{name}.options: {reason}")
@@ -223,6 +237,9 @@ class QolabaEngine:
         self._defaults = configured
         self._credits_per_image = float(config.options.get("credits_per_image", 0.0))
         self._max_bytes = int(config.options.get("max_download_bytes", 64 * 1024 * 1024))
+        self._pinned_scheme = scheme is not None
+        self._scheme = str(scheme or "bearer")
+        self._paths: dict[str, str] = {}  # a documented spelling -> the one this vendor answered on
 
     def check_options(self, options: Mapping[str, Any], operation: Operation | None = None) -> str | None:
         """Validate `engine_options.qolaba` (app_id, inference_type)."""
@@ -233,14 +250,34 @@ class QolabaEngine:
         """What Qolaba gets of `request` (never steps or seed; for inpaint no size, guidance, strength)."""
         return received(request, self._defaults)
 
-    def _headers(self) -> dict[str, str]:
+    def _headers(self, scheme: str) -> dict[str, str]:
         if self.config.api_key is None:
             return {}
-        return {"Authorization": f"Bearer {self.config.api_key}"}
+        key = str(self.config.api_key)
+        return {"Authorization": f"Bearer {key}" if scheme == "bearer" else key}
+
+    async def _post(self, path: str, body: dict[str, Any], what: str) -> httpx.Response:
+        """POST with our credentials, trying the other documented form once if the first is refused."""
+        post = json_post(self._client, f"{self._base}{path}", body, self._headers(self._scheme))
+        response = await send(self._client, post, what)
+        if response.status_code in (401, 403) and not self._pinned_scheme and self.config.api_key is not None:
+            other = next(s for s in AUTH_SCHEMES if s != self._scheme)
+            post = json_post(self._client, f"{self._base}{path}", body, self._headers(other))
+            retry = await send(self._client, post, what)
+            if retry.status_code not in (401, 403):
+                self._scheme = other
+            response = retry
+        return response
 
     async def _call(self, path: str, body: dict[str, Any], what: str) -> Envelope:
-        post = json_post(self._client, f"{self._base}{path}", body, self._headers())
-        response = await send(self._client, post, what)
+        documented = path
+        path = self._paths.get(documented, documented)
+        response = await self._post(path, body, what)
+        if response.status_code in (404, 405) and path in OTHER_SPELLING:
+            retry = await self._post(OTHER_SPELLING[path], body, what)
+            if retry.status_code not in (404, 405):
+                self._paths[documented] = OTHER_SPELLING[path]
+            response = retry
         if response.status_code != 200:
             # A 500 carries the same envelope; its error text changes nothing: the task failed.
             raise error_for_status(response.status_code, what, retry_after=response.headers.get("retry-after"))

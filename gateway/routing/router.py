@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import msgspec
 
@@ -22,6 +23,7 @@ from gateway.config import ConfigError, EngineConfig, RoutingConfig, Settings
 from gateway.domain.generation import AttemptOutcome, EngineAttempt, EngineRequest, EngineResult, Operation
 from gateway.engines.base import (
     Engine,
+    EngineCredentialsRefused,
     EngineError,
     EngineRateLimited,
     EngineRejected,
@@ -289,10 +291,16 @@ class Router:
         else:
             if result.images:
                 slot.breaker.record_success()
+                slot.credentials_refused_at = None
                 outcome: AttemptOutcome = "succeeded" if len(result.images) >= request.n else "partial"
                 return self._finish(slot, request, started, outcome, result=result)
             error = EngineUnavailable(f"{name}: the engine returned no images")
-        if error.retryable:
+        if isinstance(error, EngineCredentialsRefused):
+            # No retry mends this: stop sending until the operator fixes the key (or a later probe passes).
+            slot.breaker.trip()
+            slot.credentials_refused_at = datetime.now(UTC)
+            log.error("engine %s: the vendor refused our credentials: %s", name, error.message)
+        elif error.retryable:
             slot.breaker.record_failure()
         else:
             slot.breaker.release()

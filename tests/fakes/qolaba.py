@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from litestar import Litestar, Request, Response, get, post
 
@@ -43,6 +43,13 @@ class FakeQolaba(FakeVendor):
     # The task fails through `status` alone, error and error_data left empty (set to e.g. "FAILURE").
     failed_status: str | None = None
 
+    READINGS: ClassVar[tuple[str, ...]] = (
+        "one_spelling",  # image-to-image and inpainting both at /getImagetoImage; /getImageToImage is a 404
+        "raw_token",  # `Authorization: <token>` (the image-to-image page), not `Bearer <token>`
+        "output_string",  # `output` is one string (the envelope's documented type), not a list
+        "synchronous",  # `celery` ignored: the answer carries the output at once
+    )
+
     def reset_state(self) -> None:
         self.tasks.clear()
         self.failed_status = None
@@ -51,11 +58,15 @@ class FakeQolaba(FakeVendor):
         return envelope(error="internal error", error_data=f"HTTP {status}", status="FAILURE")
 
     def _authorized(self, request: Request[Any, Any, Any]) -> bool:
-        return request.headers.get("authorization") == f"Bearer {self.api_key}"
+        expected = self.api_key if "raw_token" in self.readings else f"Bearer {self.api_key}"
+        return request.headers.get("authorization") == expected
 
-    def _outputs(self, task: FakeTask) -> list[str]:
+    def _outputs(self, task: FakeTask) -> list[str] | str:
         count = task.batch if self.faults.outputs is None else min(self.faults.outputs, task.batch)
-        return [f"{self.base_url}/files/{task.id}/{i}.png" for i in range(count)]
+        urls = [f"{self.base_url}/files/{task.id}/{i}.png" for i in range(count)]
+        if "output_string" in self.readings:
+            return urls[0] if urls else ""  # one string holds one image
+        return urls
 
     async def _generate(self, request: Request[Any, Any, Any], path: str) -> Response[Any]:
         body = await request.json()
@@ -64,6 +75,8 @@ class FakeQolaba(FakeVendor):
             return Response(envelope(error="unauthorized"), status_code=401)
         if (fault := await self.intercept("submit")) is not None:
             return fault
+        if path == "/getImagetoImage" and "one_spelling" in self.readings and "mask_url" not in body:
+            path = "/getImageToImage"  # image-to-image under the one spelling: its own schema applies
         if problems := self.check("post", path, "application/json", body):
             return Response(envelope(error="invalid request", error_data="; ".join(problems)), status_code=400)
         task = FakeTask(
@@ -73,7 +86,9 @@ class FakeQolaba(FakeVendor):
             height=int(body.get("height", 512)),
         )
         self.tasks[task.id] = task
-        if not body.get("celery"):
+        if not body.get("celery") or "synchronous" in self.readings:
+            if self.faults.fail_job:
+                return Response(envelope(app_id=body["app_id"], task_id=task.id, status="FAILURE", error="failed"))
             return Response(envelope(app_id=body["app_id"], task_id=task.id, status=DONE, output=self._outputs(task)))
         return Response(envelope(app_id=body["app_id"], task_id=task.id, status=PENDING))
 
@@ -86,6 +101,9 @@ class FakeQolaba(FakeVendor):
 
         @post("/getImageToImage", status_code=200)
         async def image_to_image(request: Request[Any, Any, Any]) -> Response[Any]:
+            if "one_spelling" in fake.readings:
+                fake.record(request)
+                return Response({"detail": "Not Found"}, status_code=404)
             return await fake._generate(request, "/getImageToImage")
 
         @post("/getImagetoImage", status_code=200)

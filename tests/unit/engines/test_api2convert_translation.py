@@ -7,7 +7,7 @@ import msgspec
 import pytest
 
 from gateway.engines import api2convert as a2c
-from gateway.engines.base import EngineRateLimited, EngineRejected, EngineUnavailable
+from gateway.engines.base import EngineCredentialsRefused, EngineRateLimited, EngineRejected, EngineUnavailable
 from tests.fakes.samples import sample_request
 
 
@@ -112,7 +112,7 @@ def test_failed_job_names_its_codes_and_what_it_spent() -> None:
 
 @pytest.mark.parametrize(
     ("status", "kind"),
-    [(400, EngineRejected), (401, EngineUnavailable), (402, EngineUnavailable), (500, EngineUnavailable)],
+    [(400, EngineRejected), (401, EngineCredentialsRefused), (402, EngineUnavailable), (500, EngineUnavailable)],
 )
 def test_http_errors_are_classified_by_status(status: int, kind: type[Exception]) -> None:
     response = httpx.Response(status, json={"code": 8, "message": "The JSON body is empty"})

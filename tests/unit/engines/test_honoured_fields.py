@@ -38,7 +38,8 @@ def everything_set(engine: Engine, operation: Operation) -> EngineRequest:
     if caps.samplers:
         fields["sampler"] = sorted(caps.samplers)[0]
     if caps.models:
-        fields["model"] = sorted(caps.models)[0]
+        # Qolaba's size applies to its SDXL model only.
+        fields["model"] = "sdxl" if "sdxl" in caps.models else sorted(caps.models)[0]
     request = sample_request(operation, **fields)
     explicit = frozenset(f for f in HONOURABLE_FIELDS if getattr(request, f) is not None)
     return sample_request(operation, explicit=explicit, **fields)
@@ -80,6 +81,12 @@ def test_qolaba_never_takes_steps_or_seed_and_inpaint_no_size_guidance_or_streng
     assert set(dropped_fields(t2i, qolaba.received(t2i))) == {"steps", "seed"}
     inpaint = sample_request("inpaint", explicit=frozenset({"width", "height", "guidance_scale", "strength"}))
     assert set(dropped_fields(inpaint, qolaba.received(inpaint))) == {"width", "height", "guidance_scale", "strength"}
+
+
+def test_qolaba_models_other_than_sdxl_ignore_the_size() -> None:
+    qolaba = engine("qolaba")
+    request = sample_request("text-to-image", model="anime", explicit=frozenset({"width", "height", "model"}))
+    assert set(dropped_fields(request, qolaba.received(request))) == {"width", "height"}
 
 
 def test_api2convert_drops_the_size_beside_an_aspect_ratio_option_and_a_style_replaced_raw() -> None:
