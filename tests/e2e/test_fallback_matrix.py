@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
+from datetime import datetime
 from typing import Any
 from uuid import UUID
+
+import pytest
 
 from tests.conftest import Gateway
 from tests.e2e.test_generation_billing import T2I, audit_clean, auth
@@ -241,3 +245,49 @@ async def test_a_field_no_routed_engine_honours_is_a_422_naming_it(gateway: Gate
     assert "ait" in problem["errors"][0]["message"]
     assert submits(gateway.extra["ait"]) == 0
     assert await balance(gateway, key) == 10
+
+
+async def test_vendor_refusing_our_credentials_opens_the_breaker_at_once_and_shows_on_the_engine(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, key = await gateway.tenant(credits=10)
+    a2c = gateway.extra["a2c"]
+    a2c.fail_with_status(401)
+    before = time.time()
+    with caplog.at_level(logging.ERROR, logger="gateway.routing.router"):
+        response = await gateway.client.post("/v1/text-to-image", json=T2I, headers=auth(key))
+    job = response.json()
+    assert response.status_code == 200, job
+    assert job["engine"] == "qolaba"
+    attempts = [(a["engine"], a.get("error_class")) for a in job["attempts"]]
+    assert attempts == [("a2c", "credentials_refused"), ("qolaba", None)]
+    refused = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and "a2c" in r.getMessage()]
+    assert len(refused) == 1
+    assert "refused our credentials" in refused[0]
+
+    state = (await engines(gateway))["a2c"]
+    # One refusal is enough (the breaker needs 5 failures otherwise): no retry mends a bad key.
+    assert (state["status"], state["breaker"]["state"]) == ("credentials_refused", "open")
+    refused_at = datetime.fromisoformat(state["credentials_refused_at"])
+    assert before - 1 <= refused_at.timestamp() <= time.time() + 1
+
+    # The next request does not reach the vendor.
+    submitted = submits(a2c)
+    job = (await gateway.client.post("/v1/text-to-image", json=T2I, headers=auth(key))).json()
+    assert (job["engine"], job["attempts"][0]["outcome"]) == ("qolaba", "skipped")
+    assert submits(a2c) == submitted
+    await audit_clean(gateway)
+
+
+async def test_credentials_refused_by_the_only_engine_is_a_503_with_the_job_and_no_charge(gateway: Gateway) -> None:
+    _, key = await gateway.tenant(credits=10)
+    gateway.extra["a2c"].fail_with_status(403)
+    response = await gateway.client.post("/v1/text-to-image", json={**T2I, "engines": ["a2c"]}, headers=auth(key))
+    assert response.status_code == 503, response.text
+    job = problem_job(response)
+    assert job["state"] == "failed"
+    assert job["attempts"][0]["error_class"] == "credentials_refused"
+    assert submits(gateway.extra["a2c"]) == 1  # tried once; the open breaker stops the retries
+    assert await charges(gateway, job["id"]) == []
+    assert await balance(gateway, key) == 10
+    await audit_clean(gateway)
