@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.engines.base import EngineTimeout, EngineUnavailable
+from gateway.engines.base import EngineCredentialsRefused, EngineTimeout, EngineUnavailable
 from gateway.engines.registry import build_client, build_engine
 from tests.fakes.aithriving import FakeAithriving
 from tests.fakes.api2convert import FakeApi2Convert
@@ -133,6 +133,63 @@ async def test_aithriving_sends_inverted_strength_under_the_authentication_heade
     assert [f["image_strength"] for f in forms] == ["0.3", "0.3"]
     assert {f["sampler"] for f in forms} == {"K_EULER_ANCESTRAL"}
     assert all(c.headers["authentication"] == "test-key" for c in fake_aithriving.calls)
+
+
+async def test_aithriving_with_only_base_url_and_key_serves_a_vendor_written_from_the_example(
+    fake_aithriving: FakeAithriving,
+) -> None:
+    # The operator: no auth_header option, a server that reads `Authorization: <token>`.
+    fake_aithriving.read_as("authorization_header")
+    config = engine_config("aithriving", fake_aithriving.base_url)
+    engine = build_engine("ai", config, build_client(config))
+    try:
+        result = await engine.generate(sample_request("image-to-image"), _nothing)
+    finally:
+        await engine.aclose()
+    assert len(result.images) == 1
+    (call,) = fake_aithriving.calls
+    assert (call.headers["authorization"], call.headers["authentication"]) == ("test-key", "test-key")
+
+
+async def test_aithriving_auth_header_option_sends_the_key_under_that_name_only(
+    fake_aithriving: FakeAithriving,
+) -> None:
+    fake_aithriving.read_as("authorization_header")
+    config = engine_config("aithriving", fake_aithriving.base_url, options={"auth_header": "Authorization"})
+    engine = build_engine("ai", config, build_client(config))
+    try:
+        await engine.generate(sample_request("image-to-image"), _nothing)
+    finally:
+        await engine.aclose()
+    assert "authentication" not in fake_aithriving.calls[0].headers
+
+
+async def test_qolaba_keeps_the_path_spelling_and_token_form_that_worked(fake_qolaba: FakeQolaba) -> None:
+    fake_qolaba.read_as("one_spelling", "raw_token")
+    config = engine_config("qolaba", fake_qolaba.base_url)
+    engine = build_engine("q", config, build_client(config))
+    try:
+        await engine.generate(sample_request("image-to-image"), _nothing)
+        first = len(fake_qolaba.calls)
+        await engine.generate(sample_request("image-to-image"), _nothing)
+    finally:
+        await engine.aclose()
+    posts = [(c.path, c.headers["authorization"]) for c in fake_qolaba.calls[first:] if c.method == "POST"]
+    # The second job goes straight to what answered: no 404, no refused Bearer.
+    assert posts[0] == ("/getImagetoImage", "test-key")
+    assert all(auth == "test-key" for _, auth in posts)
+
+
+async def test_qolaba_auth_scheme_option_pins_the_form(fake_qolaba: FakeQolaba) -> None:
+    fake_qolaba.read_as("raw_token")
+    config = engine_config("qolaba", fake_qolaba.base_url, options={"auth_scheme": "bearer"})
+    engine = build_engine("q", config, build_client(config))
+    try:
+        with pytest.raises(EngineCredentialsRefused):
+            await engine.generate(sample_request("text-to-image"), _nothing)
+    finally:
+        await engine.aclose()
+    assert len(fake_qolaba.calls) == 1  # no second try under the other form
 
 
 async def test_aithriving_keeps_the_images_made_before_the_engine_failed(fake_aithriving: FakeAithriving) -> None:
