@@ -1,7 +1,7 @@
 """api2convert's job document as the gateway reads it, and what a finished job or an HTTP error means.
 
 Split from gateway/engines/api2convert.py (the request translation and the exchange) so each stays
-readable; that module re-exports these names.
+readable; the adapter imports what it uses from here.
 """
 
 from __future__ import annotations

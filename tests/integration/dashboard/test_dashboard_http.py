@@ -309,3 +309,13 @@ async def test_the_operator_page_shows_an_engine_whose_credentials_the_vendor_re
     assert "<time datetime=" in row
     other = next(line for line in page.split("<tr>") if ">qolaba<" in line)
     assert "credentials refused" not in other
+
+
+async def test_the_job_page_shows_what_each_engine_was_sent(gateway: Gateway) -> None:
+    _, key = await gateway.tenant(credits=5)
+    job = await generate(gateway, key, seed=4242, negative_prompt="fog")
+    await sign_in(gateway, key)
+    page = (await gateway.client.get(f"/dashboard/jobs/{job['id']}")).text
+    row = next(line for line in page.split("<tr>") if f"<td>{job['engine']}</td>" in line)
+    assert "seed=4242" in row
+    assert "negative_prompt=fog" in row
