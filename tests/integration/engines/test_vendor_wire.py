@@ -217,3 +217,16 @@ async def test_api2convert_base_url_with_the_version_still_reaches_v2_jobs(fake_
         await engine.aclose()
     assert len(result.images) == 1
     assert {c.path for c in fake_api2convert.calls if c.method == "POST"} == {"/v2/jobs"}
+
+
+async def test_api2convert_refused_output_link_is_not_a_credentials_refusal(fake_api2convert: FakeApi2Convert) -> None:
+    # Output links are fetched without the account key: their 401 says nothing of our credentials.
+    fake_api2convert.fail_with_status(401, on="download")
+    config = engine_config("api2convert", fake_api2convert.base_url)
+    engine = build_engine("a2c", config, build_client(config))
+    try:
+        with pytest.raises(EngineUnavailable) as caught:
+            await engine.generate(sample_request(), _nothing)
+    finally:
+        await engine.aclose()
+    assert not isinstance(caught.value, EngineCredentialsRefused)
