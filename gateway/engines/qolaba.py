@@ -49,6 +49,17 @@ STATUS_PATH = "/getImage"
 # "Authorization: string". Bearer goes first; on a 401/403 the bare token is tried once and kept if it
 # passes. `auth_scheme` pins one.
 AUTH_SCHEMES = ("bearer", "raw")
+# The image-to-image page's table names the input URL `image`, its own description "the file_url
+# parameter". Both cannot be sent (a server refusing unknown fields would reject every request), so
+# `image` (also the inpainting page's name) goes, and `image_field = "file_url"` switches.
+IMAGE_FIELDS = ("image", "file_url")
+# engines.NAME.options beyond the request's engine_options (app_id, inference_type defaults).
+ENGINE_OPTIONS = {
+    "auth_scheme": one_of(AUTH_SCHEMES),
+    "image_field": one_of(IMAGE_FIELDS),
+    "credits_per_image": lambda v: None if isinstance(v, int | float) and v >= 0 else "must be a number >= 0",
+    "max_download_bytes": lambda v: None if isinstance(v, int) and v > 0 else "must be a positive integer",
+}
 
 # The app_id table of the image-to-image page, under the names our `model` field takes.
 MODELS = {
@@ -111,8 +122,9 @@ class Envelope(msgspec.Struct, frozen=True):
     status: Any = None
 
 
-def request_body(request: EngineRequest, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON body for `request`; `defaults` are the engine's configured app_id/inference_type."""
+def request_body(request: EngineRequest, defaults: Mapping[str, Any], image_field: str = "image") -> dict[str, Any]:
+    """The JSON body for `request`; `defaults` are the engine's configured app_id/inference_type,
+    `image_field` the name the input URL goes under."""
     vendor = {**defaults, **request.engine_options.get(KIND, {})}
     app_id = vendor.get("app_id", DEFAULT_APP_ID)
     if request.model is not None:
@@ -126,7 +138,7 @@ def request_body(request: EngineRequest, defaults: Mapping[str, Any]) -> dict[st
     if request.negative_prompt:
         body["negative_prompt"] = request.negative_prompt
     if request.image is not None:
-        body["image"] = request.image.url
+        body[image_field] = request.image.url
     if request.operation == "inpaint":
         # The inpainting page documents no guidance, size or GPU choice: the mask and image
         # decide. Its convention (white = repaint, same size as the image) is ours already.
@@ -222,14 +234,10 @@ class QolabaEngine:
 
     def __init__(self, name: str, config: EngineConfig, client: httpx.AsyncClient) -> None:
         configured = {k: v for k, v in config.options.items() if k in OPTIONS}
-        problem = option_error(configured, OPTIONS, KIND)
-        unknown = set(config.options) - set(OPTIONS) - {"credits_per_image", "max_download_bytes", "auth_scheme"}
+        problem = option_error(config.options, {**OPTIONS, **ENGINE_OPTIONS}, KIND)
+        if problem:
+            raise ConfigError(f"engines.{name}.options: {problem.removeprefix(f'engine_options.{KIND}.')}")
         scheme = config.options.get("auth_scheme")
-        if scheme is not None and scheme not in AUTH_SCHEMES:
-            unknown.add(f"auth_scheme (must be one of {', '.join(AUTH_SCHEMES)})")
-        if problem or unknown:
-            reason = problem or f"unknown option(s) {', '.join(sorted(unknown))}"
-            raise ConfigError(f"engines.{name}.options: {reason}")
         self.name = name
         self.config = config
         self._client = client
@@ -240,6 +248,7 @@ class QolabaEngine:
         self._pinned_scheme = scheme is not None
         self._scheme = str(scheme or "bearer")
         self._paths: dict[str, str] = {}  # a documented spelling -> the one this vendor answered on
+        self._image_field = str(config.options.get("image_field", "image"))
 
     def check_options(self, options: Mapping[str, Any], operation: Operation | None = None) -> str | None:
         """Validate `engine_options.qolaba` (app_id, inference_type)."""
@@ -293,7 +302,9 @@ class QolabaEngine:
 
     async def _run(self, request: EngineRequest, progress: ProgressCallback) -> EngineResult:
         envelope = await self._call(
-            PATHS[request.operation], request_body(request, self._defaults), f"{self.name} submit"
+            PATHS[request.operation],
+            request_body(request, self._defaults, self._image_field),
+            f"{self.name} submit",
         )
         refs = output_refs(envelope)
         if not refs:

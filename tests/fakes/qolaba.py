@@ -48,6 +48,7 @@ class FakeQolaba(FakeVendor):
         "raw_token",  # `Authorization: <token>` (the image-to-image page), not `Bearer <token>`
         "output_string",  # `output` is one string (the envelope's documented type), not a list
         "synchronous",  # `celery` ignored: the answer carries the output at once
+        "file_url_field",  # the input image URL under `file_url` (002's description), not `image`
     )
 
     def reset_state(self) -> None:
@@ -75,6 +76,10 @@ class FakeQolaba(FakeVendor):
             return Response(envelope(error="unauthorized"), status_code=401)
         if (fault := await self.intercept("submit")) is not None:
             return fault
+        if "file_url_field" in self.readings and path != "/getTextToImage":
+            if "image" in body or "file_url" not in body:
+                return Response(envelope(error="invalid request", error_data="file_url is required"), status_code=422)
+            body = {("image" if k == "file_url" else k): v for k, v in body.items()}  # for the schema check
         if path == "/getImagetoImage" and "one_spelling" in self.readings and "mask_url" not in body:
             path = "/getImageToImage"  # image-to-image under the one spelling: its own schema applies
         if problems := self.check("post", path, "application/json", body):

@@ -40,6 +40,10 @@ READINGS: list[tuple[EngineKind, Operation, str, tuple[str, ...]]] = [
 ]
 
 
+# The engine option that follows each reading the default cannot serve at the same time.
+SWITCHES: dict[tuple[EngineKind, str], dict[str, str]] = {("qolaba", "file_url_field"): {"image_field": "file_url"}}
+
+
 @pytest.fixture(params=VENDORS, ids=[f"{kind}-{op}" for kind, op, _ in VENDORS])
 async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
     kind, operation, fixture = request.param
@@ -62,7 +66,9 @@ async def _subject(
     fake = request.getfixturevalue(fixture)
     assert isinstance(fake, FakeApi2Convert | FakeQolaba | FakeAithriving)
     fake.read_as(*readings)
-    config = engine_config(kind, fake.base_url, fake.api_key)
+    # Readings the adapter cannot serve at once are served by switching the engine's option.
+    options = {k: v for r in readings for k, v in SWITCHES.get((kind, r), {}).items()}
+    config = engine_config(kind, fake.base_url, fake.api_key, options=options)
     engine = build_engine(f"{kind}-test", config, build_client(config))
     # api2convert is sent base64 inputs here (the URL path is tested on its own); the
     # URL-only vendors get URLs.
