@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
@@ -137,7 +138,11 @@ class Router:
                 why = engine.check_options(request.engine_options[engine.kind], request.operation)
             if why is None and request.explicit:
                 # An image made without what the tenant asked for is not the image they pay for.
-                changes = dropped_fields(request, engine.received(request))
+                received = _received(engine, request)
+                if received is None:
+                    reasons[name] = "cannot tell what this engine would send"
+                    continue
+                changes = dropped_fields(request, received)
                 for field, change in changes.items():
                     dropped.setdefault(field, []).append(f"{name}: {change}")
                 why = "; ".join(changes.values()) or None
@@ -327,7 +332,7 @@ class Router:
             error_class=error.error_class if error is not None else None,
             error=error.message if error is not None else None,
             images=len(result.images) if result is not None else 0,
-            received=slot.engine.received(request),
+            received=_received(slot.engine, request),
         )
         if error is not None:
             log.info("engine %s attempt %s: %s", name, outcome, error.message)
@@ -345,6 +350,15 @@ class Router:
         for name, outcome in zip(self._slots, results, strict=True):
             if isinstance(outcome, Exception):
                 log.warning("engine %s did not close cleanly: %s", name, type(outcome).__name__)
+
+
+def _received(engine: Engine, request: EngineRequest) -> dict[str, Any] | None:
+    # An engine bug here must not sink the request while other engines could serve it.
+    try:
+        return engine.received(request)
+    except Exception:
+        log.exception("engine %s could not say what it sends", engine.name)
+        return None
 
 
 def _mask_url_missing(engine: Engine, request: EngineRequest) -> str | None:

@@ -283,3 +283,23 @@ async def test_no_engine_honouring_a_set_field_names_the_field() -> None:
         router.check(sample_request(explicit=frozenset({"negative_prompt"})))
     assert set(caught.value.fields) == {"negative_prompt"}
     assert "dropping" in caught.value.fields["negative_prompt"]
+
+
+class Unreadable(ScriptedEngine):
+    """An engine whose `received` has a bug."""
+
+    def received(self, request: EngineRequest) -> dict[str, Any]:
+        raise KeyError("sampler")
+
+
+async def test_an_engine_that_cannot_say_what_it_sends_is_passed_over_not_fatal() -> None:
+    router = make_router(Unreadable("unreadable"), ScriptedEngine("fine"))
+    asked = sample_request(explicit=frozenset({"seed"}))
+    recorder = Recorder()
+    routed = await router.run(
+        asked, deadline=time.monotonic() + 5, on_attempt=recorder.on_attempt, progress=recorder.progress.append
+    )
+    assert routed.engine == "fine"
+    # Not asked for anything: it serves, and its attempt is recorded without what it sent.
+    routed = await run(make_router(Unreadable("unreadable")))
+    assert routed.attempts[0].received is None
