@@ -30,6 +30,8 @@ class AttemptView(msgspec.Struct, kw_only=True, omit_defaults=True):
     images: int = 0
     error_class: str | None = None
     error: str | None = None
+    # What the engine was sent, in the request's field names: a field it does not take is absent.
+    received: dict[str, Any] | None = None
 
 
 class JobView(msgspec.Struct, kw_only=True):
@@ -90,6 +92,7 @@ def job_view(job: Any, results: list[Any], attempts: list[Any]) -> JobView:
                 images=a["images"],
                 error_class=a["error_class"],
                 error=a["error"],
+                received=a.get("received"),
             )
             for a in attempts
         ],

@@ -285,7 +285,8 @@ SELECT {JOB_COLUMNS},
         FROM job_results r WHERE r.job_id = jobs.id) AS results_json,
        (SELECT coalesce(jsonb_agg(jsonb_build_object('engine', a.engine, 'outcome', a.outcome,
                                                      'latency_ms', a.latency_ms, 'images', a.images,
-                                                     'error_class', a.error_class, 'error', a.error)
+                                                     'error_class', a.error_class, 'error', a.error,
+                                                     'received', a.received)
                                   ORDER BY a.id), '[]')
         FROM job_attempts a WHERE a.job_id = jobs.id) AS attempts_json
 FROM jobs WHERE id = $1 AND tenant_id = $2

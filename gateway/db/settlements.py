@@ -83,10 +83,10 @@ WITH job0 AS (
     SET jobs = u.jobs + 1, images = u.images + $5, failed_images = u.failed_images + $22,
         charged = u.charged + $2, vendor_credits = u.vendor_credits + $6, gpu_seconds = u.gpu_seconds + $7
 ), attempts AS (
-    INSERT INTO job_attempts (job_id, engine, outcome, latency_ms, error_class, error, images)
-    SELECT $1, a.engine, a.outcome, a.latency_ms, a.error_class, a.error, a.images
-    FROM job, unnest($27::text[], $28::text[], $29::int[], $30::text[], $31::text[], $32::int[])
-              WITH ORDINALITY AS a(engine, outcome, latency_ms, error_class, error, images, ord)
+    INSERT INTO job_attempts (job_id, engine, outcome, latency_ms, error_class, error, images, received)
+    SELECT $1, a.engine, a.outcome, a.latency_ms, a.error_class, a.error, a.images, a.received
+    FROM job, unnest($27::text[], $28::text[], $29::int[], $30::text[], $31::text[], $32::int[], $33::jsonb[])
+              WITH ORDINALITY AS a(engine, outcome, latency_ms, error_class, error, images, received, ord)
     ORDER BY a.ord
 ), tenant AS (
     SELECT nullif(t.webhook_url, '') AS url FROM tenants t JOIN job ON job.tenant_id = t.id
@@ -195,10 +195,11 @@ WITH input AS (
         failed_images = u.failed_images + EXCLUDED.failed_images, charged = u.charged + EXCLUDED.charged,
         vendor_credits = u.vendor_credits + EXCLUDED.vendor_credits, gpu_seconds = u.gpu_seconds + EXCLUDED.gpu_seconds
 ), attempts AS (
-    INSERT INTO job_attempts (job_id, engine, outcome, latency_ms, error_class, error, images)
-    SELECT job.id, a.engine, a.outcome, a.latency_ms, a.error_class, a.error, a.images
-    FROM job JOIN unnest($29::int[], $30::text[], $31::text[], $32::int[], $33::text[], $34::text[], $35::int[])
-                  WITH ORDINALITY AS a(ord, engine, outcome, latency_ms, error_class, error, images, n)
+    INSERT INTO job_attempts (job_id, engine, outcome, latency_ms, error_class, error, images, received)
+    SELECT job.id, a.engine, a.outcome, a.latency_ms, a.error_class, a.error, a.images, a.received
+    FROM job JOIN unnest($29::int[], $30::text[], $31::text[], $32::int[], $33::text[], $34::text[], $35::int[],
+                         $36::jsonb[])
+                  WITH ORDINALITY AS a(ord, engine, outcome, latency_ms, error_class, error, images, received, n)
                   ON a.ord = job.ord
     ORDER BY job.ord, a.n
 ), tenant AS (
@@ -282,7 +283,7 @@ class SettleArgs(msgspec.Struct, frozen=True, kw_only=True):
 # The order of each child table's arrays in both statements' parameters.
 _FILE_FIELDS = ("id", "blob_key", "content_type", "size", "etag", "filename")
 _RESULT_FIELDS = ("index", "status", "file_id", "seed", "error")
-_ATTEMPT_FIELDS = ("engine", "outcome", "latency_ms", "error_class", "error", "images")
+_ATTEMPT_FIELDS = ("engine", "outcome", "latency_ms", "error_class", "error", "images", "received")
 
 
 async def settle_job(conn: Conn, args: SettleArgs) -> asyncpg.Record:

@@ -27,9 +27,10 @@ from gateway.domain.generation import (
     EngineResult,
     EngineSpend,
     GeneratedImage,
+    Operation,
     Sampler,
 )
-from gateway.engines.base import Capabilities, EngineRejected, EngineUnavailable, ProgressCallback
+from gateway.engines.base import Capabilities, EngineRejected, EngineUnavailable, ProgressCallback, as_asked
 from gateway.engines.http import error_for_status, translate_transport_errors, within_budget
 from gateway.observability.context import REQUEST_ID_HEADER, current_request_id
 from gateway.observability.tracing import inject_traceparent
@@ -96,11 +97,16 @@ class DiffusionEngine:
         self._timeout = httpx.Timeout(config.request_timeout_s, connect=config.connect_timeout_s)
         self._slots = asyncio.Semaphore(config.max_concurrency)
 
-    def check_options(self, options: Mapping[str, Any]) -> str | None:
+    def check_options(self, options: Mapping[str, Any], operation: Operation | None = None) -> str | None:
         """The diffusion service takes no engine-specific options."""
+        del operation
         for key in options:
             return f"engine_options.diffusion.{key}: unknown option (the diffusion engine has none)"
         return None
+
+    def received(self, request: EngineRequest) -> dict[str, Any]:
+        """The service gets the whole request as it is."""
+        return as_asked(request)
 
     async def generate(self, request: EngineRequest, progress: ProgressCallback) -> EngineResult:
         """Send the request to the service and follow its event stream to the result."""

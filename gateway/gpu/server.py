@@ -149,11 +149,13 @@ async def _events(
 
 @get("/v1/health")
 async def health(request: Request[Any, Any, Any]) -> Response[Health]:
-    """200 when the model is loaded and the service accepts work; 503 while loading or draining."""
+    """200 once the model is loaded and its declared shapes are warm; 503 before, while draining,
+    and after a device fault."""
     service = _service(request)
     status = service.status
     device = service.model.device if service.model is not None else None
-    return Response(Health(status=status, device=device), status_code=200 if status == "ok" else 503)
+    body = Health(status=status, device=device, detail=service.detail)
+    return Response(body, status_code=200 if status == "ok" else 503)
 
 
 @get("/v1/capacity", guards=[_require_secret])
@@ -180,16 +182,27 @@ async def capacity(request: Request[Any, Any, Any]) -> Capacity:
 def create_gpu_app(
     gpu_config: GpuConfig, model_path: str | Path | None, *, service: GpuService | None = None
 ) -> Litestar:
-    """The GPU service as an ASGI app. The model loads at startup, or on first use in-process.
+    """The GPU service as an ASGI app. The model loads and warms up in the background from
+    startup (so /v1/health answers 503 meanwhile), or on first use in-process.
 
     `service` lets a caller pass one built around an already loaded model (tests, benchmarks).
     """
     gpu_service = service or GpuService(gpu_config, model_path)
+    starting: list[asyncio.Task[Any]] = []
 
     async def load(app: Litestar) -> None:
-        await gpu_service.start()
+        async def start() -> None:
+            try:
+                await gpu_service.start()
+            except NotAccepting as exc:
+                log.error("the GPU service cannot start: %s", exc)
+
+        starting.append(asyncio.create_task(start(), name="gpu-start"))
 
     async def close(app: Litestar) -> None:
+        for task in starting:
+            task.cancel()
+        await asyncio.gather(*starting, return_exceptions=True)
         await gpu_service.aclose()
 
     app = Litestar(
@@ -236,7 +249,8 @@ def run_gpu_worker(settings: Settings) -> int:
         server.run()
     finally:
         shutdown_tracing(tracing)  # export what the last requests recorded
-    return 0 if server.started else 1
+    # Non-zero after a device fault, so the container restarts with a fresh CUDA context.
+    return 0 if server.started and service.fault is None else 1
 
 
 class DrainingServer(uvicorn.Server):
@@ -260,7 +274,11 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     async def on_tick(self, counter: int) -> bool:
-        """uvicorn's 0.1 s housekeeping tick: exit once a drain has nothing left to do."""
+        """uvicorn's 0.1 s housekeeping tick: exit once a drain has nothing left to do, or at once
+        after a device fault (the CUDA context cannot recover; queued work has already failed)."""
         if self.draining and self.service.idle:
+            self.should_exit = True
+        if self.service.fault is not None and not self.should_exit:
+            log.critical("exiting after a device fault: %s", self.service.fault)
             self.should_exit = True
         return await super().on_tick(counter)

@@ -1,16 +1,18 @@
 """Spans of the GPU service's work, recorded after the fact from the batcher's timings.
 
-One pipeline call serves the images of several requests, and runs in a worker thread, so its
-spans cannot be opened around the work in each request's context. The batcher notes the times
-(arrival, batch start, last denoising step, end) and each request whose trace was recording gets,
-under its own span: `gpu.queue_wait`, then `gpu.batch` (batch size, its own images) with
-`gpu.denoise` and `gpu.encode` (VAE decode and image encoding, after the last step) inside.
+One batch serves the images of several requests, and its stages run on other threads (denoising
+on the GPU thread, decoding on the decode thread, encoding on the CPU pool), so its spans cannot be
+opened around the work in each request's context. The batcher notes the times of each stage and
+every request whose trace was recording gets, under its own span: `gpu.queue_wait`, then
+`gpu.batch` (the batch size, its own images) with `gpu.denoise`, `gpu.decode` (the VAE) and
+`gpu.encode` (the image files) inside.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from opentelemetry.context import Context
 
@@ -29,15 +31,37 @@ class TracedSlice:
 
 @dataclass(frozen=True, slots=True)
 class BatchTimes:
+    """When each stage of one batch began and ended (wall clock, ns); None: not reached."""
+
     started_ns: int
-    last_step_ns: int | None  # None: no step finished (the call failed early)
-    ended_ns: int
+    denoised_ns: int | None = None
+    decode_started_ns: int | None = None
+    decoded_ns: int | None = None
+    ended_ns: int | None = None
+
+    def denoised(self) -> BatchTimes:
+        return replace(self, denoised_ns=time.time_ns())
+
+    def decoding(self) -> BatchTimes:
+        return replace(self, decode_started_ns=time.time_ns())
+
+    def decoded(self) -> BatchTimes:
+        return replace(self, decoded_ns=time.time_ns())
+
+    def ended(self) -> BatchTimes:
+        return replace(self, ended_ns=time.time_ns())
 
 
 def record_batch(
     key: BatchKey, batch_size: int, shares: Sequence[TracedSlice], times: BatchTimes, failed: str | None = None
 ) -> None:
     """Record the queue wait and the batch's spans under each traced request's span."""
+    ended = times.ended_ns or time.time_ns()
+    stages = (
+        ("gpu.denoise", times.started_ns, times.denoised_ns),
+        ("gpu.decode", times.decode_started_ns, times.decoded_ns),
+        ("gpu.encode", times.decoded_ns, ended if failed is None else None),
+    )
     for share in shares:
         record_span(
             "gpu.queue_wait",
@@ -50,7 +74,7 @@ def record_batch(
             "gpu.batch",
             parent=share.parent,
             start_ns=times.started_ns,
-            end_ns=times.ended_ns,
+            end_ns=ended,
             attributes={
                 "gateway.gpu.batch_size": batch_size,
                 "gateway.gpu.images": share.images,
@@ -62,8 +86,7 @@ def record_batch(
             },
             failed=failed,
         )
-        if times.last_step_ns is None:
-            continue
         inside = child_context(batch)
-        record_span("gpu.denoise", parent=inside, start_ns=times.started_ns, end_ns=times.last_step_ns)
-        record_span("gpu.encode", parent=inside, start_ns=times.last_step_ns, end_ns=times.ended_ns)
+        for name, start, end in stages:
+            if start is not None and end is not None:
+                record_span(name, parent=inside, start_ns=start, end_ns=end)

@@ -1,10 +1,11 @@
 """The GPU worker, a process of its own, joins the caller's trace: the diffusion engine sends W3C
-traceparent, and the worker's spans (queue wait, batch, denoising, encoding) reach a collector
+traceparent, and the worker's spans (queue wait, batch, denoising, decoding, encoding) reach a collector
 with the caller's trace id."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
@@ -35,7 +36,7 @@ REQUEST = {
     "seed": 1,
     "n": 2,
 }
-GPU_SPANS = {"POST /v1/generate", "gpu.queue_wait", "gpu.batch", "gpu.denoise", "gpu.encode"}
+GPU_SPANS = {"POST /v1/generate", "gpu.queue_wait", "gpu.batch", "gpu.denoise", "gpu.decode", "gpu.encode"}
 
 
 def start_traced_worker(model: Path, port: int, collector: str) -> subprocess.Popen[bytes]:
@@ -95,11 +96,13 @@ async def test_the_gpu_worker_process_shares_the_callers_trace(demo_model_path: 
     [wait] = receiver.named("gpu.queue_wait")
     assert wait.parent_span_id == server.span_id
     assert wait.end_ns <= batch.start_ns
-    for name in ("gpu.denoise", "gpu.encode"):
+    stages = [receiver.named(name)[0] for name in ("gpu.denoise", "gpu.decode", "gpu.encode")]
+    assert [s.end_ns <= t.start_ns for s, t in itertools.pairwise(stages)] == [True, True], "in order"
+    for name in ("gpu.denoise", "gpu.decode", "gpu.encode"):
         [inside] = receiver.named(name)
         assert inside.parent_span_id == batch.span_id
         assert batch.start_ns <= inside.start_ns <= inside.end_ns <= batch.end_ns
     # The worker's part of the trace, for `pytest -s`.
-    for name in ("POST /v1/generate", "gpu.queue_wait", "gpu.batch", "gpu.denoise", "gpu.encode"):
+    for name in ("POST /v1/generate", "gpu.queue_wait", "gpu.batch", "gpu.denoise", "gpu.decode", "gpu.encode"):
         [received] = receiver.named(name)
         print(f"{name}  {(received.end_ns - received.start_ns) / 1e6:.2f} ms")
