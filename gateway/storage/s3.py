@@ -26,11 +26,10 @@ if TYPE_CHECKING:
     from obstore.store import S3Credential  # a TypedDict, not importable at run time
 
 # object_store reports an answered request as "... status code: 404 Not Found ..." and carries
-# the body of an S3 error document along; its text is the only place the status and code are.
+# the body of an S3 error document along; its text is the only place the status and code are
+# (obstore is pinned exactly; tests/unit/storage/test_s3_store.py checks this parse).
 _STATUS = re.compile(r"status(?: code)?:? (\d{3})\b")
 _CODE = re.compile(r"<Code>\s*([A-Za-z0-9.]+)\s*</Code>")
-
-
 # obstore raises the builtin FileNotFoundError for a 404, its own BaseError family for the rest.
 _FAILURES = (BaseError, FileNotFoundError)
 # object_store's backoff panics on an empty range; a millisecond is "no wait" for every test.
