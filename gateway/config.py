@@ -59,6 +59,9 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # (/v1/admin/usage): per vendor credit it reports spending, and per GPU second.
     cost_per_vendor_credit: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     cost_per_gpu_second: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # Send W3C traceparent (our trace ids) to this engine: off for vendors, whose traces we do not share.
+    # Our own GPU service (kind "diffusion") always gets it.
+    propagate_trace: bool = False
     # Resolved from the environment variable `api_key_env` by the loader, never from the file.
     api_key: Secret | None = None
 
@@ -151,6 +154,13 @@ class WebhookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     poll_s: PositiveFloat = 5.0  # safety net; new messages wake the dispatcher by NOTIFY
 
 
+class LoggingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[logging]`: `format = "json"` (or GATEWAY_LOG_FORMAT=json) writes one JSON object a line with
+    the request id, trace id, tenant, job and engine of each line (gateway/observability/logs.py)."""
+
+    format: Literal["text", "json"] = "text"
+
+
 # S3 refuses presigned URLs that live longer than a week.
 _MAX_PRESIGN_TTL_S = 7 * 24 * 3600
 
@@ -223,6 +233,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     gpu: GpuConfig = GpuConfig()
     webhooks: WebhookConfig = WebhookConfig()
     storage: StorageConfig = StorageConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     @property
     def engine_unit_costs(self) -> dict[str, tuple[float, float]]:
@@ -239,7 +250,17 @@ _ENV_SCALARS = {
     name: field
     for name, field in zip(Settings.__struct_fields__, msgspec.structs.fields(Settings), strict=True)
     if name
-    not in {"engines", "routes", "routing", "gpu", "webhooks", "storage", "fetch_allow_hosts", "blob_signing_key"}
+    not in {
+        "engines",
+        "routes",
+        "routing",
+        "gpu",
+        "webhooks",
+        "storage",
+        "logging",
+        "fetch_allow_hosts",
+        "blob_signing_key",
+    }
 }
 # `[storage]` fields that may come from GATEWAY_STORAGE_<NAME> (a container sets the bucket per environment).
 _ENV_STORAGE = frozenset(StorageConfig.__struct_fields__) - {"access_key", "secret_key"}
@@ -253,6 +274,13 @@ def client_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The client variables that are set: GATEWAY_URL (where the gateway is) and GATEWAY_API_KEY."""
     env = os.environ if environ is None else environ
     return {name: env[name] for name in CLIENT_ENV if env.get(name)}
+
+
+def otel_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The standard OpenTelemetry variables (OTEL_*) that are set: they configure tracing
+    (gateway/observability/tracing.py) as they do in every other service."""
+    env = os.environ if environ is None else environ
+    return {name: value for name, value in env.items() if name.startswith("OTEL_")}
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -270,6 +298,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             out[name] = [h.strip() for h in value.split(",") if h.strip()]
         elif name in _ENV_SCALARS:
             out[name] = value
+        elif name == "log_format":
+            out["logging"] = {"format": value}
         elif name.startswith("storage_") and name.removeprefix("storage_") in _ENV_STORAGE:
             out.setdefault("storage", {})[name.removeprefix("storage_")] = value
         else:

@@ -54,6 +54,8 @@ class JobView(msgspec.Struct, kw_only=True):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # The X-Request-Id of the request that created the job (its logs and trace are found by it).
+    request_id: str | None = None
 
 
 def job_view(job: Any, results: list[Any], attempts: list[Any]) -> JobView:
@@ -98,6 +100,7 @@ def job_view(job: Any, results: list[Any], attempts: list[Any]) -> JobView:
         created_at=job["created_at"],
         started_at=job["started_at"],
         finished_at=job["finished_at"],
+        request_id=job["request_id"],
     )
 
 

@@ -15,7 +15,7 @@ NOTIFY_CHANNEL = "gateway_jobs"
 JOB_COLUMNS = """id, tenant_id, api_key_id, operation, state, params, n, unit_price, price_version_id, allowed_engines,
     progress, engine, vendor_credits, gpu_seconds, images_succeeded, charged, error, download_password_hash,
     webhook_url, cancel_requested, runs, lease_owner, lease_expires_at, deadline_at, created_at, started_at,
-    finished_at"""
+    finished_at, request_id, traceparent"""
 
 
 async def inputs(conn: Conn, job_id: UUID) -> list[asyncpg.Record]:

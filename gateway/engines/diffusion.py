@@ -32,6 +32,8 @@ from gateway.domain.generation import (
 )
 from gateway.engines.base import Capabilities, EngineRejected, EngineUnavailable, ProgressCallback, as_asked
 from gateway.engines.http import error_for_status, translate_transport_errors, within_budget
+from gateway.observability.context import REQUEST_ID_HEADER, current_request_id
+from gateway.observability.tracing import inject_traceparent
 
 # Every sampler diffusers has a scheduler for (gateway/gpu/samplers.py); dpmpp_2s_ancestral has none.
 DIFFUSION_SAMPLERS: frozenset[Sampler] = frozenset(SAMPLERS) - {"dpmpp_2s_ancestral"}
@@ -118,6 +120,11 @@ class DiffusionEngine:
 
     async def _stream(self, body: bytes, progress: ProgressCallback) -> EngineResult:
         headers = {**self._headers, "Content-Type": "application/json", "Accept": "application/x-ndjson"}
+        # Our own service, unlike a vendor, joins the request's trace and logs under its request id.
+        inject_traceparent(headers)
+        request_id = current_request_id()
+        if request_id is not None:
+            headers[REQUEST_ID_HEADER] = request_id
         async with (
             translate_transport_errors(WHAT),
             self._client.stream("POST", self._url, content=body, headers=headers, timeout=self._timeout) as reply,

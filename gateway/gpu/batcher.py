@@ -21,7 +21,11 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.context import Context
+
+from gateway.gpu.tracing import BatchTimes, TracedSlice, record_batch
 from gateway.gpu.work import Batch, BatchKey, DeviceOutOfMemory, ImageWork, Runner
+from gateway.observability.tracing import current_context
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,9 @@ class _Job:
     failed: dict[int, str] = field(default_factory=dict)
     gpu_seconds: float = 0.0
     steps_done: dict[int, float] = field(default_factory=dict)  # per image: share of its steps done
+    # The submitting request's trace context (None unless tracing records it) and when it arrived.
+    trace: Context | None = None
+    arrived_ns: int = 0
 
     @property
     def done_count(self) -> int:
@@ -162,7 +169,14 @@ class Batcher:
         if self.fault is not None:
             return JobOutcome({}, dict.fromkeys(range(len(works)), "device failure"), 0.0)
         self._ensure_running()
-        job = _Job(key, works, on_progress, asyncio.get_running_loop().create_future())
+        job = _Job(
+            key,
+            works,
+            on_progress,
+            asyncio.get_running_loop().create_future(),
+            trace=current_context(),
+            arrived_ns=time.time_ns(),
+        )
         self._pending.append(_Slice(job, list(range(len(works))), time.monotonic()))
         self._wakeup.set()
         return await job.future
@@ -251,6 +265,7 @@ class Batcher:
         self._in_flight += len(works)
         try:
             started = time.perf_counter()
+            times = BatchTimes(started_ns=time.time_ns())
             try:
                 denoised = await loop.run_in_executor(
                     self.threads.gpu, self._runner.denoise, Batch(key, works), on_step
@@ -266,16 +281,19 @@ class Batcher:
                     await self._run_split(key, first)
                     await self._run_split(key, second)
                     return
+                self._trace(key, slices, len(works), times.ended(), "out of device memory")
                 self._fail(slices, "out of device memory")
                 return
             except Exception as exc:
+                self._trace(key, slices, len(works), times.ended(), f"generation failed ({type(exc).__name__})")
                 self._failed(slices, exc)
                 return
+            times = times.denoised()
             elapsed = time.perf_counter() - started
             self.stats.pipeline_calls += 1
             self.stats.images += len(works)
             self.stats.recent_batch_sizes.append(len(works))
-            task = loop.create_task(self._finish(slices, works, denoised, elapsed), name="gpu-finish")
+            task = loop.create_task(self._finish(slices, works, denoised, elapsed, times), name="gpu-finish")
             self._finishing.add(task)
             task.add_done_callback(self._finishing.discard)
             handed_over = True
@@ -284,13 +302,18 @@ class Batcher:
                 self._decode_slots.release()
                 self._in_flight -= len(works)
 
-    async def _finish(self, slices: list[_Slice], works: list[ImageWork], denoised: Any, denoise_s: float) -> None:
+    async def _finish(
+        self, slices: list[_Slice], works: list[ImageWork], denoised: Any, denoise_s: float, times: BatchTimes
+    ) -> None:
         """Decode on the decode thread, encode on the CPU pool, then hand each job its images."""
         loop = asyncio.get_running_loop()
+        failed: str | None = "interrupted"
         try:
             started = time.perf_counter()
+            times = times.decoding()
             images = await loop.run_in_executor(self.threads.decode, self._runner.decode, denoised)
             del denoised  # the device memory goes back before encoding
+            times = times.decoded()
             elapsed = denoise_s + time.perf_counter() - started
             encoded = await asyncio.gather(
                 *(
@@ -298,21 +321,32 @@ class Batcher:
                     for image, work in zip(images, works, strict=True)
                 )
             )
+            failed = None
         except DeviceOutOfMemory:
-            self._fail(slices, "out of device memory")
+            failed = "out of device memory"
+            self._fail(slices, failed)
             return
         except Exception as exc:
+            failed = f"generation failed ({type(exc).__name__})"
             self._failed(slices, exc)
             return
         finally:
             self._decode_slots.release()
             self._in_flight -= len(works)
+            self._trace(slices[0].job.key, slices, len(works), times.ended(), failed)
         outputs = iter(encoded)
         for piece in slices:
             piece.job.gpu_seconds += elapsed * len(piece.indices) / len(works)
             for index in piece.indices:
                 piece.job.images[index] = next(outputs)
             piece.job.finish_if_complete()
+
+    @staticmethod
+    def _trace(key: BatchKey, slices: list[_Slice], size: int, times: BatchTimes, failed: str | None) -> None:
+        """Record the batch's spans under each traced request's (gateway/gpu/tracing.py)."""
+        shares = [TracedSlice(s.job.trace, s.job.arrived_ns, len(s.indices)) for s in slices if s.job.trace]
+        if shares:
+            record_batch(key, size, shares, times, failed)
 
     def _failed(self, slices: list[_Slice], exc: Exception) -> None:
         """A stage raised: a device fault stops the batcher; anything else fails this batch only."""

@@ -27,7 +27,7 @@ from litestar.exceptions import NotAuthorizedException
 from litestar.handlers import BaseRouteHandler
 from litestar.response import Stream
 
-from gateway.config import GpuConfig
+from gateway.config import GpuConfig, otel_environment
 from gateway.domain.generation import EngineRequest, GeneratedImage
 from gateway.gpu.demo_model import make_demo_model
 from gateway.gpu.images import media_type
@@ -46,6 +46,9 @@ from gateway.gpu.protocol import (
 from gateway.gpu.samplers import SUPPORTED_SAMPLERS
 from gateway.gpu.service import GpuService, NotAccepting, OperationUnsupported, RequestInvalid
 from gateway.gpu.work import BatchKey, ImageWork
+from gateway.observability.logs import configure_logging
+from gateway.observability.middleware import RequestContext
+from gateway.observability.tracing import setup_tracing, shutdown_tracing
 
 if TYPE_CHECKING:
     from gateway.config import Settings
@@ -202,7 +205,7 @@ def create_gpu_app(
         await asyncio.gather(*starting, return_exceptions=True)
         await gpu_service.aclose()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[generate, health, capacity],
         on_startup=[load],
         on_shutdown=[close],
@@ -212,6 +215,9 @@ def create_gpu_app(
         # The host process (the gateway, or uvicorn in gpu-worker) owns logging configuration.
         logging_config=None,
     )
+    # The gateway's request id and trace (X-Request-Id, traceparent) continue here, as in the gateway's app.
+    app.asgi_handler = RequestContext(app.asgi_handler)
+    return app
 
 
 def gpu_service(app: Litestar) -> GpuService:
@@ -231,11 +237,18 @@ def run_gpu_worker(settings: Settings) -> int:
     if settings.gpu.shared_secret is None:
         print("gpu-worker needs a shared secret: set gpu.secret_env and that variable", file=sys.stderr)
         return 2
+    configure_logging(settings.log_level, settings.logging.format)
+    tracing = setup_tracing(otel_environment(), service_name="image-gateway-gpu")
     service = GpuService(settings.gpu, model_path(settings))
     app = create_gpu_app(settings.gpu, None, service=service)
-    config = uvicorn.Config(app, host=settings.gpu.host, port=settings.gpu.port, log_level=settings.log_level)
+    config = uvicorn.Config(
+        app, host=settings.gpu.host, port=settings.gpu.port, log_level=settings.log_level, log_config=None
+    )
     server = DrainingServer(config, service)
-    server.run()
+    try:
+        server.run()
+    finally:
+        shutdown_tracing(tracing)  # export what the last requests recorded
     # Non-zero after a device fault, so the container restarts with a fresh CUDA context.
     return 0 if server.started and service.fault is None else 1
 

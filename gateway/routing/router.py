@@ -35,6 +35,8 @@ from gateway.engines.base import (
     dropped_fields,
 )
 from gateway.metrics import Metrics
+from gateway.observability.context import bind
+from gateway.observability.tracing import Attributes, fail_span, span, trace_ids
 from gateway.routing.breaker import CircuitBreaker
 from gateway.routing.errors import AllEnginesFailed, NoEngineCanServe, RequestRejected
 from gateway.routing.slots import EngineHealth, EngineSlot
@@ -235,7 +237,7 @@ class Router:
                 continue
             tried.add(name)
             made += 1
-            outcome = await self._attempt(slot, request, deadline, report)
+            outcome = await self._traced_attempt(slot, request, deadline, report, retry=made - 1)
             await record(outcome.attempt)
             if outcome.result is not None:
                 return RoutedResult(
@@ -259,6 +261,27 @@ class Router:
         # "Equal jitter": at least half the exponential step, so retries never bunch up at zero.
         step = min(self._config.backoff_max_s, self._config.backoff_base_s * 2.0 ** (failures - 1))
         return step / 2 + self._rng.uniform(0, step / 2)
+
+    async def _traced_attempt(
+        self, slot: EngineSlot, request: EngineRequest, deadline: float, progress: ProgressCallback, *, retry: int
+    ) -> _Outcome:
+        """`_attempt` in a span of its own (engine, retry number, outcome), its log lines naming the engine."""
+        engine = slot.engine
+        attributes: Attributes = {
+            "gateway.engine.name": engine.name,
+            "gateway.engine.kind": engine.kind,
+            "gateway.retry": retry,
+        }
+        with bind(engine=engine.name), span("engine.attempt", attributes) as current:
+            outcome = await self._attempt(slot, request, deadline, progress)
+            attempt = outcome.attempt
+            current.set_attribute("gateway.engine.outcome", attempt.outcome)
+            if outcome.error is not None:
+                current.set_attribute("error.type", attempt.error_class or type(outcome.error).__name__)
+                fail_span(current, attempt.error or attempt.outcome)
+            else:
+                current.set_attribute("gateway.images", attempt.images)
+            return outcome
 
     async def _attempt(
         self, slot: EngineSlot, request: EngineRequest, deadline: float, progress: ProgressCallback
@@ -325,7 +348,10 @@ class Router:
         name = slot.engine.name
         elapsed = max(0.0, self._clock() - started)
         self._metrics.engine_attempts.labels(name, outcome).inc()
-        self._metrics.engine_latency.labels(name, outcome).observe(elapsed)
+        # With tracing on, the histogram keeps this attempt's trace id as an exemplar (OpenMetrics output).
+        ids = trace_ids()
+        exemplar = {"trace_id": ids[0]} if ids is not None else None
+        self._metrics.engine_latency.labels(name, outcome).observe(elapsed, exemplar)
         attempt = EngineAttempt(
             engine=name,
             outcome=outcome,

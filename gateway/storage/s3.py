@@ -20,6 +20,7 @@ from obstore.exceptions import BaseError
 from obstore.store import S3Store
 
 from gateway.config import StorageConfig
+from gateway.observability.tracing import child_span
 from gateway.storage.base import BlobNotFound
 
 if TYPE_CHECKING:
@@ -172,10 +173,11 @@ class S3BlobStore:
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         """Store `data` under `key`; the payload hash is signed, so S3 rejects a corrupted upload."""
         _check_key(key)
-        try:
-            await obstore.put_async(self._store, key, data, attributes={"Content-Type": content_type})
-        except _FAILURES as exc:
-            raise _translate("PUT", key, exc) from exc
+        with child_span("blob.put", {"gateway.blob.store": "s3", "gateway.blob.bytes": len(data)}):
+            try:
+                await obstore.put_async(self._store, key, data, attributes={"Content-Type": content_type})
+            except _FAILURES as exc:
+                raise _translate("PUT", key, exc) from exc
 
     async def get(self, key: str) -> bytes:
         """The bytes under `key`; `BlobNotFound` when S3 has no such object."""
