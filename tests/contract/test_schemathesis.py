@@ -169,6 +169,9 @@ def _schemathesis(server: GatewayProcess, workdir: Path, key: str, own_key_ids: 
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=workdir, check=False)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{output[-30000:]}\n--- gateway log ---\n{server.log()}"
+    print(
+        output[output.find("=== WARNINGS") if "=== WARNINGS" in output else output.find("=== SUMMARY") :]
+    )  # shown with -s, and in the report of a failure after it
     return output
 
 
