@@ -33,8 +33,9 @@ from litestar.openapi.spec import Encoding, OpenAPIMediaType, Operation, Request
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.params import JSONBody
 
-from gateway.api.images import IdempotencyKey, Submitted, generate
+from gateway.api.images import IdempotencyKey
 from gateway.api.multipart import read_form
+from gateway.api.submission import Submitted, generate
 from gateway.auth.keys import Principal
 from gateway.domain.requests import (
     GenerationRequest,
