@@ -22,6 +22,7 @@ from gateway.api import (
     admin_billing,
     admin_engines,
     admin_keys,
+    admin_prices,
     blobs,
     files,
     health,
@@ -140,6 +141,7 @@ def create_app(settings: Settings) -> Litestar:
             *webhooks.routes,
             *openai_compat.routes,
             dashboard.router(),
+            *admin_prices.routes,
             *admin_billing.routes,
         ],
         dependencies={
