@@ -4,6 +4,10 @@ Lookups are cached for `key_cache_ttl_s` (2 s by default): revocation, expiry of
 secret and tenant suspension are seen by every replica within that time, with no invalidation
 protocol to get wrong. Validity (expiry, grace period) is evaluated on every request against the
 cached row, so a key expires on the second. `last_used_at` is written in batches.
+
+A key's rate limit is one bucket for the whole deployment, kept in PostgreSQL (db/rate_limits.py):
+every process and replica takes from it, one statement per request, so `--workers N` on R replicas
+still allows the key its `rate_limit_per_minute`, not N x R times it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import asyncpg
 from gateway.auth import tokens
 from gateway.auth.limits import KeyedLimiter
 from gateway.db import keys as q
-from gateway.db import require_tenant
+from gateway.db import rate_limits, require_tenant
 from gateway.db.pool import Pool
 from gateway.errors import RateLimited, Unauthenticated
 
@@ -38,6 +42,10 @@ _CACHE_LIMIT = 100_000
 # Failed authentications one client address may make per minute. Well-formed random keys are cheap
 # to make (the checksum is public) and each unknown one costs a database lookup.
 FAILED_AUTH_PER_MINUTE = 60
+# A key's bucket holds one minute's worth of its requests and refills continuously.
+RATE_WINDOW_S = 60.0
+# Float rounding of epoch seconds (an ulp is about 0.2 µs) must not refuse the last request of a burst.
+_RATE_SLACK_S = 1e-5
 
 
 @dataclass(frozen=True)
@@ -66,27 +74,9 @@ class _Cached:
 
 
 @dataclass
-class TokenBucket:
-    """Requests per minute for one key: capacity = the limit, refilled continuously."""
-
-    capacity: float
-    tokens: float
-    updated: float
-
-    def take(self, now: float) -> tuple[bool, float]:
-        """Take one token; returns (allowed, seconds until one is available)."""
-        rate = self.capacity / 60.0
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * rate)
-        self.updated = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True, 0.0
-        return False, (1.0 - self.tokens) / rate
-
-
-@dataclass
 class KeyAuthenticator:
-    """Per-app key resolver. Holds the lookup cache, the rate buckets and the last-used batch."""
+    """Per-app key resolver. Holds the lookup cache, the failed-authentication limits and the
+    last-used batch; the keys' rate limits live in the database, shared by every process."""
 
     pool: Pool
     ttl_s: float
@@ -96,7 +86,6 @@ class KeyAuthenticator:
     # Least recently used first: a full cache forgets one entry per new one, not everything at once.
     _cache: OrderedDict[bytes, _Cached] = field(default_factory=OrderedDict)
     _failures: KeyedLimiter = field(init=False)
-    _buckets: dict[UUID, TokenBucket] = field(default_factory=dict)
     _used_tenant: set[UUID] = field(default_factory=set)
     _used_operator: set[UUID] = field(default_factory=set)
 
@@ -192,15 +181,18 @@ class KeyAuthenticator:
         """Forget cached lookups (this replica changed a key; others see it within the TTL)."""
         self._cache.clear()
 
-    def rate_check(self, principal: Principal) -> tuple[bool, float, int]:
-        """(allowed, retry_after_s, remaining) for one request of `principal`."""
-        now = self.clock()
-        bucket = self._buckets.get(principal.key_id)
-        limit = float(principal.rate_limit_per_minute)
-        if bucket is None or bucket.capacity != limit:
-            bucket = self._buckets[principal.key_id] = TokenBucket(limit, limit, now)
-        allowed, wait = bucket.take(now)
-        return allowed, wait, int(bucket.tokens)
+    async def rate_check(self, principal: Principal) -> tuple[bool, float, int]:
+        """(allowed, retry_after_s, remaining) for one request of `principal`, taken from the key's
+        bucket that every process shares: one statement when allowed, two when refused."""
+        interval = RATE_WINDOW_S / max(1, principal.rate_limit_per_minute)
+        async with self.pool.acquire() as conn:
+            ahead = await rate_limits.take(conn, principal.key_id, interval, RATE_WINDOW_S + _RATE_SLACK_S)
+            if ahead is None:
+                wait = await rate_limits.ahead(conn, principal.key_id) + interval - RATE_WINDOW_S
+                return False, max(0.0, wait), 0
+        # The whole requests left in the bucket; the slack keeps k - 1e-12 from flooring to k - 1.
+        remaining = math.floor((RATE_WINDOW_S - ahead) / interval + 1e-6)
+        return True, 0.0, max(0, remaining)
 
     async def flush_last_used(self) -> None:
         """Write `last_used_at` for every key seen since the last flush, in two statements."""
