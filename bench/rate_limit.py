@@ -1,14 +1,17 @@
 """What the shared per-key rate limit costs a request: the statement of db/rate_limits.py against `SELECT 1`.
 
-Every authenticated request takes one request from its key's bucket in PostgreSQL (one INSERT ...
-ON CONFLICT DO UPDATE; a refused request reads the bucket once more for Retry-After). This runs, on
+An authenticated request takes from its key's bucket in PostgreSQL (one INSERT ... ON CONFLICT DO
+UPDATE; a refused request reads the bucket once more for Retry-After), or spends a lease its
+process took earlier in that statement (keys of 120 or more a minute). This runs, on
 an embedded PostgreSQL in a temporary folder, `--clients` closed-loop clients each making `--calls`
 calls through the gateway's pool, and prints one table:
 
 * `SELECT 1`: the bare round trip through the pool, the floor any statement pays;
 * take, one key: every client on one key, so every call waits for the same row's lock;
 * take, a key per client: no two clients share a row;
-* rate_check, a key per client: KeyAuthenticator.rate_check as the guard calls it.
+* rate_check, a key per client: KeyAuthenticator.rate_check as the guard calls it, for a key whose
+  limit gives leases of 50 (one statement per 50 calls). A key under 120 a minute costs what
+  "take, a key per client" costs: one statement per call.
 
 Then the same with one client, where the latency is the round trip alone. CPU ms/call is this
 process's and the PostgreSQL backends' CPU time over the calls made.

@@ -6,8 +6,10 @@ protocol to get wrong. Validity (expiry, grace period) is evaluated on every req
 cached row, so a key expires on the second. `last_used_at` is written in batches.
 
 A key's rate limit is one bucket for the whole deployment, kept in PostgreSQL (db/rate_limits.py):
-every process and replica takes from it, one statement per request, so `--workers N` on R replicas
-still allows the key its `rate_limit_per_minute`, not N x R times it.
+every process and replica takes from it, so `--workers N` on R replicas still allows the key its
+`rate_limit_per_minute`, not N x R times it. A busy key's process takes up to a second's refill at
+once (a lease) and spends it locally for at most a second, so the statement is not paid on every
+request; a lease is taken before it is spent, so no process ever lets more than the limit through.
 """
 
 from __future__ import annotations
@@ -46,6 +48,16 @@ FAILED_AUTH_PER_MINUTE = 60
 RATE_WINDOW_S = 60.0
 # Float rounding of epoch seconds (an ulp is about 0.2 µs) must not refuse the last request of a burst.
 _RATE_SLACK_S = 1e-5
+# A lease is at most one second's refill of the key's bucket (limit / 60, so keys under 120 a minute
+# take one request at a time), at most this many, and is dropped unspent after LEASE_S: what other
+# processes cannot use meanwhile is bounded by a second's refill per process.
+LEASE_MAX = 50
+LEASE_S = 1.0
+
+
+def lease_size(rate_limit_per_minute: int) -> int:
+    """Requests a process takes from a key's shared bucket at once."""
+    return max(1, min(LEASE_MAX, rate_limit_per_minute // 60))
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,15 @@ class _Cached:
 
 
 @dataclass
+class _Lease:
+    """Requests this process took from a key's shared bucket and has not spent yet."""
+
+    left: int
+    shared_remaining: int  # what the shared bucket still held when they were taken
+    expires: float
+
+
+@dataclass
 class KeyAuthenticator:
     """Per-app key resolver. Holds the lookup cache, the failed-authentication limits and the
     last-used batch; the keys' rate limits live in the database, shared by every process."""
@@ -86,6 +107,7 @@ class KeyAuthenticator:
     # Least recently used first: a full cache forgets one entry per new one, not everything at once.
     _cache: OrderedDict[bytes, _Cached] = field(default_factory=OrderedDict)
     _failures: KeyedLimiter = field(init=False)
+    _leases: OrderedDict[UUID, _Lease] = field(default_factory=OrderedDict)
     _used_tenant: set[UUID] = field(default_factory=set)
     _used_operator: set[UUID] = field(default_factory=set)
 
@@ -182,17 +204,33 @@ class KeyAuthenticator:
         self._cache.clear()
 
     async def rate_check(self, principal: Principal) -> tuple[bool, float, int]:
-        """(allowed, retry_after_s, remaining) for one request of `principal`, taken from the key's
-        bucket that every process shares: one statement when allowed, two when refused."""
-        interval = RATE_WINDOW_S / max(1, principal.rate_limit_per_minute)
+        """(allowed, retry_after_s, remaining) for one request of `principal`, from the key's bucket
+        that every process shares: from this process's lease when it holds one, otherwise one
+        statement that takes a new lease (two when refused, the second for Retry-After)."""
+        now = self.clock()
+        lease = self._leases.get(principal.key_id)
+        if lease is not None and lease.left > 0 and now < lease.expires:
+            lease.left -= 1
+            return True, 0.0, lease.shared_remaining + lease.left
+        limit = principal.rate_limit_per_minute
+        interval = RATE_WINDOW_S / max(1, limit)
         async with self.pool.acquire() as conn:
-            ahead = await rate_limits.take(conn, principal.key_id, interval, RATE_WINDOW_S + _RATE_SLACK_S)
-            if ahead is None:
+            taken = await rate_limits.take(
+                conn, principal.key_id, interval, RATE_WINDOW_S + _RATE_SLACK_S, at_most=lease_size(limit)
+            )
+            if taken is None:
                 wait = await rate_limits.ahead(conn, principal.key_id) + interval - RATE_WINDOW_S
                 return False, max(0.0, wait), 0
-        # The whole requests left in the bucket; the slack keeps k - 1e-12 from flooring to k - 1.
-        remaining = math.floor((RATE_WINDOW_S - ahead) / interval + 1e-6)
-        return True, 0.0, max(0, remaining)
+        # The whole requests left in the shared bucket; the slack keeps k - 1e-12 from flooring to k - 1.
+        shared = max(0, math.floor((RATE_WINDOW_S - taken.ahead_s) / interval + 1e-6))
+        if taken.granted > 1:
+            self._leases[principal.key_id] = _Lease(taken.granted - 1, shared, now + LEASE_S)
+            self._leases.move_to_end(principal.key_id)
+            while len(self._leases) > self.cache_limit:
+                self._leases.popitem(last=False)
+        else:
+            self._leases.pop(principal.key_id, None)
+        return True, 0.0, shared + taken.granted - 1
 
     async def flush_last_used(self) -> None:
         """Write `last_used_at` for every key seen since the last flush, in two statements."""

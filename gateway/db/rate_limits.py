@@ -8,20 +8,26 @@ from __future__ import annotations
 
 from uuid import UUID
 
+import msgspec
+
 from gateway.db import Conn
 
-# Insert (a key's first request) or move `tat` one interval later, only while that keeps it within
-# the window of now; returns how far ahead of now it then is. No row: the request is refused, and
-# nothing was written. $2 is the interval (60 s / limit), $3 the window (60 s) plus some
-# microseconds' slack for float rounding, so a key's limit-th request in a burst is not refused by an ulp.
+# Take up to $4 requests: insert the key's row (its first take, from a full bucket) or move `tat`
+# one interval ($2, 60 s / limit) later per request taken, as many as fit within the window ($3)
+# of now. No row back: not even one fits, the request is refused and nothing was written. In SET,
+# `s` is the row before the update; EXCLUDED.seen is now. $3 carries some microseconds' slack for
+# float rounding, so a key's limit-th request in a burst is not refused by an ulp.
 TAKE = """
 WITH clock AS (SELECT extract(epoch FROM statement_timestamp())::float8 AS now)
-INSERT INTO rate_limit_state AS s (key_id, tat)
-SELECT $1, clock.now + $2 FROM clock
+INSERT INTO rate_limit_state AS s (key_id, tat, granted, seen)
+SELECT $1, clock.now + $2::float8 * $4::int, $4::int, clock.now FROM clock
 ON CONFLICT (key_id) DO UPDATE
-SET tat = greatest(s.tat, EXCLUDED.tat - $2) + $2
-WHERE greatest(s.tat, EXCLUDED.tat - $2) + $2 - (EXCLUDED.tat - $2) <= $3
-RETURNING s.tat - extract(epoch FROM statement_timestamp())::float8
+SET granted = least($4::int, floor(($3::float8 - greatest(s.tat - EXCLUDED.seen, 0)) / $2::float8))::int,
+    tat = greatest(s.tat, EXCLUDED.seen)
+          + $2::float8 * least($4::int, floor(($3::float8 - greatest(s.tat - EXCLUDED.seen, 0)) / $2::float8)),
+    seen = EXCLUDED.seen
+WHERE greatest(s.tat - EXCLUDED.seen, 0) + $2::float8 <= $3::float8
+RETURNING s.granted, s.tat - s.seen AS ahead_s
 """
 
 AHEAD = """
@@ -29,11 +35,19 @@ SELECT tat - extract(epoch FROM statement_timestamp())::float8 FROM rate_limit_s
 """
 
 
-async def take(conn: Conn, key_id: UUID, interval_s: float, window_s: float) -> float | None:
-    """Take one request of `key_id`'s rate: seconds its bucket is then ahead of now, or None when
-    the request is refused (nothing taken)."""
-    ahead: float | None = await conn.fetchval(TAKE, key_id, interval_s, window_s)
-    return ahead
+class Taken(msgspec.Struct, frozen=True):
+    """Requests taken from a key's bucket, and how far the bucket is then ahead of now (seconds)."""
+
+    granted: int
+    ahead_s: float
+
+
+async def take(conn: Conn, key_id: UUID, interval_s: float, window_s: float, at_most: int = 1) -> Taken | None:
+    """Take between 1 and `at_most` requests of `key_id`'s rate, as many as the bucket holds, or
+    None when it holds none (the request is refused; nothing taken). `at_most` must not exceed the
+    limit: a key's first take comes from a full bucket unchecked."""
+    row = await conn.fetchrow(TAKE, key_id, interval_s, window_s, at_most)
+    return None if row is None else Taken(row["granted"], row["ahead_s"])
 
 
 async def ahead(conn: Conn, key_id: UUID) -> float:
