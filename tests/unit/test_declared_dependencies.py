@@ -1,4 +1,5 @@
-"""Every third-party module the package imports is a declared dependency of the part that imports it.
+"""Every third-party module the package imports is a declared dependency of the part that imports it,
+and requirements.lock (scripts/lock) agrees with pyproject's pins.
 
 An undeclared import works here only because something else pulled the distribution in; a wheel
 installed elsewhere may not have it (markupsafe was one, through jinja2)."""
@@ -47,3 +48,22 @@ def test_every_imported_distribution_is_declared() -> None:
                 undeclared.append(f"{path.relative_to(REPO)}: {module} ({', '.join(sorted(providers))})")
 
     assert undeclared == []
+
+
+def _pins(lines: list[str]) -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for line in lines:
+        requirement = line.split("#")[0].split(";")[0].strip()
+        name, sep, version = requirement.partition("==")
+        if sep:
+            pins[_name(re.sub(r"\[.*\]", "", name))] = version.strip()
+    return pins
+
+
+def test_the_lock_agrees_with_every_pin_in_pyproject() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = [project["dependencies"], *project["optional-dependencies"].values()]
+    wanted = _pins([r for group in declared for r in group])
+    locked = _pins((REPO / "requirements.lock").read_text().splitlines())
+
+    assert {name: locked.get(name) for name in wanted} == wanted, "pyproject changed: run scripts/lock"
