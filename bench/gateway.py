@@ -26,11 +26,17 @@ checkpoints) and when each last run ended, to match with those spans. After the 
 written tens of thousands of jobs, autovacuum catches up during the next mode; `--settle` vacuums before
 each mode instead.
 
+With `--tracing`, a second gateway process runs beside the first, with OpenTelemetry tracing on (every
+request sampled, spans exported over OTLP/HTTP to a sink process on 127.0.0.1 that decodes and counts
+them), and each gateway mode runs against both, alternately, `--rounds` times: the summary after the
+table gives the medians, so the cost of tracing is read off one run on one machine.
+
 Afterwards the ledger audit (`gateway billing audit`'s checks) runs, and the jobs and charges in the
 database are matched against the answers the clients received.
 
     .venv/bin/python bench/gateway.py                      # everything, 10 s per mode
     .venv/bin/python bench/gateway.py --modes engine,hot --duration 5
+    .venv/bin/python bench/gateway.py --modes hot,rate --tracing --rounds 3   # tracing off against on
     .venv/bin/python bench/gateway.py --url http://127.0.0.1:8000 --key gw_... --engine-url http://...
 """
 
@@ -159,6 +165,42 @@ def serve_fake_engine(port: int) -> None:
     )
 
 
+def otlp_sink_app() -> Callable[..., Awaitable[None]]:
+    """A raw ASGI app that takes OTLP/HTTP trace exports as a collector would (decoding each), and
+    answers GET /stats with how many requests and spans it got."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: PLC0415
+
+    counts = {"requests": 0, "spans": 0, "bytes": 0}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        payload = b""
+        if scope["method"] == "POST":
+            export = ExportTraceServiceRequest.FromString(body)
+            counts["requests"] += 1
+            counts["bytes"] += len(body)
+            counts["spans"] += sum(len(s.spans) for r in export.resource_spans for s in r.scope_spans)
+        else:
+            payload = msgspec.json.encode(counts)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": payload})
+
+    return app
+
+
+def serve_otlp_sink(port: int) -> None:
+    import uvicorn  # noqa: PLC0415
+
+    uvicorn.run(otlp_sink_app(), host="127.0.0.1", port=port, lifespan="off", log_level="warning", access_log=False)
+
+
 # -- processes ------------------------------------------------------------------------------------
 
 
@@ -276,10 +318,19 @@ def file_create_cpu_us(folder: Path, count: int = 200) -> float:
     return statistics.median(costs) * 1e6
 
 
+@dataclass
+class Traced:
+    """The second gateway of `--tracing`: its URL, a CPU meter over it, and the span sink's URL."""
+
+    url: str
+    meter: CpuMeter
+    sink: str
+
+
 @contextlib.contextmanager
-def local_stack(args: argparse.Namespace) -> Iterator[tuple[str, str, str, Tenants, CpuMeter]]:
+def local_stack(args: argparse.Namespace) -> Iterator[tuple[str, str, str, Tenants, CpuMeter, Traced | None]]:
     """Fake engine, embedded PostgreSQL and the gateway, all on 127.0.0.1; yields (gateway, engine, dsn,
-    tenants, a CPU meter over the three)."""
+    tenants, a CPU meter over the three, and with --tracing the traced gateway)."""
     from gateway.db.embedded import start_embedded  # noqa: PLC0415
 
     args.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -331,6 +382,7 @@ path = "{blobs}"
             "GATEWAY_WORKER_CONCURRENCY": "256",
             "BENCH_ENGINE_KEY": ENGINE_KEY,
         }
+        env = {k: v for k, v in env.items() if not k.startswith("OTEL_")}  # tracing off, whatever the shell says
         serve = ["serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)]
         gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", *serve], env=env)
         procs.append(gateway)
@@ -339,7 +391,26 @@ path = "{blobs}"
         print(f"gateway pid {gateway.pid} on :{port}, fake engine pid {procs[0].pid} on :{engine_port}", flush=True)
         postmaster = int((embedded.pgdata / "postmaster.pid").read_text().split()[0])
         meter = CpuMeter(gateway=gateway.pid, engine=procs[0].pid, postmaster=postmaster)
-        yield f"http://127.0.0.1:{port}", engine_url, dsn, tenants, meter
+        traced = None
+        if args.tracing:
+            sink_port, traced_port = free_port(), free_port()
+            sink = f"http://127.0.0.1:{sink_port}"
+            procs.append(subprocess.Popen([sys.executable, __file__, "--serve-otlp-sink", str(sink_port)]))
+            otel = {
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": sink,
+                "OTEL_TRACES_SAMPLER": "always_on",
+                "OTEL_SERVICE_NAME": "bench-gateway",
+            }
+            serve = ["serve", "--host", "127.0.0.1", "--port", str(traced_port), "--workers", str(args.workers)]
+            traced_proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", *serve], env={**env, **otel})
+            procs.append(traced_proc)
+            wait_http(f"{sink}/stats", proc=procs[-2])
+            wait_http(f"http://127.0.0.1:{traced_port}/healthz", proc=traced_proc)
+            print(f"traced gateway pid {traced_proc.pid} on :{traced_port}, span sink on :{sink_port}", flush=True)
+            traced_meter = CpuMeter(gateway=traced_proc.pid, engine=procs[0].pid, postmaster=postmaster)
+            traced = Traced(f"http://127.0.0.1:{traced_port}", traced_meter, sink)
+        yield f"http://127.0.0.1:{port}", engine_url, dsn, tenants, meter, traced
     finally:
         for proc in reversed(procs):
             stop(proc)
@@ -665,7 +736,7 @@ class Background:
 def table(results: list[Result], baseline: dict[str, Result]) -> str:
     """One row per mode; +p50/+p99 against the engine called directly the same way; CPU ms per request."""
     cols = [
-        ("mode", 42),
+        ("mode", 50),
         ("req/s", 7),
         ("p50 ms", 7),
         ("p90 ms", 7),
@@ -742,6 +813,7 @@ async def run_modes(
     many: list[str],
     meter: CpuMeter,
     dsn: str | None = None,
+    traced: Traced | None = None,
 ) -> tuple[list[Result], dict[str, Result], int]:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     results: list[Result] = []
@@ -761,25 +833,37 @@ async def run_modes(
         results.append(r)
         return r
 
-    async def closed(name: str, call: Call, billed: bool = True) -> Result:
+    async def closed(name: str, call: Call, billed: bool = True, on: CpuMeter = meter) -> Result:
         nonlocal answered
         print(f"running {name} ...", flush=True)
-        r = await measured(closed_loop(name, call, c, d, w, meter))
+        r = await measured(closed_loop(name, call, c, d, w, on))
         if billed:
             answered += r.succeeded
         return r
 
+    async def gateways(name: str, run: Callable[[str, CpuMeter, str], Awaitable[Result]]) -> list[Result]:
+        """`run(url, meter, name)` against the gateway; with --tracing against both, alternately, `--rounds` times."""
+        if traced is None:
+            return [await run(gateway_url, meter, name)]
+        both = [(gateway_url, meter, "tracing off"), (traced.url, traced.meter, "tracing on")]
+        return [await run(url, on, f"{name} [{label}]") for _ in range(args.rounds) for url, on, label in both]
+
     engine: Result | None = None
     if "engine" in modes and engine_url:
         engine = await closed(f"engine direct, {c} clients", engine_call(engine_url), billed=False)
-    if "hot" in modes:
-        r = await closed(f"gateway sync, 1 tenant, {c} clients", sync_call(gateway_url, [hot]))
-        if engine:
-            baseline[r.name] = engine
-    if "many" in modes and many:
-        r = await closed(f"gateway sync, {len(many)} tenants, {c} clients", sync_call(gateway_url, many))
-        if engine:
-            baseline[r.name] = engine
+    closed_modes = [("hot", f"gateway sync, 1 tenant, {c} clients", [hot])]
+    if many:
+        closed_modes.append(("many", f"gateway sync, {len(many)} tenants, {c} clients", many))
+    for mode, name, keys in closed_modes:
+        if mode not in modes:
+            continue
+
+        async def sync(url: str, on: CpuMeter, label: str, keys: list[str] = keys) -> Result:
+            return await closed(label, sync_call(url, keys), on=on)
+
+        for r in await gateways(name, sync):
+            if engine:
+                baseline[r.name] = engine
     if "async" in modes:
         r = await closed(
             f"gateway async submit + poll, {c} clients", async_call(gateway_url, many or [hot], args.poll_interval)
@@ -793,16 +877,38 @@ async def run_modes(
             rate_engine = await measured(
                 open_loop(f"engine direct at {args.rate:g} req/s", engine_call(engine_url), args.rate, d, w, c, meter)
             )
-        print(f"running gateway at {args.rate:g} req/s ...", flush=True)
-        r = await measured(
-            open_loop(
-                f"gateway sync at {args.rate:g} req/s", sync_call(gateway_url, many or [hot]), args.rate, d, w, c, meter
-            )
-        )
-        answered += r.succeeded
-        if rate_engine:
-            baseline[r.name] = rate_engine
+
+        async def at_rate(url: str, on: CpuMeter, name: str) -> Result:
+            nonlocal answered
+            print(f"running {name} ...", flush=True)
+            r = await measured(open_loop(name, sync_call(url, many or [hot]), args.rate, d, w, c, on))
+            answered += r.succeeded
+            return r
+
+        for r in await gateways(f"gateway sync at {args.rate:g} req/s", at_rate):
+            if rate_engine:
+                baseline[r.name] = rate_engine
     return results, baseline, answered
+
+
+def tracing_summary(results: list[Result], sink: str) -> str:
+    """Per mode run with and without tracing: the medians over the rounds, and what tracing added."""
+    lines = ["", "Tracing off against on (medians over the rounds; each round ran off, then on):"]
+    modes = sorted({r.name.rpartition(" [")[0] for r in results if r.name.endswith("]")})
+    for mode in modes:
+        runs = {label: [r for r in results if r.name == f"{mode} [tracing {label}]"] for label in ("off", "on")}
+        p50 = {k: statistics.median(r.pct(0.5) for r in v) for k, v in runs.items()}
+        cpu = {k: statistics.median(r.cpu_ms("gateway") for r in v) for k, v in runs.items()}
+        rps = {k: statistics.median(r.rps() for r in v) for k, v in runs.items()}
+        lines.append(
+            f"  {mode}: p50 {p50['off']:.2f} -> {p50['on']:.2f} ms ({p50['on'] - p50['off']:+.2f}); "
+            f"gateway CPU {cpu['off']:.3f} -> {cpu['on']:.3f} ms/request ({cpu['on'] - cpu['off']:+.3f}); "
+            f"{rps['off']:.0f} -> {rps['on']:.0f} req/s; {len(runs['on'])} rounds"
+        )
+    stats = msgspec.json.decode(httpx.get(f"{sink}/stats").content)
+    received = f"{stats['spans']} spans in {stats['requests']} OTLP requests ({stats['bytes'] / 1e6:.1f} MB)"
+    lines.append(f"  the span sink received {received}")
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -852,13 +958,24 @@ def main() -> int:
         "modes before wrote (tens of thousands of jobs at once) does not run during it; each mode's line "
         "after the table says what PostgreSQL ran on its own meanwhile",
     )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="also start a gateway with tracing on (100 %% sampled, OTLP to a local sink) and run each gateway "
+        "mode against both, alternately",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --tracing: runs of each mode per gateway")
     parser.add_argument("--url", help="a running gateway instead of starting one (needs --key)")
     parser.add_argument("--key", action="append", help="tenant key(s) for --url; the first is the hot tenant")
     parser.add_argument("--engine-url", help="with --url: the fake engine the gateway routes to, for the baseline")
     parser.add_argument("--serve-fake-engine", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-otlp-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_fake_engine:
         serve_fake_engine(args.serve_fake_engine)
+        return 0
+    if args.serve_otlp_sink:
+        serve_otlp_sink(args.serve_otlp_sink)
         return 0
 
     import uvloop  # noqa: PLC0415
@@ -877,13 +994,15 @@ def main() -> int:
         print(table(results, baseline))
         print(*(r.stalls() for r in results if r.timeline), sep="\n")
         return 0
-    with local_stack(args) as (gateway_url, engine_url, dsn, tenants, meter):
+    with local_stack(args) as (gateway_url, engine_url, dsn, tenants, meter, traced):
         results, baseline, answered = uvloop.run(
-            run_modes(args, gateway_url, engine_url, tenants.hot, tenants.many, meter, dsn)
+            run_modes(args, gateway_url, engine_url, tenants.hot, tenants.many, meter, dsn, traced)
         )
-        time.sleep(0.5)  # let the last settlements commit
+        time.sleep(0.5)  # let the last settlements commit (and the traced gateway export its last spans)
         print()
         print(table(results, baseline))
+        if traced is not None:
+            print(tracing_summary(results, traced.sink))
         print(*(r.stalls() for r in results if r.timeline), sep="\n")
         print(*(r.background for r in results), sep="\n")
         print(f"\nload average {os.getloadavg()[0]:.2f} at the end")

@@ -35,12 +35,14 @@ from gateway.api import (
 from gateway.api.strict import decode_strictly
 from gateway.auth.guard import authorize, current_principal
 from gateway.auth.keys import KeyAuthenticator
-from gateway.config import Settings
+from gateway.config import Settings, otel_environment
 from gateway.db.embedded import EmbeddedPostgres, start_embedded
 from gateway.db.migrations import apply_migrations
 from gateway.db.pool import create_pool
 from gateway.errors import handle_exception
 from gateway.metrics import Metrics
+from gateway.observability.middleware import RequestContext
+from gateway.observability.tracing import setup_tracing, shutdown_tracing
 from gateway.openapi import docs_assets, openapi_config
 from gateway.state import Services
 
@@ -59,6 +61,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     from gateway.bootstrap import build_services, close_services  # noqa: PLC0415 - heavy imports at start only
 
     settings: Settings = app.state.settings
+    tracing = setup_tracing(otel_environment(), service_name="image-gateway")  # None unless OTEL_* ask for it
     dsn, embedded = await _database_url(settings)
     try:
         pool = await create_pool(
@@ -81,6 +84,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+        shutdown_tracing(tracing)
 
 
 def _provide_services(request: Request[Any, Any, Any]) -> Services:
@@ -153,7 +157,13 @@ def create_app(settings: Settings) -> Litestar:
         # of `max_input_bytes` each, base64 in JSON (4/3), with room for the other fields.
         request_max_body_size=max_request_body(settings),
         template_config=dashboard.template_config(),
+        # The process owns logging (gateway/observability/logs.py); Litestar's default would replace the
+        # root logger's handler with its own plain-text one.
+        logging_config=None,
         debug=False,
     )
     app.state.settings = settings
+    # Outermost, around routing and error handling (where the `middleware` list does not reach), so
+    # that a 404 carries its X-Request-Id too; it also opens each request's trace span.
+    app.asgi_handler = RequestContext(app.asgi_handler)
     return app

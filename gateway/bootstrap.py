@@ -91,7 +91,7 @@ def build_blob_store(settings: Settings) -> BlobStore:
     storage = settings.storage
     if storage.kind == "s3":
         # No bucket check here: a least-privilege policy (Get/Put/DeleteObject) may not allow
-        # HEAD on the bucket, and a wrong bucket or key surfaces on the first job as S3StorageError.
+        # listing the bucket, and a wrong bucket or key surfaces on the first job as S3StorageError.
         return S3BlobStore.from_config(storage)
     return FilesystemBlobStore(Path(storage.path) if storage.path else settings.data_path / "blobs")
 

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import gc
 import json
-import logging
 import os
 import signal
 import sys
@@ -15,6 +14,7 @@ from typing import Any
 
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.errors import GatewayError
+from gateway.observability.logs import configure_logging
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -68,12 +68,9 @@ def serve_app(settings: Settings | None = None) -> Any:
     from gateway.app import create_app  # noqa: PLC0415
 
     settings = settings or load_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_level, settings.logging.format)
     app = create_app(settings)
     app.on_startup.append(freeze_startup_heap)  # after the lifespan built its pools, engines and caches
-    # Litestar's default logging config sets the root logger to INFO, which logged every engine HTTP
-    # request (httpx) through a queue thread: measurable CPU per request. The configured level rules.
-    logging.getLogger().setLevel(settings.log_level.upper())
     return app
 
 
@@ -115,7 +112,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from gateway.app import _lifespan, create_app  # noqa: PLC0415
 
     settings = _startup_settings(args, run_worker=True)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_level, settings.logging.format)
     app = create_app(settings)
 
     async def run() -> None:

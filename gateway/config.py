@@ -59,6 +59,9 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # (/v1/admin/usage): per vendor credit it reports spending, and per GPU second.
     cost_per_vendor_credit: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     cost_per_gpu_second: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # Send W3C traceparent (our trace ids) to this engine: off for vendors, whose traces we do not share.
+    # Our own GPU service (kind "diffusion") always gets it.
+    propagate_trace: bool = False
     # Resolved from the environment variable `api_key_env` by the loader, never from the file.
     api_key: Secret | None = None
 
@@ -75,19 +78,67 @@ class RoutingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     breaker_open_s: PositiveFloat = 30.0
 
 
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """ "768x512" -> (768, 512): width by height, each a multiple of 8 from 64 to 2048."""
+    width, sep, height = text.lower().partition("x")
+    if not (sep and width.isdigit() and height.isdigit()):
+        raise ValueError(f"{text!r} is not WIDTHxHEIGHT, e.g. 512x512")
+    size = (int(width), int(height))
+    if any(side % 8 or not 64 <= side <= 2048 for side in size):
+        raise ValueError(f"{text!r}: each side must be a multiple of 8 from 64 to 2048")
+    return size
+
+
 class GpuConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """`[gpu]`: the diffusion service (in-process by default, or `gateway gpu-worker`)."""
+    """`[gpu]`: the diffusion service (in-process by default, or `gateway gpu-worker`).
+
+    With `compile`, the UNet and the VAE decoder are compiled for the declared shapes only: every
+    resolution in `resolutions` (empty: the model's native size) at every size in `batch_sizes`,
+    with and/or without classifier-free guidance (`compile_guidance`). All of them are compiled and run once before
+    `/v1/health` answers 200; a batch is padded up to the next declared size, and any other shape
+    runs eager (logged once per shape) instead of compiling while a request waits.
+    """
 
     model_path: str | None = None  # a local diffusers folder; None: the demo model in the data dir
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     compile: bool = False
+    compile_mode: CompileMode = "max-autotune"
+    # "inductor" generates kernels; "eager" and "aot_eager" only trace (debugging, CPU tests).
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
+    # Inductor's and Triton's caches: a restart with the same shapes then compiles in a fraction
+    # of the time. Empty: <data dir>/compile-cache (filled in by the settings loader).
+    compile_cache_dir: str | None = None
+    resolutions: tuple[str, ...] = ()  # "WxH" compiled and warmed at startup
+    batch_sizes: tuple[PositiveInt, ...] = (1, 2, 4, 8)  # compiled batch sizes (images, before CFG doubling)
+    # Guidance > 1 doubles the UNet batch. A deployment whose requests always use guidance can
+    # warm "with" only and start faster; an undeclared request shape still works, eager.
+    compile_guidance: Literal["both", "with", "without"] = "both"
     max_batch: PositiveInt = 8
+    batch_limits: dict[str, PositiveInt] = msgspec.field(default_factory=dict)  # "WxH" -> at most this many
+    # Share of the device's memory this process may take (torch's caching allocator refuses more,
+    # so an oversized batch is split instead of starving a neighbour). None: no cap.
+    memory_fraction: Annotated[float, msgspec.Meta(gt=0, le=1)] | None = None
     batch_window_ms: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     host: str = "127.0.0.1"
     port: int = 8090
     secret_env: str | None = None
     shared_secret: Secret | None = None
+
+    def __post_init__(self) -> None:
+        for text in (*self.resolutions, *self.batch_limits):
+            parse_resolution(text)  # a ValueError here becomes a ValidationError naming [gpu]
+
+    def batch_limit(self, width: int, height: int) -> int:
+        """The most images one batch of this size may hold (before any padding)."""
+        limit = self.max_batch
+        for text, value in self.batch_limits.items():
+            if parse_resolution(text) == (width, height):
+                limit = min(limit, value)
+        return limit
 
 
 class WebhookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -101,6 +152,13 @@ class WebhookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     backoff_max_s: PositiveFloat = 6 * 3600.0
     concurrency: PositiveInt = 8  # deliveries in flight per process
     poll_s: PositiveFloat = 5.0  # safety net; new messages wake the dispatcher by NOTIFY
+
+
+class LoggingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[logging]`: `format = "json"` (or GATEWAY_LOG_FORMAT=json) writes one JSON object a line with
+    the request id, trace id, tenant, job and engine of each line (gateway/observability/logs.py)."""
+
+    format: Literal["text", "json"] = "text"
 
 
 # S3 refuses presigned URLs that live longer than a week.
@@ -175,6 +233,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     gpu: GpuConfig = GpuConfig()
     webhooks: WebhookConfig = WebhookConfig()
     storage: StorageConfig = StorageConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     @property
     def engine_unit_costs(self) -> dict[str, tuple[float, float]]:
@@ -191,7 +250,17 @@ _ENV_SCALARS = {
     name: field
     for name, field in zip(Settings.__struct_fields__, msgspec.structs.fields(Settings), strict=True)
     if name
-    not in {"engines", "routes", "routing", "gpu", "webhooks", "storage", "fetch_allow_hosts", "blob_signing_key"}
+    not in {
+        "engines",
+        "routes",
+        "routing",
+        "gpu",
+        "webhooks",
+        "storage",
+        "logging",
+        "fetch_allow_hosts",
+        "blob_signing_key",
+    }
 }
 # `[storage]` fields that may come from GATEWAY_STORAGE_<NAME> (a container sets the bucket per environment).
 _ENV_STORAGE = frozenset(StorageConfig.__struct_fields__) - {"access_key", "secret_key"}
@@ -205,6 +274,13 @@ def client_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The client variables that are set: GATEWAY_URL (where the gateway is) and GATEWAY_API_KEY."""
     env = os.environ if environ is None else environ
     return {name: env[name] for name in CLIENT_ENV if env.get(name)}
+
+
+def otel_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The standard OpenTelemetry variables (OTEL_*) that are set: they configure tracing
+    (gateway/observability/tracing.py) as they do in every other service."""
+    env = os.environ if environ is None else environ
+    return {name: value for name, value in env.items() if name.startswith("OTEL_")}
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -222,6 +298,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             out[name] = [h.strip() for h in value.split(",") if h.strip()]
         elif name in _ENV_SCALARS:
             out[name] = value
+        elif name == "log_format":
+            out["logging"] = {"format": value}
         elif name.startswith("storage_") and name.removeprefix("storage_") in _ENV_STORAGE:
             out.setdefault("storage", {})[name.removeprefix("storage_")] = value
         else:
@@ -254,7 +332,9 @@ def _resolve_secrets(settings: Settings, environ: Mapping[str, str]) -> Settings
     }
     gpu_fix = "export it with the secret the GPU worker and its diffusion engines share"
     gpu_secret = secret(settings.gpu.secret_env, "gpu.secret_env", gpu_fix)
-    gpu = msgspec.structs.replace(settings.gpu, shared_secret=gpu_secret)
+    # Unset, the compile cache lives in the data folder, which survives restarts.
+    cache = settings.gpu.compile_cache_dir or str(settings.data_path / "compile-cache")
+    gpu = msgspec.structs.replace(settings.gpu, shared_secret=gpu_secret, compile_cache_dir=cache)
     storage = settings.storage
     if storage.kind == "s3":
         s3_fix = "export it with the S3 {0}, or name another variable in storage.{1}"

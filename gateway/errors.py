@@ -22,6 +22,7 @@ from litestar.exceptions import (
 from msgspec import UNSET, Meta, UnsetType
 
 from gateway.db.outage import RETRY_AFTER_S, database_unavailable
+from gateway.observability.context import current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,12 @@ class Problem(msgspec.Struct, omit_defaults=True, kw_only=True):
     # A failed sync generation carries its job (a JobView: the document types it; errors.py sits
     # below the api package and cannot import the view).
     job: Annotated[Any, Meta(description="A failed synchronous generation: the job, with its attempts.")] = UNSET
+    # Every problem the gateway answers names its request: what to quote to an operator, who finds the
+    # request's log lines and trace by it. Unset only for a problem encoded outside any request.
+    request_id: (
+        Annotated[str, Meta(description="The X-Request-Id of this answer, for the operator to find its logs.")]
+        | UnsetType
+    ) = UNSET
 
 
 class GatewayError(Exception):
@@ -218,7 +225,9 @@ def field_errors_from_msgspec(message: str) -> list[FieldError]:
 
 
 def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> Response[bytes]:
-    """Encode one problem as the HTTP response."""
+    """Encode one problem as the HTTP response, with the current request's id."""
+    if problem.request_id is UNSET and (request_id := current_request_id()) is not None:
+        problem = msgspec.structs.replace(problem, request_id=request_id)
     return Response(
         content=msgspec.json.encode(problem), status_code=problem.status, media_type=PROBLEM_JSON, headers=headers
     )

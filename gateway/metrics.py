@@ -14,7 +14,10 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
+OPENMETRICS = "application/openmetrics-text"
+OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -68,6 +71,9 @@ class Metrics:
             "gateway_images_produced", "Images produced and charged", ["operation", "engine"], registry=self.registry
         )
 
-    def render(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
+    def render(self, *, openmetrics: bool = False) -> bytes:
+        """The Prometheus text exposition of every metric, or OpenMetrics (which carries exemplars)."""
+        if openmetrics:
+            body: bytes = openmetrics_latest(self.registry)  # type: ignore[no-untyped-call]
+            return body
         return generate_latest(self.registry)

@@ -52,6 +52,9 @@ class CapabilitiesView(msgspec.Struct, kw_only=True):
     max_n: int
     samplers: list[Sampler] | None  # null: any sampler name is accepted
     styles: list[Style] | None  # null: styles are accepted
+    # Per operation, the request fields passed on as asked; a request setting another one is
+    # routed elsewhere. null: every field.
+    honours: dict[Operation, list[str]] | None = None
 
 
 class EngineView(msgspec.Struct, kw_only=True):
@@ -61,6 +64,8 @@ class EngineView(msgspec.Struct, kw_only=True):
     object: str = "engine"
     kind: str
     status: EngineStatus
+    # When the vendor last refused our credentials (401/403); null once the engine produced images again.
+    credentials_refused_at: datetime | None = None
     weight: int
     breaker: BreakerView
     concurrency: ConcurrencyView
@@ -87,6 +92,7 @@ def engine_view(health: EngineHealth) -> EngineView:
         name=health.name,
         kind=health.kind,
         status=health.status,
+        credentials_refused_at=health.credentials_refused_at,
         weight=health.weight,
         breaker=BreakerView(
             state=health.breaker,
@@ -108,6 +114,7 @@ def engine_view(health: EngineHealth) -> EngineView:
             max_n=caps.max_n,
             samplers=_sorted(caps.samplers),
             styles=_sorted(caps.styles),
+            honours={op: sorted(fields) for op, fields in caps.honours.items()} if caps.honours is not None else None,
         ),
     )
 

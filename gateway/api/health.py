@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Response, get
+from litestar import Request, Response, get
 from litestar.di import NamedDependency
 
 from gateway.db.migrations import pending_migrations
 from gateway.db.outage import RETRY_AFTER_S
 from gateway.errors import DatabaseUnavailable, ServiceUnavailable
+from gateway.metrics import OPENMETRICS, OPENMETRICS_TYPE
 from gateway.state import Services
 
 
@@ -61,8 +62,11 @@ async def readyz(services: NamedDependency[Services]) -> Readiness:
     exclude_from_auth=True,
     media_type="text/plain",
 )
-async def metrics(services: NamedDependency[Services]) -> Response[Any]:
-    """Prometheus text exposition format."""
+async def metrics(services: NamedDependency[Services], request: Request[Any, Any, Any]) -> Response[Any]:
+    """Prometheus text exposition format; OpenMetrics, with trace ids as exemplars on the engine
+    latency histogram, for a scraper that asks for it (`Accept: application/openmetrics-text`)."""
+    if OPENMETRICS in request.headers.get("accept", ""):
+        return Response(services.metrics.render(openmetrics=True), media_type=OPENMETRICS_TYPE)
     return Response(services.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -22,9 +22,16 @@ from gateway.auth.guard import authorize
 from gateway.auth.keys import Principal
 from gateway.billing.admission import Admission, InputBlob, JobRequest, admit
 from gateway.db.outage import database_unavailable
-from gateway.domain.generation import EngineRequest, ImageInput
+from gateway.domain.generation import HONOURABLE_FIELDS, EngineRequest, ImageInput
 from gateway.domain.requests import GenerationRequest, ImageToImageRequest, InpaintRequest, TextToImageRequest
-from gateway.errors import PROBLEM_BASE, Conflict, Problem, ValidationFailed, problem_response
+from gateway.errors import (
+    PROBLEM_BASE,
+    Conflict,
+    FieldError,
+    Problem,
+    ValidationFailed,
+    problem_response,
+)
 from gateway.routing.errors import NoEngineCanServe
 from gateway.state import Services
 from gateway.storage.inputs import CheckedImage, load_image
@@ -66,7 +73,23 @@ def _engine_params(operation: str, body: GenerationRequest, seed: int, width: in
     if isinstance(body, ImageToImageRequest | InpaintRequest):
         params["strength"] = body.strength
         params["resize_mode"] = body.resize_mode
+    params["explicit"] = explicit_fields(body)
     return params
+
+
+def explicit_fields(body: GenerationRequest) -> list[str]:
+    """The HONOURABLE_FIELDS the tenant set: a value other than the documented default (a field
+    left at its default cannot be told from one sent as the default), and both sides when a
+    size was asked for through width, height or aspect_ratio."""
+    defaults = {f.name: f.default for f in msgspec.structs.fields(body)}
+    explicit = [
+        name
+        for name in HONOURABLE_FIELDS
+        if name in defaults and name not in ("width", "height") and getattr(body, name) != defaults[name]
+    ]
+    if body.width is not None or body.height is not None or body.aspect_ratio is not None:
+        explicit += ["width", "height"]
+    return sorted(explicit)
 
 
 async def _inputs(services: Services, body: GenerationRequest) -> dict[str, CheckedImage]:
@@ -207,7 +230,9 @@ async def generate(
     try:
         services.router.check(probe, body.engines)
     except NoEngineCanServe as exc:
-        raise ValidationFailed(str(exc), reasons=exc.reasons) from exc
+        # The fields no routed engine would honour as asked, each named (errors[].field).
+        errors = [FieldError(field, f"no routed engine honours it: {why}") for field, why in exc.fields.items()]
+        raise ValidationFailed(str(exc), errors=errors or None, reasons=exc.reasons) from exc
     if idempotency_key:
         await _claim_key(services, principal, idempotency_key, digest, job_id)
     blobs: list[InputBlob] = []
@@ -237,10 +262,15 @@ async def generate(
             lease_s=services.settings.lease_s,
         )
         admission = await admit(services.pool, principal, spec, prices=services.prices, batcher=runner.admissions)
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, Exception) and database_unavailable(exc):
+            # The admission may have committed before the connection died: a job it made must
+            # not run on behind a 503, and its key is freed, once the database is back.
+            _undo_after_outage(services, principal, job_id, idempotency_key)
+            raise
         # Nothing was admitted: free the key so a retry (after a top-up, say) can go through. Also
-        # after an unexpected error (a blob store or database failure, a dropped client), or the key
-        # would answer "still being processed" for the whole idempotency TTL.
+        # after an unexpected error (a blob store failure, a dropped client), or the key would
+        # answer "still being processed" for the whole idempotency TTL.
         if idempotency_key:
             async with services.pool.acquire() as conn:
                 await conn.execute(
@@ -250,12 +280,6 @@ async def generate(
                 )
         for blob in blobs:
             await services.blobs.delete(blob.blob_key)
-        raise
-    except Exception as exc:
-        if database_unavailable(exc):
-            # The admission may have committed before the connection died: a job it made must
-            # not run on behind a 503 (nothing happens if there is none).
-            _undo_after_outage(services, principal, job_id, idempotency_key)
         raise
     try:
         return await _after_admission(services, principal, admission, job_id, idempotency_key, run_async=run_async)

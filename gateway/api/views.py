@@ -30,6 +30,8 @@ class AttemptView(msgspec.Struct, kw_only=True, omit_defaults=True):
     images: int = 0
     error_class: str | None = None
     error: str | None = None
+    # What the engine was sent, in the request's field names: a field it does not take is absent.
+    received: dict[str, Any] | None = None
 
 
 class JobView(msgspec.Struct, kw_only=True):
@@ -52,6 +54,8 @@ class JobView(msgspec.Struct, kw_only=True):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # The X-Request-Id of the request that created the job (its logs and trace are found by it).
+    request_id: str | None = None
 
 
 def job_view(job: Any, results: list[Any], attempts: list[Any]) -> JobView:
@@ -88,6 +92,7 @@ def job_view(job: Any, results: list[Any], attempts: list[Any]) -> JobView:
                 images=a["images"],
                 error_class=a["error_class"],
                 error=a["error"],
+                received=a.get("received"),
             )
             for a in attempts
         ],
@@ -95,6 +100,7 @@ def job_view(job: Any, results: list[Any], attempts: list[Any]) -> JobView:
         created_at=job["created_at"],
         started_at=job["started_at"],
         finished_at=job["finished_at"],
+        request_id=job["request_id"],
     )
 
 

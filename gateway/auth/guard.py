@@ -16,6 +16,7 @@ from litestar.handlers.base import BaseRouteHandler
 
 from gateway.auth.keys import Principal, presented_key
 from gateway.errors import PermissionDenied, RateLimited
+from gateway.observability.context import annotate
 from gateway.state import Services
 
 
@@ -27,6 +28,8 @@ async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: Bas
     services: Services = connection.app.state.services
     client = connection.client.host if connection.client is not None else None
     principal = await services.auth.authenticate(presented_key(connection.headers), client=client)
+    if principal.tenant_id is not None:  # the request's log lines name the tenant from here on
+        annotate(tenant_id=str(principal.tenant_id))
     if opt.get("operator"):
         if principal.kind != "operator":
             raise PermissionDenied("This endpoint needs an operator key.")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import asyncpg
@@ -25,6 +25,8 @@ from gateway.db import generations as gq
 from gateway.db.pool import Pool
 from gateway.domain.money import PriceRule, pick_rule, to_credits
 from gateway.errors import InsufficientCredits, RateLimited
+from gateway.observability.context import current_request_id
+from gateway.observability.tracing import Attributes, span, traceparent
 
 # Price versions that may change between the cache read and the admission statement before we stop
 # trusting the cache for this request (only a burst of price changes gets there).
@@ -97,13 +99,38 @@ async def admit(
 ) -> Admission:
     """Reserve `n x unit price` and insert the job; 402 when the wallet cannot cover it,
     429 when the tenant already has its maximum of unfinished jobs. With `batcher`, the statement
-    waits for the tenant's wallet gate and may share a statement with others (batching.py)."""
+    waits for the tenant's wallet gate and may share a statement with others (batching.py).
+
+    The job records the current request's id and trace context (its run links back to them)."""
+    attributes: Attributes = {
+        "gateway.tenant_id": str(principal.tenant_id),
+        "gateway.job_id": str(spec.job_id),
+        "gateway.operation": spec.operation,
+        "gateway.images_requested": spec.n,
+    }
+    # Taken before the admission's own span opens: the job's run links to the request's span.
+    origin = Origin(current_request_id(), traceparent())
+    with span("billing.admission", attributes) as current:
+        admission = await _admit(pool, principal, spec, prices=prices, batcher=batcher, origin=origin)
+        current.set_attributes({"gateway.unit_price": admission.unit_price, "gateway.reserved": admission.reserved})
+        return admission
+
+
+async def _admit(
+    pool: Pool,
+    principal: Principal,
+    spec: JobRequest,
+    *,
+    prices: PriceCache | None,
+    batcher: AdmissionBatcher | None,
+    origin: Origin,
+) -> Admission:
     assert principal.tenant_id is not None
     if prices is not None and principal.monthly_cap is None:
         for attempt in range(_PRICE_RETRIES):
             version, rules = await prices.get(pool, refresh=attempt > 0)
             unit = pick_rule(rules, spec.operation, spec.model).unit_price(spec.width, spec.height, spec.steps)
-            args = admit_args(principal, spec, version, unit)
+            args = admit_args(principal, spec, version, unit, origin)
             if batcher is not None:
                 row = await batcher.admit(principal.tenant_id, args)
             else:
@@ -123,10 +150,17 @@ async def admit(
             raise AssertionError("the admission statement refused a request that passes every check")
     turn = batcher.gate.hold(principal.tenant_id) if batcher is not None else nullcontext()
     async with turn, pool.acquire() as conn, conn.transaction():
-        return await _admit_locked(conn, principal, spec)
+        return await _admit_locked(conn, principal, spec, origin)
 
 
-def admit_args(principal: Principal, spec: JobRequest, version: int, unit: int) -> gq.AdmitArgs:
+class Origin(NamedTuple):
+    """The request a job comes from: its X-Request-Id, and its span as `traceparent` (tracing on)."""
+
+    request_id: str | None = None
+    traceparent: str | None = None
+
+
+def admit_args(principal: Principal, spec: JobRequest, version: int, unit: int, origin: Origin) -> gq.AdmitArgs:
     """The admission statement's arguments for `spec`, priced at `unit` under `version`."""
     assert principal.tenant_id is not None
     return gq.AdmitArgs(
@@ -146,6 +180,8 @@ def admit_args(principal: Principal, spec: JobRequest, version: int, unit: int) 
         lease_owner=spec.lease_owner,
         lease_s=spec.lease_s,
         inputs=[gq.Input(b.role, b.blob_key, b.content_type, b.width, b.height) for b in spec.inputs],
+        request_id=origin.request_id,
+        traceparent=origin.traceparent,
     )
 
 
@@ -168,7 +204,7 @@ def _refuse(active_jobs: int, max_jobs: int, balance: int, held: int, amount: in
         )
 
 
-async def _admit_locked(conn: Conn, principal: Principal, spec: JobRequest) -> Admission:
+async def _admit_locked(conn: Conn, principal: Principal, spec: JobRequest, origin: Origin) -> Admission:
     """Admission inside the caller's transaction, for what must be read under the wallet lock (a
     key's spend this month). The price book is share-locked first, so the version read here is still
     the newest when the admission statement checks it (a price publish waits for this transaction)."""
@@ -189,7 +225,7 @@ async def _admit_locked(conn: Conn, principal: Principal, spec: JobRequest) -> A
                 price=to_credits(amount),
                 shortfall=to_credits(spent + amount - principal.monthly_cap),
             )
-    row = await gq.admit_job(conn, admit_args(principal, spec, version, unit))
+    row = await gq.admit_job(conn, admit_args(principal, spec, version, unit, origin))
     if row["id"] is None:  # the wallet and the price book are locked: every check above still holds
         raise AssertionError("the admission statement refused a request that passes every check")
     return Admission(job_id=spec.job_id, unit_price=unit, reserved=amount, job=row)

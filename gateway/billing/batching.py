@@ -49,6 +49,7 @@ the batch (a smaller request might still fit): each runs again alone. Refusals a
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -106,7 +107,11 @@ class _GroupCommit(ABC, Generic[Args]):
         waiting = self._waiting.setdefault(tenant_id, [])
         waiting.append(me)
         if tenant_id not in self._leaders:
-            task = asyncio.create_task(self._lead(tenant_id, waiting), name="wallet-statement")
+            # In a context of its own: the leader serves many requests, so its statements belong to
+            # none of their traces or log contexts (each request's span covers its own wait).
+            task = asyncio.create_task(
+                self._lead(tenant_id, waiting), name="wallet-statement", context=contextvars.Context()
+            )
             self._leaders[tenant_id] = task
         try:
             return await asyncio.shield(me.result)

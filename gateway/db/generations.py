@@ -33,6 +33,7 @@ import msgspec
 
 from gateway.db import Conn, field_arrays, require_tenant
 from gateway.db.jobs import JOB_COLUMNS, NOTIFY_CHANNEL
+from gateway.observability.tracing import child_span, db_attributes
 
 
 def job_columns(alias: str) -> str:
@@ -62,12 +63,12 @@ WITH wallet AS (
 ), job AS (
     INSERT INTO jobs (id, tenant_id, api_key_id, operation, state, params, n, unit_price, price_version_id,
                       allowed_engines, download_password_hash, webhook_url, deadline_at,
-                      lease_owner, lease_expires_at, started_at, runs)
+                      lease_owner, lease_expires_at, started_at, runs, request_id, traceparent)
     SELECT $1, held.tenant_id, $3, $4, CASE WHEN $13::text IS NULL THEN 'queued' ELSE 'running' END, $5, $6, $7, $8,
            $9, $10, $11, now() + make_interval(secs => $12),
            $13, CASE WHEN $13::text IS NULL THEN NULL ELSE now() + make_interval(secs => $14) END,
            CASE WHEN $13::text IS NULL THEN NULL ELSE now() END,
-           CASE WHEN $13::text IS NULL THEN 0 ELSE 1 END
+           CASE WHEN $13::text IS NULL THEN 0 ELSE 1 END, $21::text, $22::text
     FROM held
     RETURNING {JOB_COLUMNS}
 ), results AS (
@@ -101,10 +102,10 @@ ADMIT_MANY = f"""
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::jsonb[], $6::int[], $7::bigint[],
                          $8::int[], $9::text[], $10::text[], $11::text[], $12::float8[], $13::text[], $14::float8[],
-                         $15::bigint[])
+                         $15::bigint[], $22::text[], $23::text[])
          WITH ORDINALITY AS x(job_id, tenant_id, api_key_id, operation, params, n, unit_price, price_version_id,
                               allowed_engines, password_hash, webhook_url, deadline_s, lease_owner, lease_s, amount,
-                              ord)
+                              request_id, traceparent, ord)
 ), wallet AS (
     SELECT w.tenant_id, w.balance, w.held, w.active_jobs, t.max_concurrent_jobs
     FROM wallets w JOIN tenants t ON t.id = w.tenant_id
@@ -140,7 +141,7 @@ WITH input AS (
 ), job AS (
     INSERT INTO jobs (id, tenant_id, api_key_id, operation, state, params, n, unit_price, price_version_id,
                       allowed_engines, download_password_hash, webhook_url, deadline_at,
-                      lease_owner, lease_expires_at, started_at, runs)
+                      lease_owner, lease_expires_at, started_at, runs, request_id, traceparent)
     SELECT a.job_id, a.tenant_id, a.api_key_id, a.operation,
            CASE WHEN a.lease_owner IS NULL THEN 'queued' ELSE 'running' END, a.params, a.n, a.unit_price,
            a.price_version_id,
@@ -149,7 +150,7 @@ WITH input AS (
            a.password_hash, a.webhook_url, now() + make_interval(secs => a.deadline_s),
            a.lease_owner, CASE WHEN a.lease_owner IS NOT NULL THEN now() + make_interval(secs => a.lease_s) END,
            CASE WHEN a.lease_owner IS NOT NULL THEN now() END,
-           CASE WHEN a.lease_owner IS NULL THEN 0 ELSE 1 END
+           CASE WHEN a.lease_owner IS NULL THEN 0 ELSE 1 END, a.request_id, a.traceparent
     FROM admitted a JOIN held ON held.tenant_id = a.tenant_id
     ORDER BY a.ord
     RETURNING {JOB_COLUMNS}
@@ -214,6 +215,8 @@ class AdmitArgs(msgspec.Struct, frozen=True, kw_only=True):
     lease_owner: str | None
     lease_s: float
     inputs: list[Input]
+    request_id: str | None = None  # the X-Request-Id of the request that submits the job
+    traceparent: str | None = None  # its span, when tracing is on: the job's run links to it
 
 
 # The order of the per-admission arrays in ADMIT_MANY's parameters ($1-$15); ADMIT takes them as scalars.
@@ -239,11 +242,14 @@ _ADMIT_FIELDS = (
 async def admit_job(conn: Conn, args: AdmitArgs) -> asyncpg.Record:
     """Admit one job (`ADMIT`). The row carries the wallet as locked (`wallet_*`), the current price
     version, and the job's columns, which are NULL when it was not admitted."""
-    row: asyncpg.Record | None = await conn.fetchrow(
-        ADMIT,
-        *(getattr(args, name) for name in _ADMIT_FIELDS),
-        *field_arrays(args.inputs, _INPUT_FIELDS),
-    )
+    with child_span("db.admit", db_attributes("ADMIT", 1)):
+        row: asyncpg.Record | None = await conn.fetchrow(
+            ADMIT,
+            *(getattr(args, name) for name in _ADMIT_FIELDS),
+            *field_arrays(args.inputs, _INPUT_FIELDS),
+            args.request_id,
+            args.traceparent,
+        )
     assert row is not None, "every tenant has a wallet"
     return row
 
@@ -260,12 +266,15 @@ async def admit_jobs(conn: Conn, batch: list[AdmitArgs]) -> list[asyncpg.Record]
     # A list of lists would be taken for a two-dimensional array: each job's list goes as JSON text.
     engines = _ADMIT_FIELDS.index("allowed_engines")
     arrays[engines] = [None if e is None else msgspec.json.encode(e).decode() for e in arrays[engines]]
-    rows = await conn.fetch(
-        ADMIT_MANY,
-        *arrays,
-        [n for n, _ in inputs],
-        *field_arrays([i for _, i in inputs], _INPUT_FIELDS),
-    )
+    with child_span("db.admit", db_attributes("ADMIT_MANY", len(batch))):
+        rows = await conn.fetch(
+            ADMIT_MANY,
+            *arrays,
+            [n for n, _ in inputs],
+            *field_arrays([i for _, i in inputs], _INPUT_FIELDS),
+            [a.request_id for a in batch],
+            [a.traceparent for a in batch],
+        )
     return list(rows)
 
 
@@ -276,7 +285,8 @@ SELECT {JOB_COLUMNS},
         FROM job_results r WHERE r.job_id = jobs.id) AS results_json,
        (SELECT coalesce(jsonb_agg(jsonb_build_object('engine', a.engine, 'outcome', a.outcome,
                                                      'latency_ms', a.latency_ms, 'images', a.images,
-                                                     'error_class', a.error_class, 'error', a.error)
+                                                     'error_class', a.error_class, 'error', a.error,
+                                                     'received', a.received)
                                   ORDER BY a.id), '[]')
         FROM job_attempts a WHERE a.job_id = jobs.id) AS attempts_json
 FROM jobs WHERE id = $1 AND tenant_id = $2

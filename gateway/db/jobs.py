@@ -15,7 +15,7 @@ NOTIFY_CHANNEL = "gateway_jobs"
 JOB_COLUMNS = """id, tenant_id, api_key_id, operation, state, params, n, unit_price, price_version_id, allowed_engines,
     progress, engine, vendor_credits, gpu_seconds, images_succeeded, charged, error, download_password_hash,
     webhook_url, cancel_requested, runs, lease_owner, lease_expires_at, deadline_at, created_at, started_at,
-    finished_at"""
+    finished_at, request_id, traceparent"""
 
 
 async def inputs(conn: Conn, job_id: UUID) -> list[asyncpg.Record]:
@@ -74,8 +74,8 @@ async def set_progress(conn: Conn, job_id: UUID, progress: float) -> None:
 
 async def insert_attempt(conn: Conn, job_id: UUID, attempt: EngineAttempt) -> None:
     await conn.execute(
-        """INSERT INTO job_attempts (job_id, engine, outcome, latency_ms, error_class, error, images)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+        """INSERT INTO job_attempts (job_id, engine, outcome, latency_ms, error_class, error, images, received)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
         job_id,
         attempt.engine,
         attempt.outcome,
@@ -83,6 +83,7 @@ async def insert_attempt(conn: Conn, job_id: UUID, attempt: EngineAttempt) -> No
         attempt.error_class,
         attempt.error,
         attempt.images,
+        attempt.received,
     )
 
 
@@ -114,7 +115,7 @@ async def details_of(
     ):
         results[row["job_id"]].append(row)
     for row in await conn.fetch(
-        """SELECT job_id, engine, outcome, latency_ms, error_class, error, images FROM job_attempts
+        """SELECT job_id, engine, outcome, latency_ms, error_class, error, images, received FROM job_attempts
            WHERE job_id = ANY($1::uuid[]) ORDER BY job_id, id""",
         job_ids,
     ):

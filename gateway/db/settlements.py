@@ -20,6 +20,7 @@ import msgspec
 from gateway.db import Conn, field_arrays
 from gateway.db.generations import job_columns
 from gateway.domain.generation import EngineAttempt
+from gateway.observability.tracing import child_span, db_attributes
 
 _RETURNED_JOB = job_columns("job")
 _UPDATED_JOB = job_columns("j")
@@ -82,16 +83,16 @@ WITH job0 AS (
     SET jobs = u.jobs + 1, images = u.images + $5, failed_images = u.failed_images + $22,
         charged = u.charged + $2, vendor_credits = u.vendor_credits + $6, gpu_seconds = u.gpu_seconds + $7
 ), attempts AS (
-    INSERT INTO job_attempts (job_id, engine, outcome, latency_ms, error_class, error, images)
-    SELECT $1, a.engine, a.outcome, a.latency_ms, a.error_class, a.error, a.images
-    FROM job, unnest($27::text[], $28::text[], $29::int[], $30::text[], $31::text[], $32::int[])
-              WITH ORDINALITY AS a(engine, outcome, latency_ms, error_class, error, images, ord)
+    INSERT INTO job_attempts (job_id, engine, outcome, latency_ms, error_class, error, images, received)
+    SELECT $1, a.engine, a.outcome, a.latency_ms, a.error_class, a.error, a.images, a.received
+    FROM job, unnest($27::text[], $28::text[], $29::int[], $30::text[], $31::text[], $32::int[], $33::jsonb[])
+              WITH ORDINALITY AS a(engine, outcome, latency_ms, error_class, error, images, received, ord)
     ORDER BY a.ord
 ), tenant AS (
     SELECT nullif(t.webhook_url, '') AS url FROM tenants t JOIN job ON job.tenant_id = t.id
 ), job_event AS (
-    INSERT INTO webhook_outbox (tenant_id, message_id, url, event_type, payload)
-    SELECT job.tenant_id, $23, coalesce(nullif(job.webhook_url, ''), tenant.url), $24, $25
+    INSERT INTO webhook_outbox (tenant_id, message_id, url, event_type, payload, request_id)
+    SELECT job.tenant_id, $23, coalesce(nullif(job.webhook_url, ''), tenant.url), $24, $25, job.request_id
     FROM job, tenant
     WHERE coalesce(nullif(job.webhook_url, ''), tenant.url) IS NOT NULL
     ON CONFLICT (message_id) DO NOTHING
@@ -194,17 +195,19 @@ WITH input AS (
         failed_images = u.failed_images + EXCLUDED.failed_images, charged = u.charged + EXCLUDED.charged,
         vendor_credits = u.vendor_credits + EXCLUDED.vendor_credits, gpu_seconds = u.gpu_seconds + EXCLUDED.gpu_seconds
 ), attempts AS (
-    INSERT INTO job_attempts (job_id, engine, outcome, latency_ms, error_class, error, images)
-    SELECT job.id, a.engine, a.outcome, a.latency_ms, a.error_class, a.error, a.images
-    FROM job JOIN unnest($29::int[], $30::text[], $31::text[], $32::int[], $33::text[], $34::text[], $35::int[])
-                  WITH ORDINALITY AS a(ord, engine, outcome, latency_ms, error_class, error, images, n)
+    INSERT INTO job_attempts (job_id, engine, outcome, latency_ms, error_class, error, images, received)
+    SELECT job.id, a.engine, a.outcome, a.latency_ms, a.error_class, a.error, a.images, a.received
+    FROM job JOIN unnest($29::int[], $30::text[], $31::text[], $32::int[], $33::text[], $34::text[], $35::int[],
+                         $36::jsonb[])
+                  WITH ORDINALITY AS a(ord, engine, outcome, latency_ms, error_class, error, images, received, n)
                   ON a.ord = job.ord
     ORDER BY job.ord, a.n
 ), tenant AS (
     SELECT t.id, nullif(t.webhook_url, '') AS url FROM tenants t WHERE t.id IN (SELECT tenant_id FROM reservation)
 ), job_event AS (
-    INSERT INTO webhook_outbox (tenant_id, message_id, url, event_type, payload)
-    SELECT job.tenant_id, i.message_id, coalesce(nullif(job.webhook_url, ''), tenant.url), i.event_type, i.payload
+    INSERT INTO webhook_outbox (tenant_id, message_id, url, event_type, payload, request_id)
+    SELECT job.tenant_id, i.message_id, coalesce(nullif(job.webhook_url, ''), tenant.url), i.event_type, i.payload,
+           job.request_id
     FROM job JOIN input i ON i.ord = job.ord JOIN tenant ON tenant.id = job.tenant_id
     WHERE coalesce(nullif(job.webhook_url, ''), tenant.url) IS NOT NULL
     ORDER BY job.ord
@@ -280,34 +283,35 @@ class SettleArgs(msgspec.Struct, frozen=True, kw_only=True):
 # The order of each child table's arrays in both statements' parameters.
 _FILE_FIELDS = ("id", "blob_key", "content_type", "size", "etag", "filename")
 _RESULT_FIELDS = ("index", "status", "file_id", "seed", "error")
-_ATTEMPT_FIELDS = ("engine", "outcome", "latency_ms", "error_class", "error", "images")
+_ATTEMPT_FIELDS = ("engine", "outcome", "latency_ms", "error_class", "error", "images", "received")
 
 
 async def settle_job(conn: Conn, args: SettleArgs) -> asyncpg.Record:
     """Settle one job (`SETTLE`). The row has `closed` (0 when someone else settled the job),
     `cancel_was_requested`, and the finished job's columns (NULL when the job was not finished here)."""
     message_id, event_type, payload = args.event
-    row: asyncpg.Record | None = await conn.fetchrow(
-        SETTLE,
-        args.job_id,
-        args.charge,
-        args.state,
-        args.engine,
-        args.images_succeeded,
-        args.vendor_credits,
-        args.gpu_seconds,
-        args.error,
-        args.file_ttl_s,
-        args.unless_cancel_requested,
-        *field_arrays(args.files, _FILE_FIELDS),
-        *field_arrays(args.results, _RESULT_FIELDS),
-        args.failed_images,
-        message_id,
-        event_type,
-        payload,
-        args.low_balance_message_id,
-        *field_arrays(args.attempts, _ATTEMPT_FIELDS),
-    )
+    with child_span("db.settle", db_attributes("SETTLE")):
+        row: asyncpg.Record | None = await conn.fetchrow(
+            SETTLE,
+            args.job_id,
+            args.charge,
+            args.state,
+            args.engine,
+            args.images_succeeded,
+            args.vendor_credits,
+            args.gpu_seconds,
+            args.error,
+            args.file_ttl_s,
+            args.unless_cancel_requested,
+            *field_arrays(args.files, _FILE_FIELDS),
+            *field_arrays(args.results, _RESULT_FIELDS),
+            args.failed_images,
+            message_id,
+            event_type,
+            payload,
+            args.low_balance_message_id,
+            *field_arrays(args.attempts, _ATTEMPT_FIELDS),
+        )
     assert row is not None, "the final SELECT always returns one row"
     return row
 
@@ -321,28 +325,29 @@ async def settle_jobs(conn: Conn, batch: list[SettleArgs]) -> list[asyncpg.Recor
     files = [(n, f) for n, a in enumerate(batch, 1) for f in a.files]
     results = [(n, r) for n, a in enumerate(batch, 1) for r in a.results]
     attempts = [(n, t) for n, a in enumerate(batch, 1) for t in a.attempts]
-    rows = await conn.fetch(
-        SETTLE_MANY,
-        [a.job_id for a in batch],
-        [a.charge for a in batch],
-        [a.state for a in batch],
-        [a.engine for a in batch],
-        [a.images_succeeded for a in batch],
-        [a.failed_images for a in batch],
-        [a.vendor_credits for a in batch],
-        [a.gpu_seconds for a in batch],
-        [a.error for a in batch],
-        [a.unless_cancel_requested for a in batch],
-        [a.event[0] for a in batch],
-        [a.event[1] for a in batch],
-        [a.event[2] for a in batch],
-        [a.low_balance_message_id for a in batch],
-        batch[0].file_ttl_s,
-        [n for n, _ in files],
-        *field_arrays([f for _, f in files], _FILE_FIELDS),
-        [n for n, _ in results],
-        *field_arrays([r for _, r in results], _RESULT_FIELDS),
-        [n for n, _ in attempts],
-        *field_arrays([t for _, t in attempts], _ATTEMPT_FIELDS),
-    )
+    with child_span("db.settle", db_attributes("SETTLE_MANY", len(batch))):
+        rows = await conn.fetch(
+            SETTLE_MANY,
+            [a.job_id for a in batch],
+            [a.charge for a in batch],
+            [a.state for a in batch],
+            [a.engine for a in batch],
+            [a.images_succeeded for a in batch],
+            [a.failed_images for a in batch],
+            [a.vendor_credits for a in batch],
+            [a.gpu_seconds for a in batch],
+            [a.error for a in batch],
+            [a.unless_cancel_requested for a in batch],
+            [a.event[0] for a in batch],
+            [a.event[1] for a in batch],
+            [a.event[2] for a in batch],
+            [a.low_balance_message_id for a in batch],
+            batch[0].file_ttl_s,
+            [n for n, _ in files],
+            *field_arrays([f for _, f in files], _FILE_FIELDS),
+            [n for n, _ in results],
+            *field_arrays([r for _, r in results], _RESULT_FIELDS),
+            [n for n, _ in attempts],
+            *field_arrays([t for _, t in attempts], _ATTEMPT_FIELDS),
+        )
     return list(rows)

@@ -25,7 +25,7 @@ async def claim_due(conn: Conn, *, limit: int, lease_s: float) -> list[asyncpg.R
                LIMIT $1
                FOR UPDATE SKIP LOCKED)
            RETURNING o.id, o.tenant_id, o.message_id, o.url, o.event_type, o.payload, o.attempts, o.created_at,
-                     t.webhook_secret""",
+                     o.request_id, t.webhook_secret""",
         limit,
         lease_s,
     )

@@ -134,6 +134,24 @@ class EngineRequest(msgspec.Struct, frozen=True, kw_only=True):
     image: ImageInput | None = None
     mask: ImageInput | None = None
     engine_options: dict[str, Any] = msgspec.field(default_factory=dict)
+    # The fields of HONOURABLE_FIELDS the tenant set (a size through width, height or aspect_ratio):
+    # an engine that would drop or change one of them is not used for this request.
+    explicit: frozenset[str] = frozenset()
+
+
+# The request fields whose fate an engine declares (Capabilities.honours) and reports (Engine.received).
+HONOURABLE_FIELDS: tuple[str, ...] = (
+    "negative_prompt",
+    "width",
+    "height",
+    "steps",
+    "guidance_scale",
+    "seed",
+    "strength",
+    "style",
+    "sampler",
+    "model",
+)
 
 
 class GeneratedImage(msgspec.Struct, frozen=True, kw_only=True):
@@ -177,3 +195,5 @@ class EngineAttempt(msgspec.Struct, frozen=True, kw_only=True):
     error_class: str | None = None
     error: str | None = None
     images: int = 0
+    # What the engine sent its backend, in our field names (Engine.received); None when not tried.
+    received: dict[str, Any] | None = None

@@ -16,7 +16,15 @@ import httpx
 import msgspec
 
 from gateway.config import ConfigError, EngineConfig
-from gateway.domain.generation import STYLES, EngineRequest, EngineResult, EngineSpend, GeneratedImage, Sampler
+from gateway.domain.generation import (
+    STYLES,
+    EngineRequest,
+    EngineResult,
+    EngineSpend,
+    GeneratedImage,
+    Operation,
+    Sampler,
+)
 from gateway.engines.base import Capabilities, EngineError, EngineUnavailable, ProgressCallback
 from gateway.engines.http import (
     decode_json,
@@ -30,6 +38,8 @@ from gateway.engines.http import (
 
 KIND = "aithriving"
 PATH = "/api/generate/basic/imageToImage"
+AUTH_HEADERS = ("Authentication", "Authorization")  # the header table's name, the example's name
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 # Our sampler names to the Stability-style enum the vendor documents. pndm has no counterpart.
 SAMPLERS: dict[Sampler, str] = {
@@ -59,6 +69,12 @@ CAPABILITIES = Capabilities(
     max_n=8,  # one request per image; 8 is the gateway's own limit
     samplers=frozenset(SAMPLERS),
     styles=frozenset(STYLES),  # the style_preset enum is exactly our style list
+    # No negative prompt field; cfg_scale is an int (a fractional guidance goes rounded, see `received`).
+    honours={
+        "image-to-image": frozenset(
+            {"width", "height", "steps", "guidance_scale", "seed", "strength", "sampler", "style"}
+        )
+    },
 )
 
 OPTIONS = {"clip_guidance_preset": one_of(CLIP_GUIDANCE_PRESETS)}
@@ -81,9 +97,11 @@ class ImageData(msgspec.Struct, frozen=True):
 
 
 class Answer(msgspec.Struct, frozen=True):
-    """The response envelope: code 0 is success, -1 failure (the message says why, for humans)."""
+    """The response envelope: code 0 is success, -1 failure (the message says why, for humans).
 
-    code: int
+    `code` is an int in the table and the example; a "0" string is taken as the same answer."""
+
+    code: int | str
     message: str = ""
     data: ImageData | None = None
 
@@ -120,15 +138,40 @@ def form_fields(request: EngineRequest, index: int) -> dict[str, str]:
     return fields
 
 
+def received(request: EngineRequest) -> dict[str, Any]:
+    """What the form of image 0 carries, in our field names (Engine.received)."""
+    fields = form_fields(request, 0)
+    sent: dict[str, Any] = {
+        "prompt": fields["prompt"],
+        "width": int(fields["width"]),
+        "height": int(fields["height"]),
+        "steps": int(fields["steps"]),
+        "guidance_scale": int(fields["cfg_scale"]),
+    }
+    if "image_strength" in fields:
+        sent["strength"] = round(1.0 - float(fields["image_strength"]), 6)
+    if fields["seed"] != "0":  # 0 asks the vendor for a random seed
+        sent["seed"] = int(fields["seed"])
+    if request.sampler is not None:
+        sent["sampler"] = request.sampler
+    if request.style is not None:
+        sent["style"] = request.style
+    return sent
+
+
 def decode_answer(answer: Answer, what: str) -> tuple[bytes, int | None]:
     """The image bytes and seed of a successful answer; raise for a failed or malformed one."""
-    if answer.code != 0:
+    if str(answer.code).strip() != "0":
         # Per-result failure. Only `code` is documented; the message is not classified.
         raise ResultFailed(f"{what}: generation failed (code {answer.code})")
     if answer.data is None:
         raise ResultFailed(f"{what}: success without image data")
+    # "the base64 encoded image": bare base64 as in the example, or a data: URL around it.
+    payload = answer.data.image
+    if payload.startswith("data:"):
+        payload = payload.partition(",")[2]
     try:
-        data = base64.b64decode(answer.data.image, validate=True)
+        data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ResultFailed(f"{what}: image is not valid base64") from exc
     return data, answer.data.seed
@@ -148,14 +191,20 @@ class AithrivingEngine:
         self.config = config
         self._client = client
         self._url = f"{config.base_url.rstrip('/')}{PATH}"
-        # The docs' header table says "Authentication" while their example sends "Authorization";
-        # the table is followed, and an operator can switch without a code change.
-        self._auth_header = str(config.options.get("auth_header", "Authentication"))
+        # The docs' header table says "Authentication" while their example sends "Authorization": the
+        # key goes in both (the same secret to the same host), unless `auth_header` names the one.
+        configured = config.options.get("auth_header")
+        self._auth_headers = (str(configured),) if configured is not None else AUTH_HEADERS
         self._credits_per_image = float(config.options.get("credits_per_image", 0.0))
 
-    def check_options(self, options: Mapping[str, Any]) -> str | None:
+    def check_options(self, options: Mapping[str, Any], operation: Operation | None = None) -> str | None:
         """Validate `engine_options.aithriving` (clip_guidance_preset)."""
+        del operation  # one operation, one option table
         return check_options(options)
+
+    def received(self, request: EngineRequest) -> dict[str, Any]:
+        """What the vendor gets of `request` (no negative prompt; guidance as a whole number)."""
+        return received(request)
 
     async def generate(self, request: EngineRequest, progress: ProgressCallback) -> EngineResult:
         """One request per image; keep what came out, stop early on a transport-level failure."""
@@ -189,8 +238,12 @@ class AithrivingEngine:
     async def _one(self, request: EngineRequest, index: int) -> GeneratedImage:
         what = f"{self.name} image {index}"
         assert request.image is not None
-        files = {"init_image": ("init_image", request.image.data, request.image.media_type)}
-        headers = {self._auth_header: str(self.config.api_key)} if self.config.api_key is not None else {}
+        # The example uploads "init_image.png": a file name with the image's extension, in case the
+        # vendor goes by it (the table says only "File").
+        filename = f"init_image.{EXTENSIONS.get(request.image.media_type, 'png')}"
+        files = {"init_image": (filename, request.image.data, request.image.media_type)}
+        key = self.config.api_key
+        headers = dict.fromkeys(self._auth_headers, str(key)) if key is not None else {}
         post = self._client.build_request(
             "POST", self._url, data=form_fields(request, index), files=files, headers=headers
         )

@@ -30,7 +30,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
-import msgspec
 
 from gateway.config import ConfigError, EngineConfig
 from gateway.domain.generation import (
@@ -39,13 +38,21 @@ from gateway.domain.generation import (
     EngineSpend,
     GeneratedImage,
     ImageInput,
+    Operation,
     Style,
+)
+from gateway.engines.api2convert_jobs import (
+    STATUS_PROGRESS,
+    TERMINAL,
+    Job,
+    http_failure,
+    job_failure,
+    job_outputs,
 )
 from gateway.engines.base import Capabilities, EngineError, EngineUnavailable, ProgressCallback
 from gateway.engines.http import (
     decode_json,
     download,
-    error_for_status,
     inspect_image,
     is_bool,
     json_post,
@@ -76,10 +83,17 @@ CAPABILITIES = Capabilities(
     max_n=8,
     samplers=frozenset(),  # no sampler option: a request naming one cannot be honoured here
     styles=frozenset(STYLES),
+    # width/height only without engine_options.api2convert.aspect_ratio (the vendor ignores them
+    # beside it, so they are not sent); seed from 1 (0 is the vendor's random); style only mapped,
+    # not replaced by a raw engine_options style. See `received`.
+    honours={
+        "text-to-image": frozenset({"negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "style"}),
+        "inpaint": frozenset(
+            {"negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "style", "strength"}
+        ),
+    },
 )
 
-TERMINAL = frozenset({"completed", "failed", "canceled"})
-_STATUS_PROGRESS = {"downloading": 0.1, "pending": 0.1, "queued": 0.15, "processing": 0.5, "completed": 0.9}
 MAX_SEED = 4294967295
 
 
@@ -100,66 +114,19 @@ OPTIONS = {
 }
 
 
-def check_options(options: Mapping[str, Any]) -> str | None:
-    """Validate `engine_options.api2convert` against the vendor's documented options; the reason, or None."""
-    return option_error(options, OPTIONS, KIND)
+# The text-to-image page gives `style` an enum; the image-inpaint page only a pattern (any text).
+TEXT_TO_IMAGE_STYLES = ("anime", "artistic", "generic", "photorealistic")
 
 
-class JobStatus(msgspec.Struct, frozen=True):
-    """`status` of a job."""
-
-    code: str
-    info: str = ""
-
-
-class JobError(msgspec.Struct, frozen=True):
-    """An entry of `errors[]` / `warnings[]`; react to `code`, never to `message`."""
-
-    code: int | None = None
-    source: str | None = None
-    id_source: str | None = None
-    message: str = ""
-
-
-class Conversion(msgspec.Struct, frozen=True):
-    """A conversion of a job, as the API echoes it back (with its id)."""
-
-    target: str
-    id: str | None = None
-
-
-class OutputSource(msgspec.Struct, frozen=True):
-    """Which conversion produced an output."""
-
-    conversion: str | None = None
-
-
-class OutputFile(msgspec.Struct, frozen=True):
-    """An entry of `output[]`."""
-
-    uri: str
-    id: str | None = None
-    status: str = "enabled"
-    source: OutputSource | None = None
-
-
-class Job(msgspec.Struct, frozen=True):
-    """The job document returned by POST /v2/jobs and GET /v2/jobs/{id} (the fields we read)."""
-
-    id: str
-    status: JobStatus
-    errors: list[JobError] = []
-    warnings: list[JobError] = []
-    conversion: list[Conversion] = []
-    output: list[OutputFile] = []
-    spent: float = 0
-
-
-class ErrorBody(msgspec.Struct, frozen=True):
-    """The HTTP-level error envelope `{code, message, errors}`."""
-
-    code: int | None = None
-    message: str = ""
+def check_options(options: Mapping[str, Any], operation: Operation | None = None) -> str | None:
+    """Validate `engine_options.api2convert` against the vendor's documented options for `operation`
+    (all operations' tables when None); the reason, or None."""
+    problem = option_error(options, OPTIONS, KIND)
+    if problem is None and operation == "text-to-image" and "style" in options:
+        problem = option_error({"style": options["style"]}, {"style": one_of(TEXT_TO_IMAGE_STYLES)}, KIND)
+        if problem is not None:
+            problem += " for text-to-image"
+    return problem
 
 
 def input_file(image: ImageInput, filename: str) -> dict[str, Any]:
@@ -212,6 +179,28 @@ def conversion_options(request: EngineRequest, index: int, download_password: st
     return options
 
 
+def received(request: EngineRequest) -> dict[str, Any]:
+    """What conversion 0 carries, in our field names (Engine.received)."""
+    options = conversion_options(request, 0)
+    sent: dict[str, Any] = {
+        "prompt": options["prompt"],
+        "steps": options["num_inference_steps"],
+        "guidance_scale": options["cfg_scale"],
+    }
+    for ours, theirs in (
+        ("negative_prompt", "negative_prompt"),
+        ("width", "width"),
+        ("height", "height"),
+        ("seed", "seed"),
+        ("strength", "denoising_strength"),
+    ):
+        if theirs in options:
+            sent[ours] = options[theirs]
+    if request.style is not None and options.get("style") == STYLES.get(request.style):
+        sent["style"] = request.style  # mapped, not replaced by a raw engine_options style
+    return sent
+
+
 def job_body(request: EngineRequest, download_password: str | None = None) -> dict[str, Any]:
     """The POST /v2/jobs body for `request`: one conversion per requested image."""
     target = TARGETS[request.operation]
@@ -233,56 +222,6 @@ def job_body(request: EngineRequest, download_password: str | None = None) -> di
     return body
 
 
-def job_failure(job: Job) -> EngineError:
-    """The error for a job that ended `failed` or `canceled`, naming its documented error codes."""
-    codes = ", ".join(f"{e.source or 'job'} code {e.code}" for e in job.errors if e.code is not None)
-    detail = f" ({codes})" if codes else ""
-    # The documented job-level codes (17, 99, 401, 404 on inputs) are all about fetching or
-    # converting on the vendor's side, so another engine may well serve the same request.
-    return EngineUnavailable(f"{KIND}: job {job.status.code}{detail}", spend_vendor_credits=float(job.spent))
-
-
-def job_outputs(job: Job, n: int) -> tuple[dict[int, str], dict[int, str]]:
-    """Map a completed job to (index -> output uri, index -> failure reason) for n images.
-
-    Outputs are matched to conversions by `source.conversion`; when the API does not say, they
-    are taken in order. Only outputs with status `enabled` can be downloaded.
-    """
-    conversion_index = {c.id: i for i, c in enumerate(job.conversion) if c.id is not None}
-    uris: dict[int, str] = {}
-    unmatched: list[str] = []
-    for output in job.output:
-        if output.status != "enabled":
-            continue
-        conversion = output.source.conversion if output.source else None
-        index = conversion_index.get(conversion) if conversion is not None else None
-        if index is not None and index < n:
-            uris.setdefault(index, output.uri)
-        else:
-            unmatched.append(output.uri)
-    free = (i for i in range(n) if i not in uris)
-    for uri, index in zip(unmatched, free, strict=False):
-        uris[index] = uri
-    reasons = {e.id_source: e.code for e in [*job.errors, *job.warnings] if e.id_source is not None}
-    failed: dict[int, str] = {}
-    for i in range(n):
-        if i not in uris:
-            conversion_id = job.conversion[i].id if i < len(job.conversion) else None
-            code = reasons.get(conversion_id) if conversion_id is not None else None
-            failed[i] = f"no output (code {code})" if code is not None else "no output"
-    return uris, failed
-
-
-def http_failure(response: httpx.Response, what: str) -> EngineError:
-    """The error for a non-2xx answer, naming the documented error `code` when the body has one."""
-    try:
-        code = msgspec.json.decode(response.content, type=ErrorBody).code
-    except msgspec.DecodeError:
-        code = None  # error bodies are informative only; the status decides
-    detail = f"code {code}" if code is not None else ""
-    return error_for_status(response.status_code, what, retry_after=response.headers.get("retry-after"), detail=detail)
-
-
 class Api2ConvertEngine:
     """The api2convert engine. It owns `client` and closes it in `aclose`."""
 
@@ -296,18 +235,28 @@ class Api2ConvertEngine:
         self.name = name
         self.config = config
         self._client = client
-        self._base = config.base_url.rstrip("/")
+        # The pages write the host bare and the path as /v2/jobs; the SDK's OpenAPI document has the
+        # server as https://api.api2convert.com/v2 and the path as /jobs. Either base URL an operator
+        # copies ends up at the one documented /v2/jobs, never at /v2/v2/jobs.
+        self._base = config.base_url.rstrip("/").removesuffix("/v2")
         self._max_bytes = int(config.options.get("max_download_bytes", 64 * 1024 * 1024))
         self._cleanup: set[asyncio.Task[None]] = set()
 
-    def check_options(self, options: Mapping[str, Any]) -> str | None:
+    def check_options(self, options: Mapping[str, Any], operation: Operation | None = None) -> str | None:
         """Validate `engine_options.api2convert` against the documented conversion options."""
-        return check_options(options)
+        return check_options(options, operation)
+
+    def received(self, request: EngineRequest) -> dict[str, Any]:
+        """What api2convert gets of `request` (no size beside an aspect_ratio option, no seed 0)."""
+        return received(request)
 
     def _headers(self) -> dict[str, str]:
         if self.config.api_key is None:
             return {}
-        return {"X-Oc-Api-Key": str(self.config.api_key)}
+        # The pages send X-Oc-Api-Key; the SDK names X-Api2convert-Api-Key canonical and the X-Oc-*
+        # names permanent aliases. Both carry the same key to the same host.
+        key = str(self.config.api_key)
+        return {"X-Oc-Api-Key": key, "X-Api2convert-Api-Key": key}
 
     async def generate(self, request: EngineRequest, progress: ProgressCallback) -> EngineResult:
         """Create the job, poll it to a terminal status, download the outputs."""
@@ -347,7 +296,7 @@ class Api2ConvertEngine:
         what = f"{self.name} poll job"
         delays = poll_delays(self.config)
         while job.status.code not in TERMINAL:
-            progress(_STATUS_PROGRESS.get(job.status.code, 0.05))
+            progress(STATUS_PROGRESS.get(job.status.code, 0.05))
             await anext(delays)
             get = self._client.build_request("GET", f"{self._base}/v2/jobs/{job.id}", headers=self._headers())
             response = await send(self._client, get, what)
@@ -359,7 +308,8 @@ class Api2ConvertEngine:
     async def _download_all(
         self, request: EngineRequest, uris: dict[int, str], failed: dict[int, str], password: str
     ) -> list[GeneratedImage]:
-        headers = {"x-oc-download-password": password}
+        # The option tables name x-oc-download-password, the SDK X-Api2convert-Download-Password.
+        headers = {"x-oc-download-password": password, "x-api2convert-download-password": password}
         images = []
         for index in sorted(uris):
             try:

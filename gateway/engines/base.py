@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Protocol
 import msgspec
 
 from gateway.domain.generation import (
+    HONOURABLE_FIELDS,
     EngineRequest,
     EngineResult,
     Operation,
@@ -47,6 +48,14 @@ class EngineUnavailable(EngineError):
     """The engine is failing (5xx, connection error, malformed answer, its own account problem)."""
 
     error_class = "engine_failure"
+
+
+class EngineCredentialsRefused(EngineUnavailable):
+    """The vendor refused our account's credentials (401/403): an operator problem, not the request's.
+
+    The router opens the engine's breaker at once and shows it in the engine's status."""
+
+    error_class = "credentials_refused"
 
 
 class EngineRateLimited(EngineUnavailable):
@@ -88,6 +97,9 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     styles: frozenset[Style] | None = None  # None: styles are accepted (mapped or ignored)
     models: frozenset[str] | None = None  # None: `model` is ignored by this engine
     needs_input_url: bool = False  # the vendor fetches inputs by URL only
+    # Per operation, the HONOURABLE_FIELDS the engine passes on as asked (some only under conditions
+    # its `received` applies, such as whole-number guidance); None: every one of them.
+    honours: dict[Operation, frozenset[str]] | None = None
 
     def check(self, request: EngineRequest) -> str | None:
         """Return why this engine cannot serve `request` (naming the field), or None if it can."""
@@ -115,6 +127,28 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
         return None
 
 
+def as_asked(request: EngineRequest) -> dict[str, Any]:
+    """`received` of an engine that passes every field on unchanged (our own GPU service)."""
+    fields = {"prompt": request.prompt}
+    fields.update({f: getattr(request, f) for f in HONOURABLE_FIELDS if getattr(request, f) is not None})
+    return fields
+
+
+def dropped_fields(request: EngineRequest, received: Mapping[str, Any]) -> dict[str, str]:
+    """The fields the tenant set that `received` (what an engine would send) drops or changes, each
+    with what happens to it; empty when the engine honours everything the tenant asked for."""
+    dropped: dict[str, str] = {}
+    for field in HONOURABLE_FIELDS:
+        if field not in request.explicit:
+            continue
+        asked = getattr(request, field)
+        if field not in received:
+            dropped[field] = f"{field} is not passed on by this engine"
+        elif received[field] != asked:
+            dropped[field] = f"{field} would be sent as {received[field]!r} instead of {asked!r}"
+    return dropped
+
+
 class Engine(Protocol):
     """A backend that turns an `EngineRequest` into images."""
 
@@ -122,8 +156,15 @@ class Engine(Protocol):
     kind: str  # api2convert, qolaba, aithriving, diffusion
     capabilities: Capabilities
 
-    def check_options(self, options: Mapping[str, Any]) -> str | None:
-        """Validate `engine_options.<kind>` against the vendor's document; the reason, or None."""
+    def check_options(self, options: Mapping[str, Any], operation: Operation | None = None) -> str | None:
+        """Validate `engine_options.<kind>` against the vendor's document (for `operation`, when
+        given, as some options differ per operation); the reason, or None."""
+        ...
+
+    def received(self, request: EngineRequest) -> dict[str, Any]:
+        """What this engine sends its backend for `request`, as our HONOURABLE_FIELDS (a field it
+        drops is absent; one it changes has the value sent). Pure: computed by the same
+        translation `generate` uses, recorded on each attempt and compared by the router."""
         ...
 
     async def generate(self, request: EngineRequest, progress: ProgressCallback) -> EngineResult:

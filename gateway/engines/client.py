@@ -25,6 +25,8 @@ from typing import Any
 
 import httpx
 
+from gateway.observability.tracing import inject_traceparent
+
 _DEFAULT = httpx.USE_CLIENT_DEFAULT
 
 
@@ -42,12 +44,14 @@ class EngineClient(httpx.AsyncClient):
     which is why those are not accepted here.
     """
 
-    def __init__(self, *, transport: httpx.AsyncBaseTransport, **kwargs: Any) -> None:
+    def __init__(self, *, transport: httpx.AsyncBaseTransport, propagate_trace: bool = False, **kwargs: Any) -> None:
         if "mounts" in kwargs or "proxy" in kwargs:
             raise ValueError("EngineClient sends through its one transport: no mounts or proxies")
         # No proxies from the environment either: vendor calls carry secrets and go where the config says.
         super().__init__(transport=transport, trust_env=False, **kwargs)
         self._direct = transport
+        # Only an engine configured to share our traces gets traceparent (`propagate_trace`).
+        self._propagate_trace = propagate_trace
 
     def build_request(
         self,
@@ -77,7 +81,7 @@ class EngineClient(httpx.AsyncClient):
             and not self.cookies
         )
         if not plain:
-            return super().build_request(
+            request = super().build_request(
                 method,
                 url,
                 content=content,
@@ -90,9 +94,14 @@ class EngineClient(httpx.AsyncClient):
                 timeout=timeout,
                 extensions=extensions,
             )
+            if self._propagate_trace:
+                inject_traceparent(request.headers)
+            return request
         assert isinstance(url, str)
         merged = httpx.Headers(self.headers)
         merged.update(headers)  # a caller's header replaces a default of the same name, as in httpx
+        if self._propagate_trace:
+            inject_traceparent(merged)
         limits = (self.timeout if timeout is _DEFAULT else httpx.Timeout(timeout)).as_dict()
         return httpx.Request(method, _parsed(url), content=content, headers=merged, extensions={"timeout": limits})
 

@@ -27,10 +27,13 @@ from gateway.domain.generation import (
     EngineResult,
     EngineSpend,
     GeneratedImage,
+    Operation,
     Sampler,
 )
-from gateway.engines.base import Capabilities, EngineRejected, EngineUnavailable, ProgressCallback
+from gateway.engines.base import Capabilities, EngineRejected, EngineUnavailable, ProgressCallback, as_asked
 from gateway.engines.http import error_for_status, translate_transport_errors, within_budget
+from gateway.observability.context import REQUEST_ID_HEADER, current_request_id
+from gateway.observability.tracing import inject_traceparent
 
 # Every sampler diffusers has a scheduler for (gateway/gpu/samplers.py); dpmpp_2s_ancestral has none.
 DIFFUSION_SAMPLERS: frozenset[Sampler] = frozenset(SAMPLERS) - {"dpmpp_2s_ancestral"}
@@ -94,11 +97,16 @@ class DiffusionEngine:
         self._timeout = httpx.Timeout(config.request_timeout_s, connect=config.connect_timeout_s)
         self._slots = asyncio.Semaphore(config.max_concurrency)
 
-    def check_options(self, options: Mapping[str, Any]) -> str | None:
+    def check_options(self, options: Mapping[str, Any], operation: Operation | None = None) -> str | None:
         """The diffusion service takes no engine-specific options."""
+        del operation
         for key in options:
             return f"engine_options.diffusion.{key}: unknown option (the diffusion engine has none)"
         return None
+
+    def received(self, request: EngineRequest) -> dict[str, Any]:
+        """The service gets the whole request as it is."""
+        return as_asked(request)
 
     async def generate(self, request: EngineRequest, progress: ProgressCallback) -> EngineResult:
         """Send the request to the service and follow its event stream to the result."""
@@ -112,6 +120,11 @@ class DiffusionEngine:
 
     async def _stream(self, body: bytes, progress: ProgressCallback) -> EngineResult:
         headers = {**self._headers, "Content-Type": "application/json", "Accept": "application/x-ndjson"}
+        # Our own service, unlike a vendor, joins the request's trace and logs under its request id.
+        inject_traceparent(headers)
+        request_id = current_request_id()
+        if request_id is not None:
+            headers[REQUEST_ID_HEADER] = request_id
         async with (
             translate_transport_errors(WHAT),
             self._client.stream("POST", self._url, content=body, headers=headers, timeout=self._timeout) as reply,

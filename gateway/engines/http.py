@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from gateway.config import EngineConfig
 from gateway.engines.base import (
+    EngineCredentialsRefused,
     EngineError,
     EngineRateLimited,
     EngineRejected,
@@ -71,7 +72,7 @@ def error_for_status(
     if status in rejected:
         return EngineRejected(f"{what}: request rejected (HTTP {status}{suffix})")
     if status in (401, 403):
-        return EngineUnavailable(f"{what}: vendor refused our credentials (HTTP {status}{suffix})")
+        return EngineCredentialsRefused(f"{what}: vendor refused our credentials (HTTP {status}{suffix})")
     if status == 402:
         return EngineUnavailable(f"{what}: vendor account out of credits or over its contract (HTTP 402{suffix})")
     if status in (408, 504):
@@ -121,6 +122,9 @@ async def download(
 ) -> bytes:
     """GET `url` (a vendor's output link) with a size cap. No vendor credentials are sent."""
     async with translate_transport_errors(what), client.stream("GET", url, headers=headers) as response:
+        if response.status_code in (401, 403):
+            # An output link is fetched without our account key: its refusal says nothing of our credentials.
+            raise EngineUnavailable(f"{what}: the output link was refused (HTTP {response.status_code})")
         if response.status_code != 200:
             raise error_for_status(response.status_code, what, retry_after=response.headers.get("retry-after"))
         chunks: list[bytes] = []

@@ -50,6 +50,7 @@ def build_client(config: EngineConfig, transport: httpx.AsyncBaseTransport | Non
         timeout=httpx.Timeout(config.request_timeout_s, connect=config.connect_timeout_s),
         limits=limits,
         follow_redirects=False,
+        propagate_trace=config.propagate_trace,
     )
 
 

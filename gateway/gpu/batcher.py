@@ -17,9 +17,15 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
+from opentelemetry.context import Context
+
+from gateway.gpu.tracing import BatchTimes, TracedSlice, record_batch
 from gateway.gpu.work import Batch, BatchKey, DeviceOutOfMemory, ImageWork, Runner
+from gateway.observability.tracing import current_context
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,10 @@ class _Job:
     images: dict[int, bytes] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)
     gpu_seconds: float = 0.0
+    steps_done: dict[int, float] = field(default_factory=dict)  # per image: share of its steps done
+    # The submitting request's trace context (None unless tracing records it) and when it arrived.
+    trace: Context | None = None
+    arrived_ns: int = 0
 
     @property
     def done_count(self) -> int:
@@ -71,18 +81,68 @@ class BatcherStats:
     recent_batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=256))
 
 
-class Batcher:
-    """Groups compatible images into batches and runs them on one device, one batch at a time."""
+class GpuThreads:
+    """The two dedicated threads: "gpu" for model loading, warm-up and every denoising loop, and
+    "gpu-decode" for the VAE decoder. Made on first use; `shutdown` lets them end."""
 
-    def __init__(self, runner: Runner, *, max_batch: int, window_s: float) -> None:
+    def __init__(self) -> None:
+        self._gpu: ThreadPoolExecutor | None = None
+        self._decode: ThreadPoolExecutor | None = None
+
+    @property
+    def gpu(self) -> Executor:
+        if self._gpu is None:
+            self._gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
+        return self._gpu
+
+    @property
+    def decode(self) -> Executor:
+        if self._decode is None:
+            self._decode = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu-decode")
+        return self._decode
+
+    def shutdown(self) -> None:
+        for pool in (self._gpu, self._decode):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+        self._gpu = self._decode = None
+
+
+class Batcher:
+    """Groups compatible images into batches and denoises them on one device, one batch at a time."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        max_batch: int,
+        window_s: float,
+        limit_for: Callable[[BatchKey], int] | None = None,
+        threads: GpuThreads | None = None,
+        max_pending_decodes: int = 2,
+        on_fault: Callable[[str], None] | None = None,
+    ) -> None:
         self._runner = runner
         self.max_batch = max_batch
         self.window_s = window_s
+        self._limit_for = limit_for
+        self._own_threads = threads is None
+        self.threads = threads or GpuThreads()
+        self._decode_slots = asyncio.Semaphore(max_pending_decodes)
+        self._on_fault = on_fault
+        self.fault: str | None = None
         self.stats = BatcherStats()
         self._pending: list[_Slice] = []
         self._in_flight = 0
+        self._finishing: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    def limit(self, key: BatchKey) -> int:
+        """The most images one batch of `key` may hold."""
+        if self._limit_for is None:
+            return self.max_batch
+        return max(1, min(self.max_batch, self._limit_for(key)))
 
     @property
     def queue_depth(self) -> int:
@@ -91,7 +151,7 @@ class Batcher:
 
     @property
     def in_flight(self) -> int:
-        """Images in the batch running now."""
+        """Images being denoised, decoded or encoded now."""
         return self._in_flight
 
     @property
@@ -106,8 +166,17 @@ class Batcher:
         """
         if not works:
             return JobOutcome({}, {}, 0.0)
+        if self.fault is not None:
+            return JobOutcome({}, dict.fromkeys(range(len(works)), "device failure"), 0.0)
         self._ensure_running()
-        job = _Job(key, works, on_progress, asyncio.get_running_loop().create_future())
+        job = _Job(
+            key,
+            works,
+            on_progress,
+            asyncio.get_running_loop().create_future(),
+            trace=current_context(),
+            arrived_ns=time.time_ns(),
+        )
         self._pending.append(_Slice(job, list(range(len(works))), time.monotonic()))
         self._wakeup.set()
         return await job.future
@@ -118,9 +187,14 @@ class Batcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        for task in list(self._finishing):
+            task.cancel()
+        await asyncio.gather(*self._finishing, return_exceptions=True)
         for pending in self._pending:
             pending.job.future.cancel()
         self._pending.clear()
+        if self._own_threads:
+            self.threads.shutdown()
 
     def _ensure_running(self) -> None:
         # Started lazily so the batcher works under any event loop, including an in-process
@@ -131,13 +205,17 @@ class Batcher:
     async def _loop(self) -> None:
         while True:
             self._drop_cancelled()
+            if self.fault is not None:
+                self._fail(self._pending, "device failure")
+                self._pending.clear()
             if not self._pending:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             oldest = self._pending[0]
+            limit = self.limit(oldest.job.key)
             deadline = oldest.arrived + self.window_s
-            while self._compatible_images(oldest.job.key) < self.max_batch:
+            while self._compatible_images(oldest.job.key) < limit:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -146,9 +224,9 @@ class Batcher:
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
                 except TimeoutError:
                     break
-            slices = self._take(oldest.job.key)
+            slices = self._take(oldest.job.key, limit)
             if slices:
-                await self._run(oldest.job.key, slices)
+                await self._run_split(oldest.job.key, slices)
 
     def _drop_cancelled(self) -> None:
         self._pending = [s for s in self._pending if not s.job.future.done()]
@@ -156,10 +234,10 @@ class Batcher:
     def _compatible_images(self, key: BatchKey) -> int:
         return sum(len(s.indices) for s in self._pending if s.job.key == key and not s.job.future.done())
 
-    def _take(self, key: BatchKey) -> list[_Slice]:
-        """Remove up to max_batch images of `key` from the queue, oldest first, splitting a slice if needed."""
+    def _take(self, key: BatchKey, limit: int) -> list[_Slice]:
+        """Remove up to `limit` images of `key` from the queue, oldest first, splitting a slice if needed."""
         taken: list[_Slice] = []
-        room = self.max_batch
+        room = limit
         keep: list[_Slice] = []
         for pending in self._pending:
             if room == 0 or pending.job.key != key or pending.job.future.done():
@@ -173,58 +251,128 @@ class Batcher:
         self._pending = keep
         return taken
 
-    async def _run(self, key: BatchKey, slices: list[_Slice]) -> None:
-        size = sum(len(s.indices) for s in slices)
-        self._in_flight = size
-        try:
-            await self._run_split(key, slices)
-        finally:
-            self._in_flight = 0
-
     async def _run_split(self, key: BatchKey, slices: list[_Slice]) -> None:
+        """Denoise on the GPU thread, then hand the latents to `_finish` and return."""
         works = [s.job.works[i] for s in slices for i in s.indices]
         loop = asyncio.get_running_loop()
 
         def on_step(step: int, total: int) -> None:
-            # Runs in the worker thread: hand the numbers to the event loop.
+            # Runs in the GPU thread: hand the numbers to the event loop.
             loop.call_soon_threadsafe(self._report_progress, slices, step / max(total, 1))
 
-        started = time.perf_counter()
+        await self._decode_slots.acquire()  # backpressure: undecoded latents hold device memory
+        handed_over = False
+        self._in_flight += len(works)
         try:
-            outputs = await asyncio.to_thread(self._runner.run, Batch(key, works), on_step)
-        except DeviceOutOfMemory:
-            if len(works) > 1:
-                self.stats.oom_splits += 1
-                log.warning("out of device memory at batch %d; retrying in halves", len(works))
-                first, second = _halve(slices)
-                await self._run_split(key, first)
-                await self._run_split(key, second)
+            started = time.perf_counter()
+            times = BatchTimes(started_ns=time.time_ns())
+            try:
+                denoised = await loop.run_in_executor(
+                    self.threads.gpu, self._runner.denoise, Batch(key, works), on_step
+                )
+            except DeviceOutOfMemory:
+                if len(works) > 1:
+                    self.stats.oom_splits += 1
+                    log.warning("out of device memory at batch %d; retrying in halves", len(works))
+                    first, second = _halve(slices)
+                    self._decode_slots.release()
+                    self._in_flight -= len(works)
+                    handed_over = True
+                    await self._run_split(key, first)
+                    await self._run_split(key, second)
+                    return
+                self._trace(key, slices, len(works), times.ended(), "out of device memory")
+                self._fail(slices, "out of device memory")
                 return
-            self._fail(slices, "out of device memory")
+            except Exception as exc:
+                self._trace(key, slices, len(works), times.ended(), f"generation failed ({type(exc).__name__})")
+                self._failed(slices, exc)
+                return
+            times = times.denoised()
+            elapsed = time.perf_counter() - started
+            self.stats.pipeline_calls += 1
+            self.stats.images += len(works)
+            self.stats.recent_batch_sizes.append(len(works))
+            task = loop.create_task(self._finish(slices, works, denoised, elapsed, times), name="gpu-finish")
+            self._finishing.add(task)
+            task.add_done_callback(self._finishing.discard)
+            handed_over = True
+        finally:
+            if not handed_over:
+                self._decode_slots.release()
+                self._in_flight -= len(works)
+
+    async def _finish(
+        self, slices: list[_Slice], works: list[ImageWork], denoised: Any, denoise_s: float, times: BatchTimes
+    ) -> None:
+        """Decode on the decode thread, encode on the CPU pool, then hand each job its images."""
+        loop = asyncio.get_running_loop()
+        failed: str | None = "interrupted"
+        try:
+            started = time.perf_counter()
+            times = times.decoding()
+            images = await loop.run_in_executor(self.threads.decode, self._runner.decode, denoised)
+            del denoised  # the device memory goes back before encoding
+            times = times.decoded()
+            elapsed = denoise_s + time.perf_counter() - started
+            encoded = await asyncio.gather(
+                *(
+                    asyncio.to_thread(self._runner.encode, image, work.output_format)
+                    for image, work in zip(images, works, strict=True)
+                )
+            )
+            failed = None
+        except DeviceOutOfMemory:
+            failed = "out of device memory"
+            self._fail(slices, failed)
             return
         except Exception as exc:
-            # A bug or a device fault: the requests in this batch get an error, the service lives on.
-            log.exception("pipeline call failed for a batch of %d", len(works))
-            self._fail(slices, f"generation failed ({type(exc).__name__})")
+            failed = f"generation failed ({type(exc).__name__})"
+            self._failed(slices, exc)
             return
-        elapsed = time.perf_counter() - started
-        self.stats.pipeline_calls += 1
-        self.stats.images += len(works)
-        self.stats.recent_batch_sizes.append(len(works))
-        outputs_iter = iter(outputs)
+        finally:
+            self._decode_slots.release()
+            self._in_flight -= len(works)
+            self._trace(slices[0].job.key, slices, len(works), times.ended(), failed)
+        outputs = iter(encoded)
         for piece in slices:
             piece.job.gpu_seconds += elapsed * len(piece.indices) / len(works)
             for index in piece.indices:
-                piece.job.images[index] = next(outputs_iter)
+                piece.job.images[index] = next(outputs)
             piece.job.finish_if_complete()
 
+    @staticmethod
+    def _trace(key: BatchKey, slices: list[_Slice], size: int, times: BatchTimes, failed: str | None) -> None:
+        """Record the batch's spans under each traced request's (gateway/gpu/tracing.py)."""
+        shares = [TracedSlice(s.job.trace, s.job.arrived_ns, len(s.indices)) for s in slices if s.job.trace]
+        if shares:
+            record_batch(key, size, shares, times, failed)
+
+    def _failed(self, slices: list[_Slice], exc: Exception) -> None:
+        """A stage raised: a device fault stops the batcher; anything else fails this batch only."""
+        if self._runner.is_fatal(exc):
+            if self.fault is None:
+                self.fault = f"device fault: {type(exc).__name__}: {exc}"
+                log.critical("%s; failing all queued work, the service reports unhealthy", self.fault, exc_info=exc)
+                if self._on_fault is not None:
+                    self._on_fault(self.fault)
+            self._fail(slices, "device failure")
+            self._wakeup.set()  # the loop fails whatever is still queued
+            return
+        # A bug or a bad input: the requests in this batch get an error, the service lives on.
+        log.error("pipeline call failed for a batch of %d", sum(len(s.indices) for s in slices), exc_info=exc)
+        self._fail(slices, f"generation failed ({type(exc).__name__})")
+
     def _report_progress(self, slices: list[_Slice], fraction: float) -> None:
+        # A job's images can be in different batches at once (one denoising, one decoding), so
+        # its progress is the mean over its images of their share of steps done.
         for piece in slices:
             job = piece.job
             if job.future.done():
                 continue
-            total = len(job.works)
-            job.on_progress(min(1.0, (job.done_count + fraction * len(piece.indices)) / total))
+            for index in piece.indices:
+                job.steps_done[index] = fraction
+            job.on_progress(min(1.0, sum(job.steps_done.values()) / len(job.works)))
 
     def _fail(self, slices: list[_Slice], reason: str) -> None:
         for piece in slices:

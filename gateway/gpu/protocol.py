@@ -59,17 +59,22 @@ class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
     detail: str
 
 
-class Health(msgspec.Struct, frozen=True, kw_only=True):
-    """`GET /v1/health`: 200 when ready, 503 while loading or draining."""
+ServiceStatus = Literal["ok", "loading", "warming", "draining", "failed"]
 
-    status: Literal["ok", "loading", "draining"]
+
+class Health(msgspec.Struct, frozen=True, kw_only=True):
+    """`GET /v1/health`: 200 when ready; 503 while loading, warming (compiling the declared
+    shapes), draining, or after a device fault ("failed": only a restart clears it)."""
+
+    status: ServiceStatus
     device: str | None = None
+    detail: str | None = None
 
 
 class Capacity(msgspec.Struct, frozen=True, kw_only=True):
     """`GET /v1/capacity`: what the service is and how busy it is."""
 
-    status: Literal["ok", "loading", "draining"]
+    status: ServiceStatus
     queue_depth: int  # images waiting for a batch
     in_flight: int  # images in the running batch
     max_batch: int

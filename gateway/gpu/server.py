@@ -27,7 +27,7 @@ from litestar.exceptions import NotAuthorizedException
 from litestar.handlers import BaseRouteHandler
 from litestar.response import Stream
 
-from gateway.config import GpuConfig
+from gateway.config import GpuConfig, otel_environment
 from gateway.domain.generation import EngineRequest, GeneratedImage
 from gateway.gpu.demo_model import make_demo_model
 from gateway.gpu.images import media_type
@@ -46,6 +46,9 @@ from gateway.gpu.protocol import (
 from gateway.gpu.samplers import SUPPORTED_SAMPLERS
 from gateway.gpu.service import GpuService, NotAccepting, OperationUnsupported, RequestInvalid
 from gateway.gpu.work import BatchKey, ImageWork
+from gateway.observability.logs import configure_logging
+from gateway.observability.middleware import RequestContext
+from gateway.observability.tracing import setup_tracing, shutdown_tracing
 
 if TYPE_CHECKING:
     from gateway.config import Settings
@@ -146,11 +149,13 @@ async def _events(
 
 @get("/v1/health")
 async def health(request: Request[Any, Any, Any]) -> Response[Health]:
-    """200 when the model is loaded and the service accepts work; 503 while loading or draining."""
+    """200 once the model is loaded and its declared shapes are warm; 503 before, while draining,
+    and after a device fault."""
     service = _service(request)
     status = service.status
     device = service.model.device if service.model is not None else None
-    return Response(Health(status=status, device=device), status_code=200 if status == "ok" else 503)
+    body = Health(status=status, device=device, detail=service.detail)
+    return Response(body, status_code=200 if status == "ok" else 503)
 
 
 @get("/v1/capacity", guards=[_require_secret])
@@ -177,19 +182,30 @@ async def capacity(request: Request[Any, Any, Any]) -> Capacity:
 def create_gpu_app(
     gpu_config: GpuConfig, model_path: str | Path | None, *, service: GpuService | None = None
 ) -> Litestar:
-    """The GPU service as an ASGI app. The model loads at startup, or on first use in-process.
+    """The GPU service as an ASGI app. The model loads and warms up in the background from
+    startup (so /v1/health answers 503 meanwhile), or on first use in-process.
 
     `service` lets a caller pass one built around an already loaded model (tests, benchmarks).
     """
     gpu_service = service or GpuService(gpu_config, model_path)
+    starting: list[asyncio.Task[Any]] = []
 
     async def load(app: Litestar) -> None:
-        await gpu_service.start()
+        async def start() -> None:
+            try:
+                await gpu_service.start()
+            except NotAccepting as exc:
+                log.error("the GPU service cannot start: %s", exc)
+
+        starting.append(asyncio.create_task(start(), name="gpu-start"))
 
     async def close(app: Litestar) -> None:
+        for task in starting:
+            task.cancel()
+        await asyncio.gather(*starting, return_exceptions=True)
         await gpu_service.aclose()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[generate, health, capacity],
         on_startup=[load],
         on_shutdown=[close],
@@ -199,6 +215,9 @@ def create_gpu_app(
         # The host process (the gateway, or uvicorn in gpu-worker) owns logging configuration.
         logging_config=None,
     )
+    # The gateway's request id and trace (X-Request-Id, traceparent) continue here, as in the gateway's app.
+    app.asgi_handler = RequestContext(app.asgi_handler)
+    return app
 
 
 def gpu_service(app: Litestar) -> GpuService:
@@ -218,12 +237,20 @@ def run_gpu_worker(settings: Settings) -> int:
     if settings.gpu.shared_secret is None:
         print("gpu-worker needs a shared secret: set gpu.secret_env and that variable", file=sys.stderr)
         return 2
+    configure_logging(settings.log_level, settings.logging.format)
+    tracing = setup_tracing(otel_environment(), service_name="image-gateway-gpu")
     service = GpuService(settings.gpu, model_path(settings))
     app = create_gpu_app(settings.gpu, None, service=service)
-    config = uvicorn.Config(app, host=settings.gpu.host, port=settings.gpu.port, log_level=settings.log_level)
+    config = uvicorn.Config(
+        app, host=settings.gpu.host, port=settings.gpu.port, log_level=settings.log_level, log_config=None
+    )
     server = DrainingServer(config, service)
-    server.run()
-    return 0 if server.started else 1
+    try:
+        server.run()
+    finally:
+        shutdown_tracing(tracing)  # export what the last requests recorded
+    # Non-zero after a device fault, so the container restarts with a fresh CUDA context.
+    return 0 if server.started and service.fault is None else 1
 
 
 class DrainingServer(uvicorn.Server):
@@ -247,7 +274,11 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     async def on_tick(self, counter: int) -> bool:
-        """uvicorn's 0.1 s housekeeping tick: exit once a drain has nothing left to do."""
+        """uvicorn's 0.1 s housekeeping tick: exit once a drain has nothing left to do, or at once
+        after a device fault (the CUDA context cannot recover; queued work has already failed)."""
         if self.draining and self.service.idle:
+            self.should_exit = True
+        if self.service.fault is not None and not self.should_exit:
+            log.critical("exiting after a device fault: %s", self.service.fault)
             self.should_exit = True
         return await super().on_tick(counter)

@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from gateway.config import GpuConfig
 from gateway.domain.generation import EngineRequest
-from gateway.gpu.batcher import Batcher, JobOutcome, ProgressFn
+from gateway.gpu.batcher import Batcher, GpuThreads, JobOutcome, ProgressFn
 from gateway.gpu.images import BadInputImage, decode_input
+from gateway.gpu.protocol import ServiceStatus
 from gateway.gpu.samplers import DEFAULT_SAMPLER, SUPPORTED_SAMPLERS
 from gateway.gpu.work import BatchKey, ImageWork
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from gateway.gpu.pipelines import LoadedModel
+    from gateway.gpu.pipelines import LoadedModel, WarmShape
 
 log = logging.getLogger(__name__)
 
-ServiceStatus = Literal["ok", "loading", "draining"]
 DEFAULT_STRENGTH = {"image-to-image": 0.8, "inpaint": 1.0}
 MAX_SEED = 2**63 - 1 - 8  # torch seeds are 64-bit; image i uses seed + i
 
@@ -39,7 +40,11 @@ class NotAccepting(Exception):
 
 
 class GpuService:
-    """One model on one device behind a batcher. Thread-free API for the HTTP layer."""
+    """One model on one device behind a batcher. Thread-free API for the HTTP layer.
+
+    Ready (status "ok") once the model is loaded and, with compile on, every declared shape has
+    been compiled and run; "failed" after a device fault, which only a restart clears.
+    """
 
     def __init__(self, config: GpuConfig, model_path: str | Path | None, *, model: LoadedModel | None = None) -> None:
         self.config = config
@@ -47,19 +52,40 @@ class GpuService:
         self.model_path = Path(path) if path is not None else None
         self.model: LoadedModel | None = model
         self.batcher: Batcher | None = None
+        self.threads = GpuThreads()
         self.draining = False
+        self.fault: str | None = None
+        self.warm_done = 0
+        self.warm_total = 0
+        self._warming = False
         self._active = 0
         self._load_lock = asyncio.Lock()
         self._load_error: str | None = None
-        if model is not None:
+        self._limits: dict[tuple[int, int], int] = {}  # lowered where a declared batch did not fit
+        if model is not None and model.gates is None:
             self._make_batcher(model)
 
     @property
     def status(self) -> ServiceStatus:
-        """ "draining", "ok" or "loading"."""
+        """What /v1/health reports; only "ok" is ready."""
+        if self.fault is not None:
+            return "failed"
         if self.draining:
             return "draining"
-        return "ok" if self.model is not None else "loading"
+        if self.batcher is not None:
+            return "ok"
+        return "warming" if self._warming else "loading"
+
+    @property
+    def detail(self) -> str | None:
+        """Why the service is not ready, in words."""
+        if self.fault is not None:
+            return self.fault
+        if self._load_error is not None:
+            return self._load_error
+        if self._warming:
+            return f"compiled {self.warm_done} of {self.warm_total} declared shapes"
+        return None
 
     @property
     def idle(self) -> bool:
@@ -71,32 +97,96 @@ class GpuService:
         self.draining = True
 
     async def start(self) -> LoadedModel:
-        """Load the model once (in a worker thread, the import and load take seconds)."""
+        """Load the model once and warm its declared shapes, all on the GPU thread."""
         async with self._load_lock:
-            if self.model is not None:
+            if self.batcher is not None and self.model is not None:
                 return self.model
             if self._load_error is not None:
                 raise NotAccepting(self._load_error)
-            if self.model_path is None:
-                raise NotAccepting("no model configured")
-            # Deferred: importing torch and diffusers costs seconds; only a loading service pays it.
-            try:
-                from gateway.gpu.pipelines import UnsupportedModel, load_model  # noqa: PLC0415
-            except ImportError as exc:
-                self._load_error = f"the diffusion backend is not installed (pip install 'gateway[gpu]'): {exc}"
-                raise NotAccepting(self._load_error) from exc
-            try:
-                model = await asyncio.to_thread(load_model, self.model_path, self.config)
-            except (UnsupportedModel, OSError, ValueError) as exc:
-                self._load_error = f"cannot load model {self.model_path}: {exc}"
-                log.error("%s", self._load_error)
-                raise NotAccepting(self._load_error) from exc
-            self._make_batcher(model)
+            model = self.model if self.model is not None else await self._load()
             self.model = model
+            await self._warm_up(model)
+            self._make_batcher(model)
             return model
 
+    async def _load(self) -> LoadedModel:
+        if self.model_path is None:
+            raise NotAccepting("no model configured")
+        # Deferred: importing torch and diffusers costs seconds; only a loading service pays it.
+        try:
+            from gateway.gpu.pipelines import UnsupportedModel, load_model  # noqa: PLC0415
+        except ImportError as exc:
+            self._load_error = f"the diffusion backend is not installed (pip install 'gateway[gpu]'): {exc}"
+            raise NotAccepting(self._load_error) from exc
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.threads.gpu, load_model, self.model_path, self.config)
+        except (UnsupportedModel, OSError, ValueError) as exc:
+            self._load_error = f"cannot load model {self.model_path}: {exc}"
+            log.error("%s", self._load_error)
+            raise NotAccepting(self._load_error) from exc
+
+    async def _warm_up(self, model: LoadedModel) -> None:
+        """Compile and run every declared shape (UNet on the GPU thread, VAE on the decode thread)."""
+        if model.gates is None:
+            return
+        from gateway.gpu.work import DeviceOutOfMemory  # noqa: PLC0415
+
+        shapes = model.warm_shapes()
+        self.warm_total, self.warm_done, self._warming = len(shapes), 0, True
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        too_big: dict[tuple[int, int], int] = {}
+        try:
+            for shape in shapes:
+                size = (shape.width, shape.height)
+                if shape.batch >= too_big.get(size, shape.batch + 1):
+                    self.warm_done += 1
+                    continue
+                shape_started = time.perf_counter()
+                try:
+                    denoised = await loop.run_in_executor(self.threads.gpu, model.warm_denoise, shape)
+                    await loop.run_in_executor(self.threads.decode, model.warm_decode, shape, denoised)
+                except DeviceOutOfMemory:
+                    too_big[size] = shape.batch
+                    log.warning(
+                        "warm-up: batch %d at %dx%d does not fit in device memory; limit lowered", shape.batch, *size
+                    )
+                else:
+                    log.info("warm-up: %s in %.1f s", _describe(shape), time.perf_counter() - shape_started)
+                self.warm_done += 1
+        except Exception as exc:
+            # Compile errors already fell back to eager inside the gates; what reaches here is a
+            # device fault or a bug, and a service that cannot warm up must not wait for traffic.
+            kind = "device fault" if model.is_fatal(exc) else "failure"
+            self._set_fault(f"{kind} during warm-up: {type(exc).__name__}: {exc}")
+            raise NotAccepting(self.fault or kind) from exc
+        finally:
+            self._warming = False
+        for size, batch in too_big.items():
+            fitting = [b for b in model.batch_sizes if b < batch]
+            self._limits[size] = fitting[-1] if fitting else 1
+        log.info("warm-up: %d shapes in %.1f s; the service is ready", len(shapes), time.perf_counter() - started)
+
+    def _set_fault(self, reason: str) -> None:
+        if self.fault is None:
+            self.fault = reason
+            log.critical("GPU service unhealthy: %s", reason)
+
+    def batch_limit(self, key: BatchKey) -> int:
+        """The most images per batch at the key's resolution (config, compiled sizes, warm-up findings)."""
+        limit = self.model.batch_limit(key.width, key.height) if self.model is not None else self.config.max_batch
+        return min(limit, self._limits.get((key.width, key.height), limit))
+
     def _make_batcher(self, model: LoadedModel) -> None:
-        self.batcher = Batcher(model, max_batch=self.config.max_batch, window_s=self.config.batch_window_ms / 1000)
+        self.batcher = Batcher(
+            model,
+            max_batch=self.config.max_batch,
+            window_s=self.config.batch_window_ms / 1000,
+            limit_for=self.batch_limit,
+            threads=self.threads,
+            on_fault=self._set_fault,
+        )
 
     async def admit(self, request: EngineRequest) -> tuple[BatchKey, list[ImageWork]]:
         """Check and prepare a request: its batch key and one work per image.
@@ -105,6 +195,8 @@ class GpuService:
         """
         if self.draining:
             raise NotAccepting("the service is draining")
+        if self.fault is not None:
+            raise NotAccepting(f"the service is unhealthy: {self.fault}")
         model = await self.start()
         if request.operation not in model.operations:
             raise OperationUnsupported(f"operation {request.operation} is not supported by the loaded model")
@@ -155,6 +247,7 @@ class GpuService:
         """Stop the batcher (requests still waiting are cancelled)."""
         if self.batcher is not None:
             await self.batcher.aclose()
+        self.threads.shutdown()
 
 
 def validate(request: EngineRequest) -> str | None:
@@ -189,3 +282,8 @@ def _decode_inputs(request: EngineRequest) -> tuple[Image | None, Image | None]:
         except BadInputImage as exc:
             raise RequestInvalid(f"{name}: {exc}") from exc
     return decoded[0], decoded[1]
+
+
+def _describe(shape: WarmShape) -> str:
+    guidance = "with" if shape.guidance else "without"
+    return f"{shape.width}x{shape.height} batch {shape.batch} {guidance} guidance"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.domain.generation import Operation, OutputFormat, Sampler
 
@@ -67,8 +67,25 @@ StepCallback = Callable[[int, int], None]
 
 
 class Runner(Protocol):
-    """Runs one batch on the device, blocking; the batcher calls it from a worker thread."""
+    """Runs batches in stages; the batcher calls each stage on its own thread.
 
-    def run(self, batch: Batch, on_step: StepCallback) -> list[bytes]:
-        """The encoded images, in the order of `batch.works`; raises `DeviceOutOfMemory`."""
+    `denoise` runs on the one GPU thread (CUDA graphs and their memory pools belong to the thread
+    that recorded them), `decode` on a second thread so the next batch's denoising starts at once,
+    and `encode` on the CPU pool, one call per image.
+    """
+
+    def denoise(self, batch: Batch, on_step: StepCallback) -> Any:
+        """The batch's latents (opaque to the batcher); raises `DeviceOutOfMemory`."""
+        ...
+
+    def decode(self, denoised: Any) -> list[Any]:
+        """The images of a denoised batch, in order; raises `DeviceOutOfMemory`."""
+        ...
+
+    def encode(self, image: Any, output_format: OutputFormat) -> bytes:
+        """One image's file bytes."""
+        ...
+
+    def is_fatal(self, exc: BaseException) -> bool:
+        """Whether `exc` leaves the device unusable (a CUDA error other than out-of-memory)."""
         ...

@@ -45,7 +45,8 @@ def openapi_config() -> OpenAPIConfig:
             "Authenticate with a key as `Authorization: Bearer igw_...` or `X-Api-Key: igw_...`: tenant keys "
             "for `/v1/*` and `/openai/v1/*` (each operation names the scope it needs in `x-required-scope`), "
             "operator keys for `/v1/admin/*`. Errors are RFC 9457 `application/problem+json` with a stable "
-            "`type`; a request that changes something can carry an `Idempotency-Key`."
+            "`type`; a request that changes something can carry an `Idempotency-Key`. Every answer carries "
+            "`X-Request-Id` (send your own to have it kept) and a W3C `traceparent` is continued."
         ),
         # The document and its UI are public: they describe the API, they don't grant access to it.
         # Its helper routes (the UI, the JSON, the not-found page) are not operations of the API.

@@ -63,6 +63,11 @@ HEADERS: dict[str, dict[str, Any]] = {
     "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}},
     "WWW-Authenticate": {"description": "The credentials the operation expects.", "schema": {"type": "string"}},
     "Location": {"description": "The job's URL: `/v1/jobs/{id}`.", "schema": {"type": "string"}},
+    "X-Request-Id": {
+        "description": "This request's id: the client's own `X-Request-Id` when well-formed, else one the gateway "
+        "made. It is in the logs, on the job, in problem bodies (`request_id`) and in webhook deliveries.",
+        "schema": {"type": "string"},
+    },
     "Idempotent-Replayed": {
         "description": "`true` when this answer replays the job an earlier request with the same Idempotency-Key made.",
         "schema": {"type": "string", "enum": ["true"]},
@@ -222,6 +227,8 @@ def header(name: str, *, required: bool = False) -> dict[str, Any]:
 
 def _add_headers(status: int, response: dict[str, Any], route: Route) -> None:
     headers: dict[str, Any] = response.setdefault("headers", {})
+    # Every answer carries it (gateway/observability/): the whole app is wrapped.
+    headers["X-Request-Id"] = header("X-Request-Id", required=True)
     if not route.public and status not in (401, 403):
         # The guard sets them once it has the key; a 401/403 is refused before that.
         for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"):
@@ -232,8 +239,6 @@ def _add_headers(status: int, response: dict[str, Any], route: Route) -> None:
         headers.setdefault("Retry-After", header("Retry-After"))
     if status == 401:
         headers.setdefault("WWW-Authenticate", header("WWW-Authenticate", required=True))
-    if not headers:
-        del response["headers"]
 
 
 def encode_document(doc: dict[str, Any]) -> bytes:

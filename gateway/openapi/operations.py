@@ -256,7 +256,14 @@ def _usage(operation: dict[str, Any]) -> None:
 
 def _metrics(operation: dict[str, Any]) -> None:
     operation["responses"]["200"]["content"] = {
-        "text/plain": {"schema": {"type": "string", "description": "Prometheus text exposition format 0.0.4."}}
+        "text/plain": {"schema": {"type": "string", "description": "Prometheus text exposition format 0.0.4."}},
+        "application/openmetrics-text": {
+            "schema": {
+                "type": "string",
+                "description": "OpenMetrics 1.0, with trace-id exemplars on the engine latency histogram "
+                "(`Accept: application/openmetrics-text`).",
+            }
+        },
     }
 
 

@@ -85,6 +85,13 @@ class CircuitBreaker:
         ):
             self._opened_at = self._clock()
 
+    def trip(self) -> None:
+        """Open now, whatever the counts: a failure no retry can mend (the vendor refused our credentials)."""
+        self.consecutive_failures += 1
+        self._outcomes.append(True)
+        self._probing = False
+        self._opened_at = self._clock()
+
     def release(self) -> None:
         """The attempt gave no verdict (rejected or cut short): free the probe slot, change nothing."""
         self._probing = False

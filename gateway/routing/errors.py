@@ -15,11 +15,13 @@ class NoEngineCanServe(RoutingError):
     """No routed engine can serve the request's parameters (the API answers 422).
 
     `reasons` maps each engine name considered to the constraint that excluded it; the
-    message lists them, so the client learns which field to change.
+    message lists them, so the client learns which field to change. `fields` maps each request
+    field that some engine would have dropped or changed to what each would have done with it.
     """
 
-    def __init__(self, reasons: Mapping[str, str]) -> None:
+    def __init__(self, reasons: Mapping[str, str], *, fields: Mapping[str, str] | None = None) -> None:
         self.reasons = dict(reasons)
+        self.fields = dict(fields or {})
         detail = "; ".join(f"{name}: {why}" for name, why in self.reasons.items())
         super().__init__(
             f"no engine can serve this request ({detail})" if detail else "no engine can serve this request"

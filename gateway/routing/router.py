@@ -15,6 +15,8 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
@@ -23,14 +25,18 @@ from gateway.domain.generation import AttemptOutcome, EngineAttempt, EngineReque
 from gateway.engines.base import (
     INPUT_URL_MISSING,
     Engine,
+    EngineCredentialsRefused,
     EngineError,
     EngineRateLimited,
     EngineRejected,
     EngineTimeout,
     EngineUnavailable,
     ProgressCallback,
+    dropped_fields,
 )
 from gateway.metrics import Metrics
+from gateway.observability.context import bind
+from gateway.observability.tracing import Attributes, fail_span, span, trace_ids
 from gateway.routing.breaker import CircuitBreaker
 from gateway.routing.errors import AllEnginesFailed, NoEngineCanServe, RequestRejected
 from gateway.routing.slots import EngineHealth, EngineSlot
@@ -120,6 +126,7 @@ class Router:
         pinned = set(request.engine_options)
         servable: list[EngineSlot] = []
         reasons: dict[str, str] = {}
+        dropped: dict[str, list[str]] = {}  # field -> what each engine excluded for it would do
         for name in names:
             slot = self._slots[name]
             engine = slot.engine
@@ -131,11 +138,23 @@ class Router:
                 continue
             why = engine.capabilities.check(request) or _mask_url_missing(engine, request)
             if why is None and engine.kind in request.engine_options:
-                why = engine.check_options(request.engine_options[engine.kind])
+                why = engine.check_options(request.engine_options[engine.kind], request.operation)
+            if why is None and request.explicit:
+                # An image made without what the tenant asked for is not the image they pay for.
+                received = _received(engine, request)
+                if received is None:
+                    reasons[name] = "cannot tell what this engine would send"
+                    continue
+                changes = dropped_fields(request, received)
+                for field, change in changes.items():
+                    dropped.setdefault(field, []).append(f"{name}: {change}")
+                why = "; ".join(changes.values()) or None
             if why is not None:
                 reasons[name] = why
                 continue
             servable.append(slot)
+        if not servable and dropped:
+            raise NoEngineCanServe(reasons, fields={f: "; ".join(c) for f, c in dropped.items()})
         return servable, reasons
 
     def check(self, request: EngineRequest, allow: Sequence[str] | None = None) -> None:
@@ -218,7 +237,7 @@ class Router:
                 continue
             tried.add(name)
             made += 1
-            outcome = await self._attempt(slot, request, deadline, report)
+            outcome = await self._traced_attempt(slot, request, deadline, report, retry=made - 1)
             await record(outcome.attempt)
             if outcome.result is not None:
                 return RoutedResult(
@@ -242,6 +261,27 @@ class Router:
         # "Equal jitter": at least half the exponential step, so retries never bunch up at zero.
         step = min(self._config.backoff_max_s, self._config.backoff_base_s * 2.0 ** (failures - 1))
         return step / 2 + self._rng.uniform(0, step / 2)
+
+    async def _traced_attempt(
+        self, slot: EngineSlot, request: EngineRequest, deadline: float, progress: ProgressCallback, *, retry: int
+    ) -> _Outcome:
+        """`_attempt` in a span of its own (engine, retry number, outcome), its log lines naming the engine."""
+        engine = slot.engine
+        attributes: Attributes = {
+            "gateway.engine.name": engine.name,
+            "gateway.engine.kind": engine.kind,
+            "gateway.retry": retry,
+        }
+        with bind(engine=engine.name), span("engine.attempt", attributes) as current:
+            outcome = await self._attempt(slot, request, deadline, progress)
+            attempt = outcome.attempt
+            current.set_attribute("gateway.engine.outcome", attempt.outcome)
+            if outcome.error is not None:
+                current.set_attribute("error.type", attempt.error_class or type(outcome.error).__name__)
+                fail_span(current, attempt.error or attempt.outcome)
+            else:
+                current.set_attribute("gateway.images", attempt.images)
+            return outcome
 
     async def _attempt(
         self, slot: EngineSlot, request: EngineRequest, deadline: float, progress: ProgressCallback
@@ -269,7 +309,7 @@ class Router:
                 # Our deadline, not the engine's own budget, cut the attempt: no verdict on the engine.
                 slot.breaker.release()
                 what = "the deadline passed during generation" if generating else "no free slot before the deadline"
-                return self._finish(slot, started, "timeout", error=EngineTimeout(f"{name}: {what}"))
+                return self._finish(slot, request, started, "timeout", error=EngineTimeout(f"{name}: {what}"))
         except Exception as exc:
             # An engine bug must not sink the job while other engines could serve it.
             log.exception("engine %s raised an unexpected error", name)
@@ -280,18 +320,25 @@ class Router:
         else:
             if result.images:
                 slot.breaker.record_success()
+                slot.credentials_refused_at = None
                 outcome: AttemptOutcome = "succeeded" if len(result.images) >= request.n else "partial"
-                return self._finish(slot, started, outcome, result=result)
+                return self._finish(slot, request, started, outcome, result=result)
             error = EngineUnavailable(f"{name}: the engine returned no images")
-        if error.retryable:
+        if isinstance(error, EngineCredentialsRefused):
+            # No retry mends this: stop sending until the operator fixes the key (or a later probe passes).
+            slot.breaker.trip()
+            slot.credentials_refused_at = datetime.now(UTC)
+            log.error("engine %s: the vendor refused our credentials: %s", name, error.message)
+        elif error.retryable:
             slot.breaker.record_failure()
         else:
             slot.breaker.release()
-        return self._finish(slot, started, _outcome_of(error), error=error)
+        return self._finish(slot, request, started, _outcome_of(error), error=error)
 
     def _finish(
         self,
         slot: EngineSlot,
+        request: EngineRequest,
         started: float,
         outcome: AttemptOutcome,
         *,
@@ -301,7 +348,10 @@ class Router:
         name = slot.engine.name
         elapsed = max(0.0, self._clock() - started)
         self._metrics.engine_attempts.labels(name, outcome).inc()
-        self._metrics.engine_latency.labels(name, outcome).observe(elapsed)
+        # With tracing on, the histogram keeps this attempt's trace id as an exemplar (OpenMetrics output).
+        ids = trace_ids()
+        exemplar = {"trace_id": ids[0]} if ids is not None else None
+        self._metrics.engine_latency.labels(name, outcome).observe(elapsed, exemplar)
         attempt = EngineAttempt(
             engine=name,
             outcome=outcome,
@@ -309,6 +359,7 @@ class Router:
             error_class=error.error_class if error is not None else None,
             error=error.message if error is not None else None,
             images=len(result.images) if result is not None else 0,
+            received=_received(slot.engine, request),
         )
         if error is not None:
             log.info("engine %s attempt %s: %s", name, outcome, error.message)
@@ -326,6 +377,15 @@ class Router:
         for name, outcome in zip(self._slots, results, strict=True):
             if isinstance(outcome, Exception):
                 log.warning("engine %s did not close cleanly: %s", name, type(outcome).__name__)
+
+
+def _received(engine: Engine, request: EngineRequest) -> dict[str, Any] | None:
+    # An engine bug here must not sink the request while other engines could serve it.
+    try:
+        return engine.received(request)
+    except Exception:
+        log.exception("engine %s could not say what it sends", engine.name)
+        return None
 
 
 def _mask_url_missing(engine: Engine, request: EngineRequest) -> str | None:

@@ -18,14 +18,16 @@ from gateway.engines.base import Capabilities, Engine
 from gateway.metrics import Metrics
 from gateway.routing.breaker import BreakerState, CircuitBreaker
 
-EngineStatus = Literal["healthy", "degraded", "recovering", "down"]
+EngineStatus = Literal["healthy", "degraded", "recovering", "down", "credentials_refused"]
 
 
 class EngineHealth(msgspec.Struct, frozen=True, kw_only=True):
     """One engine's state for /v1/admin/engines.
 
-    `status` sums it up: `down` while the breaker is open, `recovering` once it is half-open (the
-    next attempt is a probe), `degraded` while closed with recent failures, else `healthy`.
+    `status` sums it up: `credentials_refused` from the vendor's 401/403 until the engine next
+    produces images (`credentials_refused_at` says when), `down` while the breaker is open,
+    `recovering` once it is half-open (the next attempt is a probe), `degraded` while closed with
+    recent failures, else `healthy`.
     """
 
     name: str
@@ -40,6 +42,7 @@ class EngineHealth(msgspec.Struct, frozen=True, kw_only=True):
     max_concurrency: int
     weight: int
     capabilities: Capabilities
+    credentials_refused_at: datetime | None = None
 
 
 @dataclass
@@ -52,6 +55,7 @@ class EngineSlot:
     max_concurrency: int
     weight: int
     in_flight: int = 0
+    credentials_refused_at: datetime | None = None  # the vendor's last 401/403, until a success
 
     def export_gauges(self, metrics: Metrics) -> None:
         """Let the breaker gauge read the breaker when scraped: open -> half-open is a matter of
@@ -73,7 +77,7 @@ class EngineSlot:
         return EngineHealth(
             name=self.engine.name,
             kind=self.engine.kind,
-            status=_status(breaker),
+            status="credentials_refused" if self.credentials_refused_at is not None else _status(breaker),
             breaker=breaker.state,
             consecutive_failures=breaker.consecutive_failures,
             error_rate=round(breaker.error_rate, 4),
@@ -83,6 +87,7 @@ class EngineSlot:
             max_concurrency=self.max_concurrency,
             weight=self.weight,
             capabilities=self.engine.capabilities,
+            credentials_refused_at=self.credentials_refused_at,
         )
 
 

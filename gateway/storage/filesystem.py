@@ -17,6 +17,7 @@ import itertools
 import os
 from pathlib import Path
 
+from gateway.observability.tracing import child_span
 from gateway.storage.base import BlobNotFound
 
 # Blobs up to this size are written on the event loop. Measured here (ext4, page cache): writing a
@@ -64,10 +65,11 @@ class FilesystemBlobStore:
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         path, _ = self._locations(key)
-        if len(data) <= INLINE_WRITE_MAX_BYTES:
-            self._write(path, data)
-        else:
-            await asyncio.to_thread(self._write, path, data)
+        with child_span("blob.put", {"gateway.blob.store": "filesystem", "gateway.blob.bytes": len(data)}):
+            if len(data) <= INLINE_WRITE_MAX_BYTES:
+                self._write(path, data)
+            else:
+                await asyncio.to_thread(self._write, path, data)
 
     @staticmethod
     def _write(path: str, data: bytes) -> None:

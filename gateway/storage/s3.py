@@ -1,38 +1,40 @@
-"""A BlobStore on any S3-compatible server (AWS S3, MinIO, Ceph RGW, R2...), spoken over httpx.
+"""A BlobStore on any S3-compatible server (AWS S3, MinIO, Ceph RGW, R2...), through obstore.
 
-Requests are signed with AWS Signature V4 (`gateway.storage.signing`); boto3 would pull in a
-large dependency tree for four calls. Foreign failures are translated once, here, by type and by
-the S3 error code in the response body: a missing object is `BlobNotFound`, everything else is
-`S3StorageError`. Idempotent calls (all of them: PUT of the same bytes, GET, DELETE) are retried
-on connection errors and 5xx answers, re-signed each time.
+obstore binds Apache Arrow's Rust `object_store` crate: SigV4 signing, presigned URLs, retries
+with backoff on connection errors and 5xx answers, and path- or virtual-hosted-style addressing
+are the library's (issue #25 replaced a hand-written signer and client). What stays here is the
+translation of its failures into this project's terms, once: a missing object is `BlobNotFound`;
+everything else is `S3StorageError`, with the HTTP status and the S3 error code when the server
+answered.
 """
 
 from __future__ import annotations
 
-import asyncio
-import xml.etree.ElementTree as ET
-from collections.abc import Callable
-from datetime import UTC, datetime
+import re
+from datetime import timedelta
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import httpx
+import obstore
+from obstore.exceptions import BaseError
+from obstore.store import S3Store
 
 from gateway.config import StorageConfig
+from gateway.observability.tracing import child_span
 from gateway.storage.base import BlobNotFound
-from gateway.storage.signing import (
-    EMPTY_PAYLOAD_SHA256,
-    SigV4Signer,
-    sha256_hex,
-    uri_encode,
-)
 
-# S3 answers these with a retryable condition (InternalError, SlowDown, gateway trouble).
-_RETRY_STATUSES = frozenset({500, 502, 503, 504})
-# Error bodies are small XML documents; anything larger is not one and is not parsed.
-_MAX_ERROR_BODY = 64 * 1024
-# S3 reports a missing object as NoSuchKey; a missing bucket (NoSuchBucket) is a deployment
-# fault, not a missing blob, and must not read as one.
-_MISSING_OBJECT_CODES = frozenset({"NoSuchKey", None})
+if TYPE_CHECKING:
+    from obstore.store import S3Credential  # a TypedDict, not importable at run time
+
+# object_store reports an answered request as "... status code: 404 Not Found ..." and carries
+# the body of an S3 error document along; its text is the only place the status and code are
+# (obstore is pinned exactly; tests/unit/storage/test_s3_store.py checks this parse).
+_STATUS = re.compile(r"status(?: code)?:? (\d{3})\b")
+_CODE = re.compile(r"<Code>\s*([A-Za-z0-9.]+)\s*</Code>")
+# obstore raises the builtin FileNotFoundError for a 404, its own BaseError family for the rest.
+_FAILURES = (BaseError, FileNotFoundError)
+# object_store's backoff panics on an empty range; a millisecond is "no wait" for every test.
+_MIN_BACKOFF_S = 0.001
 
 
 class S3StorageError(Exception):
@@ -44,23 +46,28 @@ class S3StorageError(Exception):
         self.code = code  # the S3 error code, e.g. "AccessDenied", "SignatureDoesNotMatch"
 
 
-def _error_code(body: bytes) -> str | None:
-    """The `<Code>` of an S3 error document, or None when the body is not one."""
-    if not body or len(body) > _MAX_ERROR_BODY:
-        return None
-    try:
-        # The body comes from the operator's own storage endpoint and is size-capped above;
-        # the stdlib parser (expat >= 2.4) refuses entity-expansion bombs.
-        root = ET.fromstring(body)  # noqa: S314
-    except ET.ParseError:
-        return None
-    code = root.findtext("Code")
-    return code.strip() if code else None
+def _translate(operation: str, key: str, exc: Exception) -> S3StorageError:
+    # The message's first part names the request and S3's answer; a Rust debug dump follows it.
+    text = str(exc).split("\n\nDebug source:", 1)[0].strip()
+    status = _STATUS.search(text)
+    code = _CODE.search(text)
+    return S3StorageError(
+        f"{operation} {key}: {text}",
+        status=int(status[1]) if status else None,
+        code=code[1] if code else None,
+    )
+
+
+def _is_missing_object(exc: Exception, failure: S3StorageError) -> bool:
+    # A 404 that names anything but NoSuchKey (a missing bucket above all) is a deployment fault,
+    # not a missing blob, and must not read as one. No code at all: a server that sends none.
+    return failure.code == "NoSuchKey" or (isinstance(exc, FileNotFoundError) and failure.code is None)
 
 
 def _check_key(key: str) -> None:
-    # httpx normalises "." and ".." path segments away, which would sign one path and send another.
-    if not key or key.startswith("/") or any(part in {".", ".."} for part in key.split("/")):
+    # Keys are the gateway's own ("outputs/<job>/<run>-0.png"); anything a URL path would
+    # normalise, or that object_store would read as another path, is a caller's bug.
+    if not key or key.startswith("/") or any(part in {"", ".", ".."} for part in key.split("/")):
         raise ValueError(f"invalid blob key {key!r}")
 
 
@@ -78,33 +85,71 @@ class S3BlobStore:
         prefix: str = "",
         path_style: bool = True,
         public_endpoint_url: str | None = None,
-        client: httpx.AsyncClient | None = None,
         request_timeout_s: float = 30.0,
         max_attempts: int = 3,
         retry_backoff_s: float = 0.1,
-        clock: Callable[[], datetime] | None = None,
     ) -> None:
         for url in (endpoint_url, public_endpoint_url):
             if url is not None and urlsplit(url).scheme not in {"http", "https"}:
                 raise ValueError(f"S3 endpoint must be an http(s) URL, got {url!r}")
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
-        self._endpoint = endpoint_url.rstrip("/")
-        self._public_endpoint = (public_endpoint_url or endpoint_url).rstrip("/")
-        self._bucket = bucket
+        backoff_s = max(retry_backoff_s, _MIN_BACKOFF_S)
         if prefix.startswith("/") or any(part in {".", ".."} for part in prefix.split("/")):
             raise ValueError(f"invalid key prefix {prefix!r}")
+        self._endpoint = endpoint_url.rstrip("/")
+        self._bucket = bucket
         self._prefix = prefix
-        self._path_style = path_style
-        self._signer = SigV4Signer(access_key, secret_key, region, "s3")
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(request_timeout_s, connect=5.0))
-        self._max_attempts = max_attempts
-        self._retry_backoff_s = retry_backoff_s
-        self._clock = clock or (lambda: datetime.now(UTC))
+
+        credential: S3Credential = {"access_key_id": access_key, "secret_access_key": secret_key, "expires_at": None}
+
+        def build(endpoint: str) -> S3Store:
+            if not path_style:
+                # object_store takes a virtual-hosted endpoint with the bucket already in the host.
+                parts = urlsplit(endpoint)
+                endpoint = f"{parts.scheme}://{bucket}.{parts.netloc}{parts.path}"
+            return S3Store(
+                bucket,
+                # S3Store also reads AWS_* variables, and AWS_ENDPOINT_URL_S3 would win over
+                # `endpoint`: every setting that decides where and how a request goes is pinned
+                # here, and the credentials come from a provider (no AWS_SESSION_TOKEN joins them).
+                endpoint=endpoint,
+                aws_endpoint_url_s3=endpoint,
+                region=region,
+                virtual_hosted_style_request=not path_style,
+                skip_signature=False,
+                unsigned_payload=False,
+                s3_express=False,
+                request_payer=False,
+                # One DELETE per key, as every S3-compatible server speaks it (not DeleteObjects).
+                disable_bulk_delete=True,
+                credential_provider=lambda: credential,
+                # A prefix of "prod/" is a folder to object_store, which joins it with a "/".
+                prefix=prefix.rstrip("/") or None,
+                client_options={
+                    "allow_http": urlsplit(endpoint).scheme == "http",
+                    "timeout": timedelta(seconds=request_timeout_s),
+                    "connect_timeout": timedelta(seconds=min(5.0, request_timeout_s)),
+                },
+                retry_config={
+                    "max_retries": max_attempts - 1,
+                    "backoff": {
+                        "init_backoff": timedelta(seconds=backoff_s),
+                        "max_backoff": timedelta(seconds=max(backoff_s, 5.0)),
+                        "base": 2,
+                    },
+                    # Bounds the whole call; retries reuse one signature, valid for 15 minutes.
+                    "retry_timeout": timedelta(seconds=max_attempts * (request_timeout_s + 5.0)),
+                },
+            )
+
+        self._store = build(self._endpoint)
+        # Vendors may reach the store at another address; the host is part of the signature.
+        public = (public_endpoint_url or endpoint_url).rstrip("/")
+        self._public_store = self._store if public == self._endpoint else build(public)
 
     @classmethod
-    def from_config(cls, config: StorageConfig, *, client: httpx.AsyncClient | None = None) -> S3BlobStore:
+    def from_config(cls, config: StorageConfig) -> S3BlobStore:
         """A store for `[storage]` with kind "s3"; `load_settings` has resolved the credentials."""
         if not config.bucket:
             raise ValueError("storage.bucket is required for an S3 store")
@@ -119,107 +164,65 @@ class S3BlobStore:
             prefix=config.prefix,
             path_style=config.path_style,
             public_endpoint_url=config.public_endpoint_url,
-            client=client,
             request_timeout_s=config.request_timeout_s,
         )
 
     def __repr__(self) -> str:
         return f"S3BlobStore(endpoint={self._endpoint!r}, bucket={self._bucket!r})"
 
-    def _url(self, endpoint: str, key: str) -> str:
-        path = uri_encode(self._prefix + key, keep_slash=True)
-        if self._path_style:
-            return f"{endpoint}/{self._bucket}/{path}"
-        parts = urlsplit(endpoint)
-        return f"{parts.scheme}://{self._bucket}.{parts.netloc}{parts.path}/{path}"
-
-    def _bucket_url(self) -> str:
-        if self._path_style:
-            return f"{self._endpoint}/{self._bucket}"
-        parts = urlsplit(self._endpoint)
-        return f"{parts.scheme}://{self._bucket}.{parts.netloc}{parts.path}/"
-
-    async def _send(
-        self,
-        method: str,
-        url: str,
-        *,
-        content: bytes | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> httpx.Response:
-        payload_sha256 = EMPTY_PAYLOAD_SHA256 if content is None else sha256_hex(content)
-        for attempt in range(1, self._max_attempts + 1):
-            # Re-signed per attempt: x-amz-date must stay within S3's 15-minute skew window.
-            signed = self._signer.sign_headers(method, url, headers or {}, payload_sha256, self._clock())
-            try:
-                response = await self._client.request(method, url, content=content, headers=signed)
-            except httpx.TransportError as exc:
-                if attempt == self._max_attempts:
-                    raise S3StorageError(f"{method} {url}: {type(exc).__name__}") from exc
-            else:
-                if response.status_code not in _RETRY_STATUSES or attempt == self._max_attempts:
-                    return response
-            await asyncio.sleep(self._retry_backoff_s * 2 ** (attempt - 1))
-        raise AssertionError("unreachable: the last attempt returns or raises")
-
-    @staticmethod
-    def _failure(method: str, key: str, response: httpx.Response) -> S3StorageError:
-        code = _error_code(response.content)
-        return S3StorageError(
-            f"{method} {key}: HTTP {response.status_code} {code or ''}".rstrip(),
-            status=response.status_code,
-            code=code,
-        )
-
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         """Store `data` under `key`; the payload hash is signed, so S3 rejects a corrupted upload."""
         _check_key(key)
-        response = await self._send(
-            "PUT", self._url(self._endpoint, key), content=data, headers={"content-type": content_type}
-        )
-        if response.status_code != 200:
-            raise self._failure("PUT", key, response)
+        with child_span("blob.put", {"gateway.blob.store": "s3", "gateway.blob.bytes": len(data)}):
+            try:
+                await obstore.put_async(self._store, key, data, attributes={"Content-Type": content_type})
+            except _FAILURES as exc:
+                raise _translate("PUT", key, exc) from exc
 
     async def get(self, key: str) -> bytes:
         """The bytes under `key`; `BlobNotFound` when S3 has no such object."""
         _check_key(key)
-        response = await self._send("GET", self._url(self._endpoint, key))
-        if response.status_code == 200:
-            return response.content
-        failure = self._failure("GET", key, response)
-        if response.status_code == 404 and failure.code in _MISSING_OBJECT_CODES:
-            raise BlobNotFound(key) from failure
-        raise failure
+        try:
+            result = await obstore.get_async(self._store, key)
+            return bytes(await result.bytes_async())
+        except _FAILURES as exc:
+            failure = _translate("GET", key, exc)
+            if _is_missing_object(exc, failure):
+                raise BlobNotFound(key) from exc
+            raise failure from exc
 
     async def delete(self, key: str) -> None:
-        """Remove `key`; S3 answers 204 for a key that is already gone, and so do we."""
+        """Remove `key`; no error when it is already gone (AWS answers 204, some servers 404)."""
         _check_key(key)
-        response = await self._send("DELETE", self._url(self._endpoint, key))
-        # Some S3-compatible servers answer 404 NoSuchKey where AWS answers 204.
-        if response.status_code in {200, 204}:
-            return
-        failure = self._failure("DELETE", key, response)
-        if response.status_code == 404 and failure.code in _MISSING_OBJECT_CODES:
-            return
-        raise failure
+        try:
+            await obstore.delete_async(self._store, key)
+        except _FAILURES as exc:
+            failure = _translate("DELETE", key, exc)
+            if _is_missing_object(exc, failure):
+                return
+            raise failure from exc
 
     async def presigned_url(self, key: str, ttl_s: int) -> str:
-        """A GET URL for `key` on the public endpoint, valid for `ttl_s` seconds (at most a week)."""
+        """A GET URL for `key` on the public endpoint, valid for `ttl_s` seconds (at most a week).
+
+        Signed locally: no request is made.
+        """
         _check_key(key)
-        return self._signer.presign_url("GET", self._url(self._public_endpoint, key), ttl_s, self._clock())
+        try:
+            return await obstore.sign_async(self._public_store, "GET", key, timedelta(seconds=ttl_s))
+        except _FAILURES as exc:
+            raise _translate("SIGN", key, exc) from exc
 
     async def check_bucket(self) -> None:
-        """Raise `S3StorageError` unless the bucket exists and these credentials may use it.
+        """Raise `S3StorageError` unless the bucket exists and these credentials may list it.
 
-        For readiness probes and start-up checks: a HEAD on the bucket, nothing is written.
+        For readiness probes and start-up checks: one ListObjectsV2 request, nothing is written.
         """
-        response = await self._send("HEAD", self._bucket_url())
-        if response.status_code != 200:
-            raise S3StorageError(
-                f"HEAD bucket {self._bucket}: HTTP {response.status_code}", status=response.status_code
-            )
+        try:
+            async for _ in obstore.list(self._store, chunk_size=1):
+                break
+        except _FAILURES as exc:
+            raise _translate("LIST", self._bucket, exc) from exc
 
     async def aclose(self) -> None:
-        """Close the HTTP client if this store built it; a client passed in belongs to the caller."""
-        if self._owns_client:
-            await self._client.aclose()
+        """Nothing to release: object_store's connection pool goes with the store."""

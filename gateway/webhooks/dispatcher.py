@@ -28,6 +28,7 @@ from gateway.db import webhooks as wq
 from gateway.db.notifications import WEBHOOKS_CHANNEL, Listener
 from gateway.db.pool import Pool
 from gateway.errors import ValidationFailed
+from gateway.observability.context import REQUEST_ID_HEADER, bind
 from gateway.webhooks.signing import sign
 from gateway.webhooks.urls import check_webhook_url
 from gateway.worker.drain import drain
@@ -137,7 +138,12 @@ class WebhookDispatcher:
                 await asyncio.wait_for(self._wake.wait(), timeout=max(wait_s, 0.05))
 
     async def _deliver(self, row: Any) -> None:
-        """One attempt; the outcome is written under the claim's fencing token."""
+        """One attempt; the outcome is written under the claim's fencing token. Its log lines carry the
+        id of the request that created the job, as the delivery's X-Request-Id header does."""
+        with bind(request_id=row["request_id"], tenant_id=str(row["tenant_id"]), job_id=None, engine=None):
+            await self._deliver_logged(row)
+
+    async def _deliver_logged(self, row: Any) -> None:
         failure = await self.attempt(row)
         attempt: int = row["attempts"]
         try:
@@ -177,6 +183,8 @@ class WebhookDispatcher:
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signature,
         }
+        if row.get("request_id"):  # a job's event: the id of the request that created the job
+            headers[REQUEST_ID_HEADER] = row["request_id"]
         request = checked.request_args()
         headers.update(request.pop("headers", {}))
         try:

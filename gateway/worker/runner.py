@@ -27,6 +27,9 @@ from gateway.db import jobs as jq
 from gateway.db.pool import Pool
 from gateway.domain.generation import EngineAttempt, EngineRequest, ImageInput
 from gateway.metrics import Metrics
+from gateway.observability import context
+from gateway.observability.context import LogFields
+from gateway.observability.tracing import Attributes, current_context, link_to, span
 from gateway.routing.errors import AllEnginesFailed, NoEngineCanServe, RequestRejected
 from gateway.routing.router import Router
 from gateway.storage.base import BlobStore
@@ -178,7 +181,28 @@ class JobRunner:
         """Run one job we hold the lease on, then settle it (exactly once, whoever finishes).
 
         Returns the job as this settlement left it when that is the whole story (a first run that
-        succeeded), so a sync request can answer without reading the job back; otherwise None."""
+        succeeded), so a sync request can answer without reading the job back; otherwise None.
+
+        Its log lines carry the job, its tenant and the id of the request that created it. Its span
+        is a child of that request's when the request waits for it (sync), else the root of a trace
+        of its own that links to the request's span."""
+        fields = LogFields(request_id=job["request_id"], tenant_id=str(job["tenant_id"]), job_id=str(job["id"]))
+        token = context.start(fields)
+        try:
+            links = link_to(job["traceparent"]) if current_context() is None else None
+            attributes: Attributes = {
+                "gateway.job_id": fields.job_id,
+                "gateway.tenant_id": fields.tenant_id,
+                "gateway.request_id": fields.request_id,
+                "gateway.operation": job["operation"],
+                "gateway.job.run": job["runs"],
+            }
+            with span("job.run", attributes, links=links):
+                return await self._execute(job)
+        finally:
+            context.finish(token)
+
+    async def _execute(self, job: asyncpg.Record) -> Finished | None:
         job_id: UUID = job["id"]
         progress = {"value": 0.0, "written": 0.0}
         lost = asyncio.Event()
@@ -265,6 +289,13 @@ class JobRunner:
             await jq.renew_lease_or_cancel(conn, job_id, self.owner, self.settings.lease_s)
 
     async def _settle(self, job: asyncpg.Record, outcome: Outcome, *, unless_canceled: bool) -> Settlement:
+        attributes: Attributes = {"gateway.job.state": outcome.state, "gateway.images": len(outcome.images)}
+        with span("billing.settlement", attributes) as current:
+            settlement = await self._settle_statement(job, outcome, unless_canceled=unless_canceled)
+            current.set_attribute("gateway.settlement.status", settlement.status.value)
+            return settlement
+
+    async def _settle_statement(self, job: asyncpg.Record, outcome: Outcome, *, unless_canceled: bool) -> Settlement:
         args = settlement_args(
             job["id"],
             job["unit_price"],

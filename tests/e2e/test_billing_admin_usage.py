@@ -40,9 +40,16 @@ async def costed(make_gateway: Callable[..., Awaitable[Gateway]], fake_api2conve
             **polling,
         },
         # Configured for its unit cost only: the rollup rows below stand for its past work.
-        "gpu": {"kind": "diffusion", "base_url": "http://127.0.0.1:9", "cost_per_gpu_second": COST_PER_GPU_SECOND},
+        "gpu": {
+            "kind": "diffusion",
+            "base_url": "http://127.0.0.1:9",
+            "api_key_env": "GPU_SECRET",  # a remote GPU worker is refused without its shared secret
+            "cost_per_gpu_second": COST_PER_GPU_SECOND,
+        },
     }
-    return await make_gateway(engines=engines, routes={"text-to-image": ["a2c", "qolaba"]})
+    return await make_gateway(
+        environ={"GPU_SECRET": "shared"}, engines=engines, routes={"text-to-image": ["a2c", "qolaba"]}
+    )
 
 
 async def admin_usage(gw: Gateway, query: str, **headers: str) -> Any:
@@ -145,7 +152,7 @@ async def test_the_dashboard_margin_table_shows_what_the_usage_api_reports(coste
     costed.client.follow_redirects = False  # sign_in checks the redirect itself
     await sign_in(costed, costed.operator_key)
     page = (await costed.client.get("/dashboard/admin")).text
-    table = page[page.index('<table class="margins">') : page.index("</table>", page.index('class="margins"'))]
+    table = page[page.index('<table class="margins"') : page.index("</table>", page.index('class="margins"'))]
     for engine in ("a2c", "qolaba"):
         row = table[table.index(f'<th scope="row">{engine}</th>') :].split("</tr>", 1)[0]
         cells = [c.split("<", 1)[0] for c in row.split('<td class="num">')[1:]]

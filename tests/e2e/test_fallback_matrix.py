@@ -8,13 +8,21 @@ ledger audit stays clean.
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 import time
+from datetime import datetime
 from typing import Any
 from uuid import UUID
+
+import pytest
 
 from tests.conftest import Gateway
 from tests.e2e.test_generation_billing import T2I, audit_clean, auth
 from tests.fakes.base import FakeVendor, Faults
+from tests.fakes.images import png
+
+IMAGE = base64.b64encode(png(512, 512)).decode()
 
 UNIT_PRICE = 0.4  # credits per 512x512 image at 30 steps in the default price book
 
@@ -190,3 +198,96 @@ async def test_failed_probe_opens_the_breaker_again(make_gateway: Any) -> None:
     assert submits(a2c) == before + 1  # exactly one probe
     assert (await engines(gw))["a2c"]["breaker"]["state"] == "open"
     await audit_clean(gw)
+
+
+async def test_a_fallback_that_would_ignore_the_asked_seed_is_not_used_and_nothing_is_charged(gateway: Gateway) -> None:
+    _, key = await gateway.tenant(credits=10)
+    gateway.extra["a2c"].fail_with_status(502)
+    # qolaba takes no seed: an image from it would not be the one asked for.
+    response = await gateway.client.post("/v1/text-to-image", json={**T2I, "seed": 1234}, headers=auth(key))
+    assert response.status_code == 503, response.text
+    job = problem_job(response)
+    assert {a["engine"] for a in job["attempts"]} == {"a2c"}  # retried alone, qolaba never tried
+    assert submits(gateway.extra["qolaba"]) == 0
+    assert await charges(gateway, job["id"]) == []
+    assert await balance(gateway, key) == 10
+    await audit_clean(gateway)
+
+
+async def test_each_attempt_records_what_its_engine_was_sent(gateway: Gateway) -> None:
+    _, key = await gateway.tenant(credits=10)
+    gateway.extra["a2c"].fail_with_status(502)
+    body = {**T2I, "negative_prompt": "fog", "guidance_scale": 6.0}
+    response = await gateway.client.post("/v1/text-to-image", json=body, headers=auth(key))
+    job = response.json()
+    assert response.status_code == 200, job
+    failed, served = job["attempts"]
+    assert (failed["engine"], served["engine"]) == ("a2c", "qolaba")
+    assert failed["received"]["steps"] == 30
+    assert failed["received"]["negative_prompt"] == "fog"
+    # qolaba has no steps or seed parameter; the seed was the gateway's choice, steps the default.
+    assert "steps" not in served["received"]
+    assert "seed" not in served["received"]
+    assert (served["received"]["guidance_scale"], served["received"]["width"]) == (6.0, 512)
+    stored = (await gateway.client.get(f"/v1/jobs/{job['id']}", headers=auth(key))).json()
+    assert [a["received"] for a in stored["attempts"]] == [failed["received"], served["received"]]
+
+
+async def test_a_field_no_routed_engine_honours_is_a_422_naming_it(gateway: Gateway) -> None:
+    _, key = await gateway.tenant(credits=10)
+    # image-to-image routes to aithriving alone, whose form has no negative prompt.
+    body = {"prompt": "x", "image": IMAGE, "negative_prompt": "fog", "width": 512, "height": 512}
+    response = await gateway.client.post("/v1/image-to-image", json=body, headers=auth(key))
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert [e["field"] for e in problem["errors"]] == ["negative_prompt"]
+    assert "ait" in problem["errors"][0]["message"]
+    assert submits(gateway.extra["ait"]) == 0
+    assert await balance(gateway, key) == 10
+
+
+async def test_vendor_refusing_our_credentials_opens_the_breaker_at_once_and_shows_on_the_engine(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, key = await gateway.tenant(credits=10)
+    a2c = gateway.extra["a2c"]
+    a2c.fail_with_status(401)
+    before = time.time()
+    with caplog.at_level(logging.ERROR, logger="gateway.routing.router"):
+        response = await gateway.client.post("/v1/text-to-image", json=T2I, headers=auth(key))
+    job = response.json()
+    assert response.status_code == 200, job
+    assert job["engine"] == "qolaba"
+    attempts = [(a["engine"], a.get("error_class")) for a in job["attempts"]]
+    assert attempts == [("a2c", "credentials_refused"), ("qolaba", None)]
+    refused = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and "a2c" in r.getMessage()]
+    assert len(refused) == 1
+    assert "refused our credentials" in refused[0]
+
+    state = (await engines(gateway))["a2c"]
+    # One refusal is enough (the breaker needs 5 failures otherwise): no retry mends a bad key.
+    assert (state["status"], state["breaker"]["state"]) == ("credentials_refused", "open")
+    refused_at = datetime.fromisoformat(state["credentials_refused_at"])
+    assert before - 1 <= refused_at.timestamp() <= time.time() + 1
+
+    # The next request does not reach the vendor.
+    submitted = submits(a2c)
+    job = (await gateway.client.post("/v1/text-to-image", json=T2I, headers=auth(key))).json()
+    assert (job["engine"], job["attempts"][0]["outcome"]) == ("qolaba", "skipped")
+    assert submits(a2c) == submitted
+    await audit_clean(gateway)
+
+
+async def test_credentials_refused_by_the_only_engine_is_a_503_with_the_job_and_no_charge(gateway: Gateway) -> None:
+    _, key = await gateway.tenant(credits=10)
+    gateway.extra["a2c"].fail_with_status(403)
+    response = await gateway.client.post("/v1/text-to-image", json={**T2I, "engines": ["a2c"]}, headers=auth(key))
+    assert response.status_code == 503, response.text
+    job = problem_job(response)
+    assert job["state"] == "failed"
+    assert job["attempts"][0]["error_class"] == "credentials_refused"
+    assert submits(gateway.extra["a2c"]) == 1  # tried once; the open breaker stops the retries
+    assert await charges(gateway, job["id"]) == []
+    assert await balance(gateway, key) == 10
+    await audit_clean(gateway)

@@ -6,7 +6,7 @@ import base64
 import io
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from litestar import Litestar, Request, Response, post
 from litestar.datastructures import UploadFile
@@ -25,6 +25,12 @@ class FakeAithriving(FakeVendor):
     vendor: str = "aithriving"
     served: int = 0
 
+    READINGS: ClassVar[tuple[str, ...]] = (
+        "authorization_header",  # the example's `Authorization: <token>`, not the table's `Authentication`
+        "data_url_image",  # data.image as a data: URL rather than bare base64
+        "filename_extension",  # init_image must be uploaded under a file name with an image extension
+    )
+
     def reset_state(self) -> None:
         self.served = 0
 
@@ -37,6 +43,9 @@ class FakeAithriving(FakeVendor):
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 data = await value.read()
+                named = (value.filename or "").rsplit(".", 1)[-1].lower() in ("png", "jpg", "jpeg", "webp")
+                if "filename_extension" in self.readings and not named:
+                    self.violation(f"{key}: uploaded as {value.filename!r}, without an image extension")
                 try:
                     Image.open(io.BytesIO(data)).verify()
                 except (UnidentifiedImageError, OSError):
@@ -53,7 +62,8 @@ class FakeAithriving(FakeVendor):
         async def image_to_image(request: Request[Any, Any, Any]) -> Response[Any]:
             fields = await fake._form(request)
             fake.record(request, fields)
-            if request.headers.get("authentication") != fake.api_key:
+            header = "authorization" if "authorization_header" in fake.readings else "authentication"
+            if request.headers.get(header) != fake.api_key:
                 return Response({"code": -1, "message": "invalid api key"}, status_code=401)
             if (fault := await fake.intercept("submit")) is not None:
                 return fault
@@ -67,6 +77,8 @@ class FakeAithriving(FakeVendor):
                 return Response({"code": -1, "message": "generation failed, not charged"})
             seed = body.get("seed") or random.randint(1, 4294967295)
             image = base64.b64encode(png(body["width"], body["height"])).decode("ascii")
+            if "data_url_image" in fake.readings:
+                image = f"data:image/png;base64,{image}"
             return Response({"code": 0, "message": "success", "data": {"image": image, "seed": seed}})
 
         return Litestar([image_to_image], debug=False)

@@ -6,7 +6,7 @@ import base64
 import binascii
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from litestar import Litestar, Request, Response, delete, get, post
 
@@ -53,6 +53,11 @@ class FakeApi2Convert(FakeVendor):
     vendor: str = "api2convert"
     jobs: dict[str, FakeJob] = field(default_factory=dict)
 
+    READINGS: ClassVar[tuple[str, ...]] = (
+        "canonical_headers",  # only the SDK's X-Api2convert-* header names, not the pages' X-Oc-* ones
+        "outputs_without_source",  # output[] entries that do not say which conversion made them
+    )
+
     def reset_state(self) -> None:
         self.jobs.clear()
 
@@ -60,7 +65,8 @@ class FakeApi2Convert(FakeVendor):
         return {"code": 99, "message": f"HTTP {status}", "errors": {}}
 
     def _authorized(self, request: Request[Any, Any, Any]) -> bool:
-        return request.headers.get("x-oc-api-key") == self.api_key
+        header = "x-api2convert-api-key" if "canonical_headers" in self.readings else "x-oc-api-key"
+        return request.headers.get(header) == self.api_key
 
     def _finish(self, job: FakeJob) -> None:
         if self.faults.fail_job:
@@ -68,6 +74,7 @@ class FakeApi2Convert(FakeVendor):
             job.errors = [{"source": "conversion", "id_source": job.conversions[0]["id"], "code": 99, "message": "x"}]
             return
         count = len(job.conversions) if self.faults.outputs is None else min(self.faults.outputs, len(job.conversions))
+        unsourced = "outputs_without_source" in self.readings
         for index, conversion in enumerate(job.conversions):
             if index >= count:
                 job.warnings.append({"source": "conversion", "id_source": conversion["id"], "code": 51, "message": "x"})
@@ -75,7 +82,7 @@ class FakeApi2Convert(FakeVendor):
             job.output.append(
                 {
                     "id": str(uuid.uuid4()),
-                    "source": {"conversion": conversion["id"], "input": []},
+                    **({} if unsourced else {"source": {"conversion": conversion["id"], "input": []}}),
                     "uri": f"{self.base_url}/dl/{job.id}/{index}",
                     "status": "enabled",
                     "content_type": "image/png",
@@ -147,14 +154,17 @@ class FakeApi2Convert(FakeVendor):
         async def download(request: Request[Any, Any, Any]) -> Response[Any]:
             job_id, index = request.path_params["job_id"], request.path_params["index"]
             fake.record(request)
-            if request.headers.get("x-oc-api-key") is not None:
+            if request.headers.get("x-oc-api-key") or request.headers.get("x-api2convert-api-key"):
                 fake.violation("download: the account key was sent to the download host")
             if (fault := await fake.intercept("download")) is not None:
                 return fault
             job = fake.jobs[job_id]
             options = job.conversions[index].get("options", {})
             password = options.get("download_password")
-            sent = request.headers.get("x-oc-download-password", "")
+            header = (
+                "x-api2convert-download-password" if "canonical_headers" in fake.readings else "x-oc-download-password"
+            )
+            sent = request.headers.get(header, "")
             if password is not None and password not in sent.split(","):
                 return Response({"message": "Password required"}, status_code=401)
             return Response(png(int(options.get("width", 64)), int(options.get("height", 64))), media_type="image/png")

@@ -6,7 +6,7 @@ import asyncio
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from litestar import Litestar, Request, Response
 
@@ -76,6 +76,11 @@ class FakeVendor(ABC):
     calls: list[Call] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     base_url: str = ""
+    # Where the vendor's pages can be read two ways, the fake follows the reading the adapter was
+    # written from; each name switched on here makes it follow the other one (READINGS lists them).
+    readings: set[str] = field(default_factory=set)
+
+    READINGS: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         self.spec = VendorSpec(self.vendor)
@@ -90,6 +95,7 @@ class FakeVendor(ABC):
             self.faults = Faults()
             self.calls.clear()
             self.violations.clear()
+            self.readings.clear()
             self.reset_state()
 
     @abstractmethod
@@ -111,6 +117,13 @@ class FakeVendor(ABC):
 
     def fail_job(self) -> None:
         self.faults.fail_job = True
+
+    def read_as(self, *readings: str) -> None:
+        """Follow the other reading of each named ambiguity (one of READINGS)."""
+        unknown = set(readings) - set(self.READINGS)
+        if unknown:
+            raise ValueError(f"{self.vendor} has no reading {sorted(unknown)}; known: {self.READINGS}")
+        self.readings.update(readings)
 
     def slow_job(self, polls: int) -> None:
         self.faults.polls_before_done = polls

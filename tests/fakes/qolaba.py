@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 from litestar import Litestar, Request, Response, get, post
@@ -46,10 +46,22 @@ class FakeQolaba(FakeVendor):
     fetch_inputs: bool = False
     fetched: list[tuple[str, int, bytes]] = field(default_factory=list)
 
+    # The task fails through `status` alone, error and error_data left empty (set to e.g. "FAILURE").
+    failed_status: str | None = None
+
+    READINGS: ClassVar[tuple[str, ...]] = (
+        "one_spelling",  # image-to-image and inpainting both at /getImagetoImage; /getImageToImage is a 404
+        "raw_token",  # `Authorization: <token>` (the image-to-image page), not `Bearer <token>`
+        "output_string",  # `output` is one string (the envelope's documented type), not a list
+        "synchronous",  # `celery` ignored: the answer carries the output at once
+        "file_url_field",  # the input image URL under `file_url` (002's description), not `image`
+    )
+
     def reset_state(self) -> None:
         self.tasks.clear()
         self.fetch_inputs = False
         self.fetched.clear()
+        self.failed_status = None
 
     async def _fetch_inputs(self, body: dict[str, Any]) -> str | None:
         """GET each input URL; the reason the task cannot run when one does not answer 200."""
@@ -68,11 +80,15 @@ class FakeQolaba(FakeVendor):
         return envelope(error="internal error", error_data=f"HTTP {status}", status="FAILURE")
 
     def _authorized(self, request: Request[Any, Any, Any]) -> bool:
-        return request.headers.get("authorization") == f"Bearer {self.api_key}"
+        expected = self.api_key if "raw_token" in self.readings else f"Bearer {self.api_key}"
+        return request.headers.get("authorization") == expected
 
-    def _outputs(self, task: FakeTask) -> list[str]:
+    def _outputs(self, task: FakeTask) -> list[str] | str:
         count = task.batch if self.faults.outputs is None else min(self.faults.outputs, task.batch)
-        return [f"{self.base_url}/files/{task.id}/{i}.png" for i in range(count)]
+        urls = [f"{self.base_url}/files/{task.id}/{i}.png" for i in range(count)]
+        if "output_string" in self.readings:
+            return urls[0] if urls else ""  # one string holds one image
+        return urls
 
     async def _generate(self, request: Request[Any, Any, Any], path: str) -> Response[Any]:
         body = await request.json()
@@ -81,6 +97,12 @@ class FakeQolaba(FakeVendor):
             return Response(envelope(error="unauthorized"), status_code=401)
         if (fault := await self.intercept("submit")) is not None:
             return fault
+        if "file_url_field" in self.readings and path != "/getTextToImage":
+            if "image" in body or "file_url" not in body:
+                return Response(envelope(error="invalid request", error_data="file_url is required"), status_code=422)
+            body = {("image" if k == "file_url" else k): v for k, v in body.items()}  # for the schema check
+        if path == "/getImagetoImage" and "one_spelling" in self.readings and "mask_url" not in body:
+            path = "/getImageToImage"  # image-to-image under the one spelling: its own schema applies
         if problems := self.check("post", path, "application/json", body):
             return Response(envelope(error="invalid request", error_data="; ".join(problems)), status_code=400)
         if self.fetch_inputs and (unfetchable := await self._fetch_inputs(body)) is not None:
@@ -92,7 +114,9 @@ class FakeQolaba(FakeVendor):
             height=int(body.get("height", 512)),
         )
         self.tasks[task.id] = task
-        if not body.get("celery"):
+        if not body.get("celery") or "synchronous" in self.readings:
+            if self.faults.fail_job:
+                return Response(envelope(app_id=body["app_id"], task_id=task.id, status="FAILURE", error="failed"))
             return Response(envelope(app_id=body["app_id"], task_id=task.id, status=DONE, output=self._outputs(task)))
         return Response(envelope(app_id=body["app_id"], task_id=task.id, status=PENDING))
 
@@ -105,6 +129,9 @@ class FakeQolaba(FakeVendor):
 
         @post("/getImageToImage", status_code=200)
         async def image_to_image(request: Request[Any, Any, Any]) -> Response[Any]:
+            if "one_spelling" in fake.readings:
+                fake.record(request)
+                return Response({"detail": "Not Found"}, status_code=404)
             return await fake._generate(request, "/getImageToImage")
 
         @post("/getImagetoImage", status_code=200)
@@ -128,6 +155,8 @@ class FakeQolaba(FakeVendor):
             if task.polls < fake.faults.polls_before_done:
                 status = PENDING if task.polls % 2 else fake.odd_status
                 return Response(envelope(task_id=task.id, status=status))
+            if fake.failed_status is not None:
+                return Response(envelope(task_id=task.id, status=fake.failed_status))
             if fake.faults.fail_job:
                 return Response(envelope(task_id=task.id, status="FAILURE", error="generation failed"))
             outputs = fake._outputs(task)

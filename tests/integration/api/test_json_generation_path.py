@@ -18,7 +18,18 @@ from tests.fakes.images import png
 
 _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|msg_[0-9a-f]+|[A-Za-z0-9_-]{43}")
 # What differs between two runs of the same request: ids, times, and the tenant's key.
-_VARYING = {"id", "created_at", "updated_at", "finished_at", "started_at", "expires_at", "url", "seed", "latency_ms"}
+_VARYING = {
+    "id",
+    "created_at",
+    "updated_at",
+    "finished_at",
+    "started_at",
+    "expires_at",
+    "url",
+    "seed",
+    "latency_ms",
+    "request_id",
+}
 _HEADERS = ("content-type", "location", "retry-after", "www-authenticate", "idempotent-replayed")
 
 

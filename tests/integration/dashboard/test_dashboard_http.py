@@ -296,3 +296,26 @@ async def test_rotating_a_key_shows_the_new_secret_once_and_retires_the_old_one(
     again = await gateway.client.get("/dashboard/keys")
     assert new not in again.text
     assert new[-4:] in again.text
+
+
+async def test_the_operator_page_shows_an_engine_whose_credentials_the_vendor_refused(gateway: Gateway) -> None:
+    _, key = await gateway.tenant(credits=10)
+    gateway.extra["a2c"].fail_with_status(401)
+    await generate(gateway, key)  # a2c refuses our key; qolaba serves
+    await sign_in(gateway, gateway.operator_key)
+    page = (await gateway.client.get("/dashboard/admin")).text
+    row = next(line for line in page.split("<tr>") if ">a2c<" in line)
+    assert "credentials refused" in row
+    assert "<time datetime=" in row
+    other = next(line for line in page.split("<tr>") if ">qolaba<" in line)
+    assert "credentials refused" not in other
+
+
+async def test_the_job_page_shows_what_each_engine_was_sent(gateway: Gateway) -> None:
+    _, key = await gateway.tenant(credits=5)
+    job = await generate(gateway, key, seed=4242, negative_prompt="fog")
+    await sign_in(gateway, key)
+    page = (await gateway.client.get(f"/dashboard/jobs/{job['id']}")).text
+    row = next(line for line in page.split("<tr>") if f"<td>{job['engine']}</td>" in line)
+    assert "seed=4242" in row
+    assert "negative_prompt=fog" in row

@@ -17,6 +17,7 @@ import pytest
 from gateway.domain.generation import OPERATIONS, EngineRequest, EngineResult, Operation
 from gateway.engines.base import (
     Engine,
+    EngineCredentialsRefused,
     EngineRateLimited,
     EngineRejected,
     EngineTimeout,
@@ -67,6 +68,22 @@ async def check_generates_requested_images(subject: Subject) -> None:
         assert info.media_type == image.media_type
         assert (image.width, image.height) == (info.width, info.height)
     assert all(0.0 <= fraction <= 1.0 for fraction in subject.progress)
+
+
+async def check_generates_one_image(subject: Subject) -> None:
+    """One image comes back, decodable (the check every reading of a vendor's pages must pass)."""
+    result = await subject.generate(1)
+    assert [image.index for image in result.images] == [0]
+    assert inspect_image(result.images[0].data) is not None
+
+
+async def check_credentials_refused_is_its_own_failure(subject: Subject) -> None:
+    """A 401 on our key is the operator's problem: EngineCredentialsRefused (retryable elsewhere)."""
+    subject.control.fail_with_status(401)
+    with pytest.raises(EngineCredentialsRefused) as caught:
+        await subject.generate()
+    assert caught.value.retryable
+    assert "refused our credentials" in caught.value.message
 
 
 async def check_waits_for_a_slow_job(subject: Subject) -> None:
@@ -151,5 +168,14 @@ CHECKS: tuple[Callable[[Subject], Awaitable[None]], ...] = (
     check_malformed_answer_is_unavailable,
     check_failed_job_is_unavailable,
     check_polling_failure_is_retryable,
+    check_credentials_refused_is_its_own_failure,
 )
 """Every contract check, for `pytest.mark.parametrize`."""
+
+READING_CHECKS: tuple[Callable[[Subject], Awaitable[None]], ...] = (
+    check_generates_one_image,
+    check_waits_for_a_slow_job,
+    check_failed_job_is_unavailable,
+    check_credentials_refused_is_its_own_failure,
+)
+"""The checks run again with the fake following each other reading of the vendor's pages."""

@@ -36,6 +36,9 @@ async def test_engines_are_listed_in_configuration_order_with_capabilities_and_l
     assert (caps["min_side"], caps["max_side"], caps["side_multiple"], caps["max_n"]) == (512, 1536, 64, 4)
     assert (caps["min_guidance"], caps["max_guidance"]) == (2.0, 25.0)
     assert caps["operations"] == sorted(caps["operations"])
+    # What it passes on per operation: never steps or seed; for inpaint no size or guidance either.
+    assert caps["honours"]["inpaint"] == ["model", "negative_prompt"]
+    assert "steps" not in caps["honours"]["text-to-image"]
 
 
 async def test_tenant_keys_cannot_see_engines(gateway: Gateway) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.engines.base import EngineTimeout, EngineUnavailable
+from gateway.engines.base import EngineCredentialsRefused, EngineTimeout, EngineUnavailable
 from gateway.engines.registry import build_client, build_engine
 from tests.fakes.aithriving import FakeAithriving
 from tests.fakes.api2convert import FakeApi2Convert
@@ -97,6 +97,19 @@ async def test_qolaba_polls_through_unknown_statuses_with_bearer_auth(fake_qolab
     assert all("authorization" not in c.headers for c in fake_qolaba.calls if c.method == "GET")
 
 
+async def test_qolaba_task_failing_only_through_status_is_answered_at_the_first_poll(fake_qolaba: FakeQolaba) -> None:
+    fake_qolaba.failed_status = "FAILURE"  # error and error_data stay empty
+    # A budget far beyond the test: reaching it would mean the failure was polled past.
+    config = engine_config("qolaba", fake_qolaba.base_url, timeout_s=30.0)
+    engine = build_engine("q", config, build_client(config))
+    try:
+        with pytest.raises(EngineUnavailable, match="status FAILURE"):
+            await engine.generate(sample_request("text-to-image"), _nothing)
+    finally:
+        await engine.aclose()
+    assert len([c for c in fake_qolaba.calls if c.path == "/getImage"]) == 1
+
+
 async def test_qolaba_inpaint_goes_to_the_inpainting_path_with_the_mask_url(fake_qolaba: FakeQolaba) -> None:
     config = engine_config("qolaba", fake_qolaba.base_url)
     engine = build_engine("q", config, build_client(config))
@@ -122,6 +135,63 @@ async def test_aithriving_sends_inverted_strength_under_the_authentication_heade
     assert all(c.headers["authentication"] == "test-key" for c in fake_aithriving.calls)
 
 
+async def test_aithriving_with_only_base_url_and_key_serves_a_vendor_written_from_the_example(
+    fake_aithriving: FakeAithriving,
+) -> None:
+    # The issue's operator: no auth_header option, a server that reads `Authorization: <token>`.
+    fake_aithriving.read_as("authorization_header")
+    config = engine_config("aithriving", fake_aithriving.base_url)
+    engine = build_engine("ai", config, build_client(config))
+    try:
+        result = await engine.generate(sample_request("image-to-image"), _nothing)
+    finally:
+        await engine.aclose()
+    assert len(result.images) == 1
+    (call,) = fake_aithriving.calls
+    assert (call.headers["authorization"], call.headers["authentication"]) == ("test-key", "test-key")
+
+
+async def test_aithriving_auth_header_option_sends_the_key_under_that_name_only(
+    fake_aithriving: FakeAithriving,
+) -> None:
+    fake_aithriving.read_as("authorization_header")
+    config = engine_config("aithriving", fake_aithriving.base_url, options={"auth_header": "Authorization"})
+    engine = build_engine("ai", config, build_client(config))
+    try:
+        await engine.generate(sample_request("image-to-image"), _nothing)
+    finally:
+        await engine.aclose()
+    assert "authentication" not in fake_aithriving.calls[0].headers
+
+
+async def test_qolaba_keeps_the_path_spelling_and_token_form_that_worked(fake_qolaba: FakeQolaba) -> None:
+    fake_qolaba.read_as("one_spelling", "raw_token")
+    config = engine_config("qolaba", fake_qolaba.base_url)
+    engine = build_engine("q", config, build_client(config))
+    try:
+        await engine.generate(sample_request("image-to-image"), _nothing)
+        first = len(fake_qolaba.calls)
+        await engine.generate(sample_request("image-to-image"), _nothing)
+    finally:
+        await engine.aclose()
+    posts = [(c.path, c.headers["authorization"]) for c in fake_qolaba.calls[first:] if c.method == "POST"]
+    # The second job goes straight to what answered: no 404, no refused Bearer.
+    assert posts[0] == ("/getImagetoImage", "test-key")
+    assert all(auth == "test-key" for _, auth in posts)
+
+
+async def test_qolaba_auth_scheme_option_pins_the_form(fake_qolaba: FakeQolaba) -> None:
+    fake_qolaba.read_as("raw_token")
+    config = engine_config("qolaba", fake_qolaba.base_url, options={"auth_scheme": "bearer"})
+    engine = build_engine("q", config, build_client(config))
+    try:
+        with pytest.raises(EngineCredentialsRefused):
+            await engine.generate(sample_request("text-to-image"), _nothing)
+    finally:
+        await engine.aclose()
+    assert len(fake_qolaba.calls) == 1  # no second try under the other form
+
+
 async def test_aithriving_keeps_the_images_made_before_the_engine_failed(fake_aithriving: FakeAithriving) -> None:
     config = engine_config("aithriving", fake_aithriving.base_url)
     engine = build_engine("ai", config, build_client(config))
@@ -135,3 +205,28 @@ async def test_aithriving_keeps_the_images_made_before_the_engine_failed(fake_ai
     await engine.aclose()
     assert [image.index for image in result.images] == [0]
     assert set(result.failed) == {1, 2}
+
+
+async def test_api2convert_base_url_with_the_version_still_reaches_v2_jobs(fake_api2convert: FakeApi2Convert) -> None:
+    # The SDK's OpenAPI server is https://api.api2convert.com/v2; the pages' Host is the bare host.
+    config = engine_config("api2convert", f"{fake_api2convert.base_url}/v2/")
+    engine = build_engine("a2c", config, build_client(config))
+    try:
+        result = await engine.generate(sample_request(), _nothing)
+    finally:
+        await engine.aclose()
+    assert len(result.images) == 1
+    assert {c.path for c in fake_api2convert.calls if c.method == "POST"} == {"/v2/jobs"}
+
+
+async def test_api2convert_refused_output_link_is_not_a_credentials_refusal(fake_api2convert: FakeApi2Convert) -> None:
+    # Output links are fetched without the account key: their 401 says nothing of our credentials.
+    fake_api2convert.fail_with_status(401, on="download")
+    config = engine_config("api2convert", fake_api2convert.base_url)
+    engine = build_engine("a2c", config, build_client(config))
+    try:
+        with pytest.raises(EngineUnavailable) as caught:
+            await engine.generate(sample_request(), _nothing)
+    finally:
+        await engine.aclose()
+    assert not isinstance(caught.value, EngineCredentialsRefused)

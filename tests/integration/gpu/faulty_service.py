@@ -31,7 +31,7 @@ class FaultInjectingModel(LoadedModel):
         self.control = control
         self.first_seed = first_seed
 
-    def call_pipeline(self, pipe: Any, kwargs: dict[str, Any]) -> list[Any]:
+    def call_pipeline(self, pipe: Any, kwargs: dict[str, Any]) -> Any:
         import torch
 
         faults = self.control.faults

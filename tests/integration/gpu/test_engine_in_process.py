@@ -89,7 +89,7 @@ class GatedModel(LoadedModel):
         self.progress_seen = threading.Event()
         self.released_by_progress = False
 
-    def call_pipeline(self, pipe: Any, kwargs: dict[str, Any]) -> list[Any]:
+    def call_pipeline(self, pipe: Any, kwargs: dict[str, Any]) -> Any:
         step_end = kwargs["callback_on_step_end"]
 
         def gated(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:

@@ -116,7 +116,7 @@ async def test_batched_requests_match_unbatched_ones_and_take_fewer_calls(demo_m
 class OomAboveOne(LoadedModel):
     """Raises torch's own out-of-memory error for any batch larger than one image."""
 
-    def call_pipeline(self, pipe: Any, kwargs: dict[str, Any]) -> list[Any]:
+    def call_pipeline(self, pipe: Any, kwargs: dict[str, Any]) -> Any:
         import torch
 
         if len(kwargs["prompt"]) > 1:
@@ -170,19 +170,80 @@ class RecordingModel(LoadedModel):
 
     calls: list[int]
 
-    def call_pipeline(self, pipe: Any, kwargs: dict[str, Any]) -> list[Any]:
+    def call_pipeline(self, pipe: Any, kwargs: dict[str, Any]) -> Any:
         self.calls.append(len(kwargs["prompt"]))
         return super().call_pipeline(pipe, kwargs)
 
 
 async def test_padding_batches_for_compiled_graphs_leaves_the_images_unchanged(demo_model: LoadedModel) -> None:
-    padded = RecordingModel(demo_model.pipelines["text-to-image"], family="sd15", device="cpu", max_batch=8)
+    padded = RecordingModel(demo_model.pipelines["text-to-image"], family="sd15", device="cpu")
     padded.calls = []
     padded.pad_batches = True  # what compile=True turns on; compiling itself only pays on a GPU
     key, works = await GpuService(gpu_config(), None, model=demo_model).admit(request(n=3))
     images = padded.run(Batch(key, works), lambda done, total: None)
     plain = demo_model.run(Batch(key, works), lambda done, total: None)
-    assert padded.calls == [4]  # 3 images padded to the next power of two
+    assert padded.calls == [4]  # 3 images padded to the next declared batch size (1, 2, 4, 8)
     assert len(images) == 3
     for mine, reference in zip(images, plain, strict=True):
         assert abs(pixels(mine) - pixels(reference)).max() <= PIXEL_TOLERANCE
+
+
+class KwargsRecorder(LoadedModel):
+    """Remembers the arguments of the last pipeline call."""
+
+    last: dict[str, Any]
+
+    def call_pipeline(self, pipe: Any, kwargs: dict[str, Any]) -> Any:
+        self.last = kwargs
+        return super().call_pipeline(pipe, kwargs)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+async def test_the_separate_decode_stage_gives_the_pipelines_own_images(
+    tmp_path: Path, demo_model_path: Path, family: str
+) -> None:
+    import numpy as np
+    import torch
+    from diffusers import DiffusionPipeline
+
+    path = demo_model_path if family == "sd15" else make_demo_model(tmp_path / "xl", family="sdxl")
+    base = DiffusionPipeline.from_pretrained(path, local_files_only=True)
+    model = KwargsRecorder(base, family="sdxl" if family == "sdxl" else "sd15", device="cpu")
+    key, works = await GpuService(gpu_config(), None, model=model).admit(request(n=2, negative_prompt="blurry"))
+    ours = model.decode(model.denoise(Batch(key, works), lambda done, total: None))
+    generators = [torch.Generator("cpu").manual_seed(w.seed) for w in works]
+    theirs = base(**{**model.last, "generator": generators, "output_type": "pil", "callback_on_step_end": None}).images
+    assert [np.asarray(image).tolist() for image in ours] == [np.asarray(image).tolist() for image in theirs]
+
+
+class ThreadRecorder(LoadedModel):
+    """Remembers which thread ran each pipeline call and each decode."""
+
+    denoise_threads: list[str]
+    decode_threads: list[str]
+
+    def call_pipeline(self, pipe: Any, kwargs: dict[str, Any]) -> Any:
+        import threading
+
+        self.denoise_threads.append(threading.current_thread().name)
+        return super().call_pipeline(pipe, kwargs)
+
+    def decode(self, denoised: Any) -> list[Any]:
+        import threading
+
+        self.decode_threads.append(threading.current_thread().name)
+        return super().decode(denoised)
+
+
+async def test_every_batch_of_the_service_runs_on_its_one_gpu_thread(demo_model: LoadedModel) -> None:
+    model = ThreadRecorder(demo_model.pipelines["text-to-image"], family="sd15", device="cpu")
+    model.denoise_threads, model.decode_threads = [], []
+    service = GpuService(gpu_config(max_batch=1, batch_window_ms=0.0), None, model=model)
+    requests = [request(seed=s, steps=2) for s in range(3)]
+    requests.append(request(operation="image-to-image", strength=0.5, steps=2, **inputs()))
+    await asyncio.gather(*(generate(service, r) for r in requests))
+    assert len(model.denoise_threads) == 4
+    assert set(model.denoise_threads) == {model.denoise_threads[0]}
+    assert model.denoise_threads[0].startswith("gpu_")
+    assert set(model.decode_threads) == {model.decode_threads[0]} != set(model.denoise_threads)
+    await service.aclose()

@@ -199,3 +199,44 @@ async def test_sigterm_starts_a_drain_and_the_server_exits_once_idle(demo_model:
 def test_gpu_worker_refuses_to_listen_without_a_shared_secret(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_gpu_worker(Settings(gpu=GpuConfig(model_path="/nonexistent"))) == 2
     assert "shared secret" in capsys.readouterr().err
+
+
+class DeviceFaultModel(LoadedModel):
+    """Fails its first pipeline call with the error torch raises after an illegal memory access."""
+
+    def call_pipeline(self, pipe: Any, kwargs: dict[str, Any]) -> Any:
+        import torch
+
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+
+
+async def test_a_cuda_error_other_than_out_of_memory_makes_the_service_unhealthy(demo_model: LoadedModel) -> None:
+    model = DeviceFaultModel(demo_model.pipelines["text-to-image"], family="sd15", device="cpu")
+    service = GpuService(gpu_config(), None, model=model)
+    app = create_gpu_app(gpu_config(), None, service=service)
+    async with asgi_client(app) as c:
+        failed = events(await c.post("/v1/generate", json=body(), headers=AUTH))[-1]
+        assert failed == protocol.Failed(kind="unavailable", message="device failure")
+        health = await c.get("/v1/health")
+        assert health.status_code == 503
+        decoded = msgspec.json.decode(health.content, type=protocol.Health)
+        assert decoded.status == "failed"
+        assert decoded.detail is not None
+        assert "illegal memory access" in decoded.detail
+        refused = await c.post("/v1/generate", json=body(), headers=AUTH)
+        assert refused.status_code == 503
+        assert msgspec.json.decode(refused.content, type=protocol.ErrorBody).kind == "unavailable"
+    await service.aclose()
+
+
+async def test_gpu_worker_exits_after_a_device_fault(demo_model: LoadedModel) -> None:
+    import uvicorn
+
+    service = GpuService(gpu_config(), None, model=demo_model)
+    server = DrainingServer(uvicorn.Config(create_gpu_app(gpu_config(), None, service=service)), service)
+    await server.on_tick(1)
+    assert not server.should_exit
+    service.fault = "device fault: AcceleratorError: CUDA error: an illegal memory access was encountered"
+    await server.on_tick(2)
+    assert server.should_exit
+    await service.aclose()

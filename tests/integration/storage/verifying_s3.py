@@ -3,8 +3,9 @@
 moto implements the S3 REST API faithfully but, by default, accepts any signature and never
 expires a presigned URL. AWS and MinIO refuse both, so this layer does what they do before a
 request reaches moto: it recomputes every signature (Authorization header or presigned query)
-with botocore's signer, an implementation independent of `gateway.storage.signing`, checks the
-payload hash, the clock skew and presigned expiry, and answers refusals with S3's error XML.
+with botocore's signer, an implementation independent of the store's (obstore's Rust signer), checks
+the payload hash, the clock skew and presigned expiry, and answers refusals with S3's error XML.
+Its clock can be moved forward, so a test sees a presigned URL expire without waiting for it.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import hmac
 import io
 import re
 import threading
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote
@@ -77,6 +79,10 @@ class SigV4Verifier:
 
     app: WSGIApplication
     secrets: Mapping[str, str]  # access key id -> secret key
+    clock_offset: timedelta = field(default=timedelta(0))  # added to the real time for every check
+
+    def _now(self) -> datetime:
+        return datetime.now(UTC) + self.clock_offset
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -122,7 +128,7 @@ class SigV4Verifier:
             raise _Refused(400, "AuthorizationHeaderMalformed", "Authorization header is not SigV4 for s3")
         secret = self._secret(match["key"])
         amz_date = headers.get("x-amz-date", "")
-        if abs(_parse_time(amz_date) - datetime.now(UTC)) > _MAX_SKEW:
+        if abs(_parse_time(amz_date) - self._now()) > _MAX_SKEW:
             raise _Refused(403, "RequestTimeTooSkewed", "The difference between the request time and now is large")
         content_sha256 = headers.get("x-amz-content-sha256", "")
         if content_sha256 != _UNSIGNED_PAYLOAD and content_sha256 != hashlib.sha256(body).hexdigest():
@@ -153,7 +159,7 @@ class SigV4Verifier:
             raise _Refused(400, "AuthorizationQueryParametersError", "Malformed query-string auth") from exc
         if not 0 <= expires_s <= _MAX_PRESIGN_EXPIRES_S:
             raise _Refused(400, "AuthorizationQueryParametersError", "X-Amz-Expires must be less than a week")
-        if datetime.now(UTC) > issued + timedelta(seconds=expires_s):
+        if self._now() > issued + timedelta(seconds=expires_s):
             raise _Refused(403, "AccessDenied", "Request has expired")
         secret = self._secret(access_key)
         request = AWSRequest(
@@ -172,7 +178,8 @@ class VerifyingS3Server:
     """moto's S3 behind `SigV4Verifier`, served by werkzeug on 127.0.0.1 on an ephemeral port."""
 
     def __init__(self, secrets: Mapping[str, str]) -> None:
-        app = SigV4Verifier(DomainDispatcherApplication(create_backend_app), secrets)
+        self._verifier = SigV4Verifier(DomainDispatcherApplication(create_backend_app), secrets)
+        app = self._verifier
         self._server: BaseWSGIServer = make_server(
             "127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler
         )
@@ -185,6 +192,15 @@ class VerifyingS3Server:
     @property
     def port(self) -> int:
         return self._server.server_port
+
+    @contextmanager
+    def clock_moved(self, by: timedelta) -> Iterator[None]:
+        """Judge signatures as if `by` had passed, for the duration of the `with` block."""
+        self._verifier.clock_offset = by
+        try:
+            yield
+        finally:
+            self._verifier.clock_offset = timedelta(0)
 
     def start(self) -> None:
         self._thread.start()

@@ -7,7 +7,8 @@ import msgspec
 import pytest
 
 from gateway.engines import api2convert as a2c
-from gateway.engines.base import EngineRateLimited, EngineRejected, EngineUnavailable
+from gateway.engines import api2convert_jobs as a2c_jobs
+from gateway.engines.base import EngineCredentialsRefused, EngineRateLimited, EngineRejected, EngineUnavailable
 from tests.fakes.samples import sample_request
 
 
@@ -78,9 +79,9 @@ def test_check_options_accepts_documented_options_only() -> None:
     assert "not a api2convert option" in str(a2c.check_options({"sampler": "x"}))
 
 
-def _job(**fields: object) -> a2c.Job:
+def _job(**fields: object) -> a2c_jobs.Job:
     document = {"id": "j", "status": {"code": "completed"}, **fields}
-    return msgspec.convert(document, a2c.Job)
+    return msgspec.convert(document, a2c_jobs.Job)
 
 
 def test_outputs_map_to_images_by_conversion_and_skip_disabled_files() -> None:
@@ -92,19 +93,19 @@ def test_outputs_map_to_images_by_conversion_and_skip_disabled_files() -> None:
         ],
         warnings=[{"source": "conversion", "id_source": "c0", "code": 51}],
     )
-    uris, failed = a2c.job_outputs(job, 2)
+    uris, failed = a2c_jobs.job_outputs(job, 2)
     assert uris == {1: "u1"}
     assert failed == {0: "no output (code 51)"}
 
 
 def test_outputs_without_a_source_fill_the_images_in_order() -> None:
-    uris, failed = a2c.job_outputs(_job(output=[{"uri": "a"}, {"uri": "b"}]), 3)
+    uris, failed = a2c_jobs.job_outputs(_job(output=[{"uri": "a"}, {"uri": "b"}]), 3)
     assert uris == {0: "a", 1: "b"}
     assert failed == {2: "no output"}
 
 
 def test_failed_job_names_its_codes_and_what_it_spent() -> None:
-    error = a2c.job_failure(_job(status={"code": "failed"}, errors=[{"source": "input", "code": 17}], spent=2))
+    error = a2c_jobs.job_failure(_job(status={"code": "failed"}, errors=[{"source": "input", "code": 17}], spent=2))
     assert isinstance(error, EngineUnavailable)
     assert error.message == "api2convert: job failed (input code 17)"
     assert error.spend_vendor_credits == 2
@@ -112,16 +113,16 @@ def test_failed_job_names_its_codes_and_what_it_spent() -> None:
 
 @pytest.mark.parametrize(
     ("status", "kind"),
-    [(400, EngineRejected), (401, EngineUnavailable), (402, EngineUnavailable), (500, EngineUnavailable)],
+    [(400, EngineRejected), (401, EngineCredentialsRefused), (402, EngineUnavailable), (500, EngineUnavailable)],
 )
 def test_http_errors_are_classified_by_status(status: int, kind: type[Exception]) -> None:
     response = httpx.Response(status, json={"code": 8, "message": "The JSON body is empty"})
-    error = a2c.http_failure(response, "create")
+    error = a2c_jobs.http_failure(response, "create")
     assert type(error) is kind
     assert "code 8" in error.message
 
 
 def test_429_carries_retry_after() -> None:
-    error = a2c.http_failure(httpx.Response(429, headers={"Retry-After": "3"}, text="busy"), "create")
+    error = a2c_jobs.http_failure(httpx.Response(429, headers={"Retry-After": "3"}, text="busy"), "create")
     assert isinstance(error, EngineRateLimited)
     assert error.retry_after == 3.0

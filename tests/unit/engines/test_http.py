@@ -8,7 +8,13 @@ import io
 import pytest
 from PIL import Image
 
-from gateway.engines.base import EngineRateLimited, EngineRejected, EngineTimeout, EngineUnavailable
+from gateway.engines.base import (
+    EngineCredentialsRefused,
+    EngineRateLimited,
+    EngineRejected,
+    EngineTimeout,
+    EngineUnavailable,
+)
 from gateway.engines.http import error_for_status, inspect_image, parse_retry_after
 from tests.fakes.images import png
 
@@ -26,7 +32,8 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     [
         (400, EngineRejected),
         (422, EngineRejected),
-        (401, EngineUnavailable),
+        (401, EngineCredentialsRefused),
+        (403, EngineCredentialsRefused),
         (402, EngineUnavailable),
         (404, EngineUnavailable),
         (429, EngineRateLimited),

@@ -74,6 +74,19 @@ def test_error_or_error_data_means_the_task_failed() -> None:
     assert qolaba.envelope_failure(qolaba.Envelope(error="", error_data="", status="WHATEVER"), "w") is None
 
 
+@pytest.mark.parametrize("status", ["FAILURE", "failed", "REVOKED", " Error ", "cancelled"])
+def test_a_failed_status_alone_means_the_task_failed(status: str) -> None:
+    failure = qolaba.envelope_failure(qolaba.Envelope(error="", error_data="", status=status), "w")
+    assert failure is not None
+    assert status.strip().upper() in failure.message
+
+
+def test_a_finished_status_without_output_is_a_failure_and_with_output_a_result() -> None:
+    assert qolaba.envelope_failure(qolaba.Envelope(status="SUCCESS", output=""), "w") is not None
+    assert qolaba.envelope_failure(qolaba.Envelope(status="SUCCESS", output=["https://x/1.png"]), "w") is None
+    assert qolaba.envelope_failure(qolaba.Envelope(status="PENDING", output=""), "w") is None
+
+
 def test_output_may_be_one_url_or_a_list() -> None:
     assert qolaba.output_refs(qolaba.Envelope(output="https://x/1.png")) == ["https://x/1.png"]
     assert qolaba.output_refs(qolaba.Envelope(output=["a", "", "b"])) == ["a", "b"]

@@ -18,17 +18,20 @@ def works(n: int, seed: int = 0, prompt: str = "p") -> list[ImageWork]:
 
 
 class FakeRunner:
-    """Encodes each image as "prompt/seed"; records batch sizes; can fail above a size."""
+    """Encodes each image as "prompt/seed"; records batch sizes and the threads of each stage;
+    can fail above a size."""
 
     def __init__(self, *, oom_above: int | None = None, delay_s: float = 0.0, steps: int = 4) -> None:
         self.calls: list[list[ImageWork]] = []
+        self.threads: dict[str, list[str]] = {"denoise": [], "decode": [], "encode": []}
         self.oom_above = oom_above
         self.delay_s = delay_s
         self.steps = steps
         self.gate = threading.Event()
         self.gate.set()
 
-    def run(self, batch: Batch, on_step: StepCallback) -> list[bytes]:
+    def denoise(self, batch: Batch, on_step: StepCallback) -> list[str]:
+        self.threads["denoise"].append(threading.current_thread().name)
         self.gate.wait(5)
         if self.oom_above is not None and len(batch.works) > self.oom_above:
             raise DeviceOutOfMemory("fake")
@@ -36,7 +39,18 @@ class FakeRunner:
         for step in range(1, self.steps + 1):
             threading.Event().wait(self.delay_s / self.steps)
             on_step(step, self.steps)
-        return [f"{w.prompt}/{w.seed}".encode() for w in batch.works]
+        return [f"{w.prompt}/{w.seed}" for w in batch.works]
+
+    def decode(self, denoised: list[str]) -> list[str]:
+        self.threads["decode"].append(threading.current_thread().name)
+        return denoised
+
+    def encode(self, image: str, output_format: str) -> bytes:
+        self.threads["encode"].append(threading.current_thread().name)
+        return image.encode()
+
+    def is_fatal(self, exc: BaseException) -> bool:
+        return "illegal memory access" in str(exc)
 
 
 def decoded(images: dict[int, bytes]) -> list[str]:
@@ -160,10 +174,10 @@ async def test_a_cancelled_request_is_not_generated() -> None:
 
 async def test_a_runner_crash_fails_the_batch_and_the_batcher_lives_on() -> None:
     class Crashing(FakeRunner):
-        def run(self, batch: Batch, on_step: StepCallback) -> list[bytes]:
+        def denoise(self, batch: Batch, on_step: StepCallback) -> list[str]:
             if batch.works[0].prompt == "boom":
-                raise RuntimeError("device fault")
-            return super().run(batch, on_step)
+                raise RuntimeError("a bug")
+            return super().denoise(batch, on_step)
 
     batcher = Batcher(Crashing(), max_batch=8, window_s=0.0)
     failed = await batcher.submit(KEY, works(1, prompt="boom"), lambda f: None)
@@ -180,3 +194,84 @@ async def test_empty_requests_need_no_device() -> None:
     assert outcome.images == {}
     assert outcome.failed == {}
     assert runner.calls == []
+
+
+async def test_every_batch_denoises_on_the_one_gpu_thread_and_decodes_on_another() -> None:
+    runner = FakeRunner()
+    batcher = Batcher(runner, max_batch=1, window_s=0.0)
+    await asyncio.gather(*(batcher.submit(KEY, works(1, seed=s), lambda f: None) for s in range(5)))
+    # Input decoding and other blocking work of the service use the default pool, never this thread.
+    default_pool = await asyncio.to_thread(lambda: threading.current_thread().name)
+    assert len(runner.threads["denoise"]) == 5
+    assert len(set(runner.threads["denoise"])) == 1
+    assert runner.threads["denoise"][0].startswith("gpu_")
+    assert set(runner.threads["decode"]) == {runner.threads["decode"][0]}
+    assert runner.threads["decode"][0].startswith("gpu-decode")
+    assert default_pool not in runner.threads["denoise"] + runner.threads["decode"]
+    assert not set(runner.threads["encode"]) & set(runner.threads["denoise"])
+    await batcher.aclose()
+
+
+async def test_the_next_batch_denoises_while_the_previous_one_is_still_decoding() -> None:
+    decoding = threading.Event()
+    release = threading.Event()
+
+    class SlowDecode(FakeRunner):
+        def decode(self, denoised: list[str]) -> list[str]:
+            decoding.set()
+            release.wait(5)
+            return super().decode(denoised)
+
+    runner = SlowDecode()
+    batcher = Batcher(runner, max_batch=1, window_s=0.0)
+    first = asyncio.create_task(batcher.submit(KEY, works(1, prompt="a"), lambda f: None))
+    second = asyncio.create_task(batcher.submit(KEY, works(1, prompt="b"), lambda f: None))
+    assert await asyncio.to_thread(decoding.wait, 5)
+    for _ in range(200):  # the second denoise runs while the first decode is still blocked
+        if len(runner.calls) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert [c[0].prompt for c in runner.calls] == ["a", "b"]
+    assert not first.done()
+    release.set()
+    assert decoded((await first).images) == ["a/0"]
+    assert decoded((await second).images) == ["b/0"]
+    await batcher.aclose()
+
+
+async def test_a_device_fault_fails_queued_work_and_reports_once() -> None:
+    faults: list[str] = []
+
+    class Faulting(FakeRunner):
+        def denoise(self, batch: Batch, on_step: StepCallback) -> list[str]:
+            if batch.works[0].prompt == "boom":
+                self.gate.wait(5)
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            return super().denoise(batch, on_step)
+
+    runner = Faulting()
+    runner.gate.clear()
+    batcher = Batcher(runner, max_batch=1, window_s=0.0, on_fault=faults.append)
+    boom = asyncio.create_task(batcher.submit(KEY, works(1, prompt="boom"), lambda f: None))
+    await asyncio.sleep(0.05)
+    queued = asyncio.create_task(batcher.submit(KEY, works(2), lambda f: None))
+    await asyncio.sleep(0.01)
+    runner.gate.set()
+    assert (await boom).failed == {0: "device failure"}
+    assert (await queued).failed == {0: "device failure", 1: "device failure"}
+    assert len(faults) == 1
+    assert "illegal memory access" in faults[0]
+    later = await batcher.submit(KEY, works(1), lambda f: None)
+    assert later.failed == {0: "device failure"}
+    assert runner.calls == []
+    await batcher.aclose()
+
+
+async def test_the_batch_limit_can_differ_per_resolution() -> None:
+    runner = FakeRunner()
+    large = BatchKey("text-to-image", 1024, 1024, 4, "euler", 7.0, None, False)
+    batcher = Batcher(runner, max_batch=8, window_s=0.0, limit_for=lambda key: 2 if key.width == 1024 else 8)
+    await batcher.submit(large, works(5), lambda f: None)
+    await batcher.submit(KEY, works(5), lambda f: None)
+    assert [len(c) for c in runner.calls] == [2, 2, 1, 5]
+    await batcher.aclose()

@@ -13,7 +13,13 @@ import pytest
 
 from gateway.config import EngineConfig, Secret
 from gateway.domain.generation import EngineRequest, GeneratedImage
-from gateway.engines.base import EngineRateLimited, EngineRejected, EngineTimeout, EngineUnavailable
+from gateway.engines.base import (
+    EngineCredentialsRefused,
+    EngineRateLimited,
+    EngineRejected,
+    EngineTimeout,
+    EngineUnavailable,
+)
 from gateway.engines.diffusion import DIFFUSION_SAMPLERS, DiffusionEngine, in_process_client
 from gateway.gpu import protocol
 from gateway.gpu.samplers import SUPPORTED_SAMPLERS
@@ -83,7 +89,7 @@ async def test_request_carries_the_shared_secret_and_nothing_of_the_tenants_pass
     [
         (422, EngineRejected),
         (400, EngineRejected),
-        (401, EngineUnavailable),
+        (401, EngineCredentialsRefused),
         (429, EngineRateLimited),
         (500, EngineUnavailable),
         (501, EngineUnavailable),

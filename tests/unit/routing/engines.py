@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.domain.generation import EngineRequest, EngineResult, GeneratedImage
-from gateway.engines.base import Capabilities, EngineError, ProgressCallback
+from gateway.domain.generation import EngineRequest, EngineResult, GeneratedImage, Operation
+from gateway.engines.base import Capabilities, EngineError, ProgressCallback, as_asked
 
 ALL_OPS = Capabilities(operations=frozenset({"text-to-image", "image-to-image", "inpaint"}))
 
@@ -36,9 +36,13 @@ class ScriptedEngine:
         self.max_in_flight = 0
         self.closed = False
 
-    def check_options(self, options: Mapping[str, Any]) -> str | None:
+    def check_options(self, options: Mapping[str, Any], operation: Operation | None = None) -> str | None:
+        del operation
         unknown = set(options) - self.options
         return f"engine_options.{self.kind}.{sorted(unknown)[0]} is unknown" if unknown else None
+
+    def received(self, request: EngineRequest) -> dict[str, Any]:
+        return as_asked(request)
 
     async def generate(self, request: EngineRequest, progress: ProgressCallback) -> EngineResult:
         step = self.script[min(self.calls, len(self.script) - 1)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import RoutingConfig
-from gateway.engines.base import EngineRejected, EngineUnavailable
+from gateway.engines.base import EngineCredentialsRefused, EngineRejected, EngineUnavailable
 from gateway.routing import AllEnginesFailed, CircuitBreaker
 from tests.fakes.samples import sample_request
 from tests.unit.routing.engines import OK, ScriptedEngine
@@ -126,3 +126,26 @@ async def _ignore(attempt: object) -> None:
 
 def _nothing(fraction: float) -> None:
     del fraction
+
+
+def test_trip_opens_at_once_and_a_later_probe_can_close_it() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(RoutingConfig(breaker_consecutive_failures=5, breaker_open_s=10), clock)
+    breaker.trip()
+    assert state_of(breaker) == "open"
+    assert not breaker.acquire()
+    clock.now += 10
+    assert breaker.acquire()  # the half-open probe
+    breaker.record_success()
+    assert state_of(breaker) == "closed"
+
+
+async def test_credentials_refused_opens_the_breaker_at_once_and_marks_the_engine() -> None:
+    refusing = ScriptedEngine("refusing", EngineCredentialsRefused("refusing: vendor refused our credentials"))
+    router = make_router(refusing, ScriptedEngine("spare"))
+    routed = await run(router)
+    assert routed.engine == "spare"
+    (health,) = [h for h in router.health() if h.name == "refusing"]
+    assert (health.status, health.breaker) == ("credentials_refused", "open")
+    assert health.credentials_refused_at is not None
+    assert routed.attempts[0].error_class == "credentials_refused"

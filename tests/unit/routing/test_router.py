@@ -248,3 +248,58 @@ async def test_health_reports_each_engine_and_aclose_closes_them() -> None:
     assert [(h.name, h.breaker, h.in_flight) for h in health] == [("a", "closed", 0), ("b", "closed", 0)]
     await router.aclose()
     assert all(e.closed for e in engines)
+
+
+class Dropping(ScriptedEngine):
+    """An engine that never passes `negative_prompt` on."""
+
+    def received(self, request: EngineRequest) -> dict[str, Any]:
+        sent = super().received(request)
+        sent.pop("negative_prompt", None)
+        return sent
+
+
+async def test_an_engine_that_would_drop_a_field_the_tenant_set_is_skipped() -> None:
+    dropping, keeping = Dropping("dropping"), ScriptedEngine("keeping")
+    router = make_router(dropping, keeping)
+    asked = sample_request(explicit=frozenset({"negative_prompt"}))
+    recorder = Recorder()
+    routed = await router.run(
+        asked, deadline=time.monotonic() + 5, on_attempt=recorder.on_attempt, progress=recorder.progress.append
+    )
+    assert routed.engine == "keeping"
+    assert dropping.calls == 0
+    assert [a.engine for a in routed.attempts] == ["keeping"]
+    received = routed.attempts[0].received
+    assert received is not None
+    assert received["negative_prompt"] == "blurry"
+    # Not asked for (left at its default): the dropping engine may serve it.
+    assert router.candidates(sample_request())[0].name == "dropping"
+
+
+async def test_no_engine_honouring_a_set_field_names_the_field() -> None:
+    router = make_router(Dropping("dropping"))
+    with pytest.raises(NoEngineCanServe) as caught:
+        router.check(sample_request(explicit=frozenset({"negative_prompt"})))
+    assert set(caught.value.fields) == {"negative_prompt"}
+    assert "dropping" in caught.value.fields["negative_prompt"]
+
+
+class Unreadable(ScriptedEngine):
+    """An engine whose `received` has a bug."""
+
+    def received(self, request: EngineRequest) -> dict[str, Any]:
+        raise KeyError("sampler")
+
+
+async def test_an_engine_that_cannot_say_what_it_sends_is_passed_over_not_fatal() -> None:
+    router = make_router(Unreadable("unreadable"), ScriptedEngine("fine"))
+    asked = sample_request(explicit=frozenset({"seed"}))
+    recorder = Recorder()
+    routed = await router.run(
+        asked, deadline=time.monotonic() + 5, on_attempt=recorder.on_attempt, progress=recorder.progress.append
+    )
+    assert routed.engine == "fine"
+    # Not asked for anything: it serves, and its attempt is recorded without what it sent.
+    routed = await run(make_router(Unreadable("unreadable")))
+    assert routed.attempts[0].received is None
