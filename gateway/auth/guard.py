@@ -39,7 +39,7 @@ async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: Bas
         scope = opt.get("scope")
         if scope is not None and scope not in principal.scopes:
             raise PermissionDenied(f"The key lacks the scope {scope!r}.", required_scope=scope)
-    allowed, wait, remaining = services.auth.rate_check(principal)
+    allowed, wait, remaining = await services.auth.rate_check(principal)
     limit = principal.rate_limit_per_minute
     headers = {
         "RateLimit-Limit": str(limit),

@@ -4,6 +4,12 @@ Lookups are cached for `key_cache_ttl_s` (2 s by default): revocation, expiry of
 secret and tenant suspension are seen by every replica within that time, with no invalidation
 protocol to get wrong. Validity (expiry, grace period) is evaluated on every request against the
 cached row, so a key expires on the second. `last_used_at` is written in batches.
+
+A key's rate limit is one bucket for the whole deployment, kept in PostgreSQL (db/rate_limits.py):
+every process and replica takes from it, so `--workers N` on R replicas still allows the key its
+`rate_limit_per_minute`, not N x R times it. A busy key's process takes up to a second's refill at
+once (a lease) and spends it locally for at most a second, so the statement is not paid on every
+request; a lease is taken before it is spent, so no process ever lets more than the limit through.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import asyncpg
 from gateway.auth import tokens
 from gateway.auth.limits import KeyedLimiter
 from gateway.db import keys as q
-from gateway.db import require_tenant
+from gateway.db import rate_limits, require_tenant
 from gateway.db.pool import Pool
 from gateway.errors import RateLimited, Unauthenticated
 
@@ -38,6 +44,20 @@ _CACHE_LIMIT = 100_000
 # Failed authentications one client address may make per minute. Well-formed random keys are cheap
 # to make (the checksum is public) and each unknown one costs a database lookup.
 FAILED_AUTH_PER_MINUTE = 60
+# A key's bucket holds one minute's worth of its requests and refills continuously.
+RATE_WINDOW_S = 60.0
+# Float rounding of epoch seconds (an ulp is about 0.2 µs) must not refuse the last request of a burst.
+_RATE_SLACK_S = 1e-5
+# A lease is at most one second's refill of the key's bucket (limit / 60, so keys under 120 a minute
+# take one request at a time), at most this many, and is dropped unspent after LEASE_S: what other
+# processes cannot use meanwhile is bounded by a second's refill per process.
+LEASE_MAX = 50
+LEASE_S = 1.0
+
+
+def lease_size(rate_limit_per_minute: int) -> int:
+    """Requests a process takes from a key's shared bucket at once."""
+    return max(1, min(LEASE_MAX, rate_limit_per_minute // 60))
 
 
 @dataclass(frozen=True)
@@ -66,27 +86,18 @@ class _Cached:
 
 
 @dataclass
-class TokenBucket:
-    """Requests per minute for one key: capacity = the limit, refilled continuously."""
+class _Lease:
+    """Requests this process took from a key's shared bucket and has not spent yet."""
 
-    capacity: float
-    tokens: float
-    updated: float
-
-    def take(self, now: float) -> tuple[bool, float]:
-        """Take one token; returns (allowed, seconds until one is available)."""
-        rate = self.capacity / 60.0
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * rate)
-        self.updated = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True, 0.0
-        return False, (1.0 - self.tokens) / rate
+    left: int
+    shared_remaining: int  # what the shared bucket still held when they were taken
+    expires: float
 
 
 @dataclass
 class KeyAuthenticator:
-    """Per-app key resolver. Holds the lookup cache, the rate buckets and the last-used batch."""
+    """Per-app key resolver. Holds the lookup cache, the failed-authentication limits and the
+    last-used batch; the keys' rate limits live in the database, shared by every process."""
 
     pool: Pool
     ttl_s: float
@@ -96,7 +107,7 @@ class KeyAuthenticator:
     # Least recently used first: a full cache forgets one entry per new one, not everything at once.
     _cache: OrderedDict[bytes, _Cached] = field(default_factory=OrderedDict)
     _failures: KeyedLimiter = field(init=False)
-    _buckets: dict[UUID, TokenBucket] = field(default_factory=dict)
+    _leases: OrderedDict[UUID, _Lease] = field(default_factory=OrderedDict)
     _used_tenant: set[UUID] = field(default_factory=set)
     _used_operator: set[UUID] = field(default_factory=set)
 
@@ -192,15 +203,34 @@ class KeyAuthenticator:
         """Forget cached lookups (this replica changed a key; others see it within the TTL)."""
         self._cache.clear()
 
-    def rate_check(self, principal: Principal) -> tuple[bool, float, int]:
-        """(allowed, retry_after_s, remaining) for one request of `principal`."""
+    async def rate_check(self, principal: Principal) -> tuple[bool, float, int]:
+        """(allowed, retry_after_s, remaining) for one request of `principal`, from the key's bucket
+        that every process shares: from this process's lease when it holds one, otherwise one
+        statement that takes a new lease (two when refused, the second for Retry-After)."""
         now = self.clock()
-        bucket = self._buckets.get(principal.key_id)
-        limit = float(principal.rate_limit_per_minute)
-        if bucket is None or bucket.capacity != limit:
-            bucket = self._buckets[principal.key_id] = TokenBucket(limit, limit, now)
-        allowed, wait = bucket.take(now)
-        return allowed, wait, int(bucket.tokens)
+        lease = self._leases.get(principal.key_id)
+        if lease is not None and lease.left > 0 and now < lease.expires:
+            lease.left -= 1
+            return True, 0.0, lease.shared_remaining + lease.left
+        limit = principal.rate_limit_per_minute
+        interval = RATE_WINDOW_S / max(1, limit)
+        async with self.pool.acquire() as conn:
+            taken = await rate_limits.take(
+                conn, principal.key_id, interval, RATE_WINDOW_S + _RATE_SLACK_S, at_most=lease_size(limit)
+            )
+            if taken is None:
+                wait = await rate_limits.ahead(conn, principal.key_id) + interval - RATE_WINDOW_S
+                return False, max(0.0, wait), 0
+        # The whole requests left in the shared bucket; the slack keeps k - 1e-12 from flooring to k - 1.
+        shared = max(0, math.floor((RATE_WINDOW_S - taken.ahead_s) / interval + 1e-6))
+        if taken.granted > 1:
+            self._leases[principal.key_id] = _Lease(taken.granted - 1, shared, now + LEASE_S)
+            self._leases.move_to_end(principal.key_id)
+            while len(self._leases) > self.cache_limit:
+                self._leases.popitem(last=False)
+        else:
+            self._leases.pop(principal.key_id, None)
+        return True, 0.0, shared + taken.granted - 1
 
     async def flush_last_used(self) -> None:
         """Write `last_used_at` for every key seen since the last flush, in two statements."""

@@ -1,5 +1,9 @@
 """Forward-only SQL migrations: `migrations/NNNN_name.sql`, each in its own transaction.
 
+The files ship inside the package: `gateway/db/migration_files` is a link to the repository's
+top-level `migrations/` (the one place they are written), and building a wheel copies them in, so
+an installed gateway (no checkout beside it) migrates as a source checkout does.
+
 Applied files are recorded with a SHA-256 checksum; an applied file that was edited since is
 refused. A transaction-level advisory lock serializes concurrent starts of several replicas.
 """
@@ -10,13 +14,14 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 from gateway.db import Conn
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS_DIR: Traversable = files("gateway.db") / "migration_files"
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 # Arbitrary constant: the key of the advisory lock every replica takes while migrating.
 _LOCK_KEY = 7_412_903_551
@@ -36,18 +41,20 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+def discover(directory: Traversable = MIGRATIONS_DIR) -> list[Migration]:
     """The migration files in order; a misnamed or duplicate-numbered file is an error."""
+    if not directory.is_dir():
+        raise MigrationError(f"{directory}: no migrations folder (a package built without its SQL files?)")
     migrations: list[Migration] = []
     seen: dict[str, str] = {}
-    for path in sorted(directory.glob("*.sql")):
+    for path in sorted((p for p in directory.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name):
         match = _NAME.match(path.name)
         if match is None:
             raise MigrationError(f"{path.name}: migration files are named NNNN_lowercase_name.sql")
         if match.group(1) in seen:
             raise MigrationError(f"{path.name} and {seen[match.group(1)]} share the number {match.group(1)}")
         seen[match.group(1)] = path.name
-        migrations.append(Migration(path.name, path.read_text()))
+        migrations.append(Migration(path.name, path.read_text(encoding="utf-8")))
     return migrations
 
 
@@ -60,7 +67,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-async def apply_migrations(conn: Conn, directory: Path = MIGRATIONS_DIR) -> list[str]:
+async def apply_migrations(conn: Conn, directory: Traversable = MIGRATIONS_DIR) -> list[str]:
     """Apply what is pending; return the names applied. Safe to call from many replicas at once.
 
     Each file's transaction first takes a transaction-scoped advisory lock, then re-reads whether
@@ -94,7 +101,7 @@ async def apply_migrations(conn: Conn, directory: Path = MIGRATIONS_DIR) -> list
     return done
 
 
-async def pending_migrations(conn: Conn, directory: Path = MIGRATIONS_DIR) -> list[str]:
+async def pending_migrations(conn: Conn, directory: Traversable = MIGRATIONS_DIR) -> list[str]:
     """Names of migrations on disk that the database has not applied (for /readyz)."""
     exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     applied: set[str] = set()

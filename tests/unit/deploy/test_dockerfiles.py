@@ -44,16 +44,28 @@ def test_api_image_builds_on_python_3_11_slim() -> None:
 def test_gpu_image_builds_on_cuda_and_installs_the_gpu_extra() -> None:
     assert _args("Dockerfile.gpu")["CUDA_IMAGE"].startswith("nvidia/cuda:")
     runs = " ".join(" ".join(c.value) for c in _commands("Dockerfile.gpu") if c.cmd == "RUN")
-    assert 'pip install -e ".[gpu]"' in runs
+    assert 'pip install -c requirements.lock ".[gpu]"' in runs
     assert "torch==2.13.0" in runs  # the same pin as pyproject's gpu extra, from the CUDA index
 
 
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu"])
-def test_image_copies_the_migrations_the_migrate_command_applies(name: str) -> None:
+def test_image_builds_the_wheel_from_the_package_and_its_migrations(name: str) -> None:
     copies = [c.value for c in _commands(name) if c.cmd == "COPY" and not c.flags]
+    runs = " ".join(" ".join(c.value) for c in _commands(name) if c.cmd == "RUN")
 
+    # gateway/db/migration_files links to migrations/: the wheel build needs both in the context.
     assert ("migrations", "./migrations") in copies
     assert ("gateway", "./gateway") in copies
+    assert "pip install -e" not in runs  # a regular install: the wheel carries the migrations
+    assert "-c requirements.lock" in runs  # transitive versions as tested
+    assert ("pyproject.toml", "README.md", "requirements.lock", "./") in copies
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu"])
+def test_final_stage_takes_only_the_installed_venv_from_the_build(name: str) -> None:
+    copies = [c.value for c in _final_stage(name) if c.cmd == "COPY"]
+
+    assert copies == [("/opt/venv", "/opt/venv")]
 
 
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu"])
@@ -61,4 +73,4 @@ def test_build_context_is_limited_to_what_the_image_needs(name: str) -> None:
     ignore = (DEPLOY / f"{name}.dockerignore").read_text().splitlines()
 
     assert "*" in ignore
-    assert {"!gateway/", "!migrations/", "!pyproject.toml"} <= set(ignore)
+    assert {"!gateway/", "!migrations/", "!pyproject.toml", "!requirements.lock"} <= set(ignore)
