@@ -238,6 +238,28 @@ def cmd_billing_audit(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_retention_run(args: argparse.Namespace) -> int:
+    from gateway.bootstrap import build_blob_store  # noqa: PLC0415
+    from gateway.worker.retention import RetentionSweeper  # noqa: PLC0415
+
+    settings = _settings(args)
+
+    async def run(pool: Any) -> dict[str, Any]:
+        blobs = build_blob_store(settings)
+        try:
+            sweeper = RetentionSweeper(pool=pool, blobs=blobs, settings=settings)
+            report = await (sweeper.dry_run() if args.dry_run else sweeper.sweep())
+        finally:
+            await blobs.aclose()
+        return {name: getattr(report, name) for name in report.__struct_fields__}
+
+    result = asyncio.run(_with_pool(settings, run))
+    if not args.json and result["dry_run"]:
+        print("dry run: nothing deleted; a sweep now would delete")
+    _print(result, args.json)
+    return 1 if result["blob_errors"] else 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from gateway.client import ClientError, GenerateOptions, generate  # noqa: PLC0415
     from gateway.config import client_env  # noqa: PLC0415
@@ -324,6 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
     billing.add_parser("audit", help="check every ledger invariant; exit 0 only if all hold").set_defaults(
         fn=cmd_billing_audit
     )
+
+    retention = sub.add_parser("retention").add_subparsers(dest="action", required=True)
+    rrun = retention.add_parser(
+        "run", help="one retention sweep: expired blobs, finished inputs, old jobs, idempotency keys, sessions"
+    )
+    rrun.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
+    rrun.add_argument("--json", action="store_true")
+    rrun.set_defaults(fn=cmd_retention_run)
 
     gen = sub.add_parser("generate", help="submit a job to a running gateway, show its progress, save the image(s)")
     gen.add_argument("prompt")

@@ -136,6 +136,21 @@ class StorageConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         return self.endpoint_url or f"https://s3.{self.region}.amazonaws.com"
 
 
+class RetentionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[retention]`: what the sweeper deletes, and when (gateway/worker/retention.py).
+
+    Output blobs go once their file expires (`file_ttl_s`), input blobs once their job has
+    finished, idempotency keys after `idempotency_ttl_s`, dashboard sessions once expired. The
+    ledger and the daily usage rollups are never deleted."""
+
+    enabled: bool = True  # `gateway serve` (with its runner) and `gateway worker` sweep on a schedule
+    interval_s: PositiveFloat = 300.0  # between sweeps of one process; replicas take turns, never overlap
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500  # rows per transaction
+    blob_concurrency: PositiveInt = 16  # blob deletes in flight during a batch
+    jobs_days: PositiveInt = 90  # job rows, results, attempts and file rows, after this many days
+    webhook_days: PositiveInt = 7  # delivered or dead webhook messages, after this many days
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Every setting of the service. Build it with `load_settings()`."""
 
@@ -170,6 +185,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     gpu: GpuConfig = GpuConfig()
     webhooks: WebhookConfig = WebhookConfig()
     storage: StorageConfig = StorageConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @property
     def engine_unit_costs(self) -> dict[str, tuple[float, float]]:
