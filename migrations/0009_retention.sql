@@ -22,3 +22,8 @@ CREATE INDEX jobs_finished_created ON jobs (created_at) WHERE state IN ('succeed
 -- Delivered or dead webhook messages by when they ended; pending ones (the dispatcher's) are not in it.
 CREATE INDEX webhook_outbox_ended ON webhook_outbox ((coalesce(delivered_at, failed_at)))
     WHERE delivered_at IS NOT NULL OR failed_at IS NOT NULL;
+
+-- Deleting a job checks the foreign key from idempotency_keys.job_id, once per job: without an
+-- index on the referencing column that check is a scan of the whole table (a day of keys) for each
+-- deleted job. Only requests that send an Idempotency-Key pay for it.
+CREATE INDEX idempotency_keys_job ON idempotency_keys (job_id);

@@ -9,7 +9,6 @@ transaction mode.
 
 from __future__ import annotations
 
-from datetime import datetime
 from uuid import UUID
 
 import msgspec
@@ -37,7 +36,6 @@ class OldJobs(msgspec.Struct, frozen=True):
     """A batch of jobs past `jobs_days`, with every blob their rows still name."""
 
     ids: list[UUID]
-    newest_created_at: datetime | None
     blobs: list[str]
 
 
@@ -115,7 +113,7 @@ async def claim_old_jobs(conn: Conn, days: int, limit: int) -> OldJobs:
     """Finished jobs created more than `days` ago, and the blobs still named by their files and inputs."""
     rows = await conn.fetch(
         # The states are literals so that the planner can use the partial index jobs_finished_created.
-        """SELECT id, created_at FROM jobs
+        """SELECT id FROM jobs
            WHERE created_at < now() - make_interval(days => $1) AND state IN ('succeeded', 'failed', 'canceled')
            ORDER BY created_at LIMIT $2
            FOR UPDATE SKIP LOCKED""",
@@ -124,14 +122,14 @@ async def claim_old_jobs(conn: Conn, days: int, limit: int) -> OldJobs:
     )
     ids = [r["id"] for r in rows]
     if not ids:
-        return OldJobs(ids=[], newest_created_at=None, blobs=[])
+        return OldJobs(ids=[], blobs=[])
     blobs = await conn.fetch(
         """SELECT blob_key FROM files WHERE job_id = ANY($1::uuid[]) AND blob_deleted_at IS NULL
            UNION ALL
            SELECT blob_key FROM job_inputs WHERE job_id = ANY($1::uuid[])""",
         ids,
     )
-    return OldJobs(ids=ids, newest_created_at=max(r["created_at"] for r in rows), blobs=[b[0] for b in blobs])
+    return OldJobs(ids=ids, blobs=[b[0] for b in blobs])
 
 
 async def delete_jobs(conn: Conn, batch: OldJobs) -> JobsDeleted:
@@ -142,12 +140,8 @@ async def delete_jobs(conn: Conn, batch: OldJobs) -> JobsDeleted:
     charge is in the ledger; the reservation goes with the job.
     """
     ids = batch.ids
-    # An idempotency key naming a job was claimed before the job was admitted, so it is no newer
-    # than the job: bounding created_at lets the age index find them (there is no index on job_id,
-    # and these keys are normally swept long before, after idempotency_ttl_s).
-    keys = await conn.execute(
-        "DELETE FROM idempotency_keys WHERE created_at <= $2 AND job_id = ANY($1::uuid[])", ids, batch.newest_created_at
-    )
+    # Normally swept long before, after idempotency_ttl_s; here for a TTL longer than jobs_days.
+    keys = await conn.execute("DELETE FROM idempotency_keys WHERE job_id = ANY($1::uuid[])", ids)
     results = await conn.execute("DELETE FROM job_results WHERE job_id = ANY($1::uuid[])", ids)
     attempts = await conn.execute("DELETE FROM job_attempts WHERE job_id = ANY($1::uuid[])", ids)
     files = await conn.execute("DELETE FROM files WHERE job_id = ANY($1::uuid[])", ids)
