@@ -38,6 +38,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if __name__ == "__main__":
@@ -155,6 +156,8 @@ class Row(msgspec.Struct):
     audit_s: float = 0.0
     audit_clean: bool = False
     sweep_s: float = 0.0
+    sweep_sync_p50_ms: float = 0.0
+    sweep_sync_p99_ms: float = 0.0
     swept: dict[str, int] = msgspec.field(default_factory=dict)
     sizes_mb: dict[str, float] = msgspec.field(default_factory=dict)
     database_mb: float = 0.0
@@ -257,28 +260,37 @@ async def reads(url: str, key: str, operator: str, repeat: int) -> dict[str, flo
     return out
 
 
-async def sync_load(url: str, key: str, concurrency: int, duration: float) -> tuple[float, float, float]:
+async def sync_load(
+    url: str, key: str, concurrency: int, duration: float, until: asyncio.Event | None = None
+) -> tuple[float, float, float]:
+    """Closed-loop sync text-to-image for `duration` s after 1 s of warm-up, or until `until` is set."""
     body = msgspec.json.encode(GATEWAY_BODY)
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     latencies: list[float] = []
-    warm_until = time.perf_counter() + 1.0
+    started = time.perf_counter()
+    warm_until = started + (0.0 if until else 1.0)
     end = warm_until + duration
+
+    def running(now: float) -> bool:
+        return not until.is_set() if until else now < end
+
     async with client(concurrency) as http:
 
         async def worker() -> None:
-            while (t0 := time.perf_counter()) < end:
+            while running(t0 := time.perf_counter()):
                 response = await http.post(f"{url}/v1/text-to-image", content=body, headers=headers)
                 assert response.status_code == 200, response.text[:200]
                 if t0 >= warm_until:
                     latencies.append(time.perf_counter() - t0)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - warm_until
     latencies.sort()
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    return statistics.median(latencies) * 1000, p99 * 1000, len(latencies) / duration
+    return statistics.median(latencies) * 1000, p99 * 1000, len(latencies) / elapsed
 
 
-async def audit_and_sweep(dsn: str, blobs: Path, row: Row) -> None:
+async def audit_and_sweep(url: str, key: str, concurrency: int, dsn: str, blobs: Path, row: Row) -> None:
     from gateway.config import load_settings  # noqa: PLC0415
     from gateway.db.audit import run_audit  # noqa: PLC0415
     from gateway.db.pool import create_pool  # noqa: PLC0415
@@ -293,7 +305,19 @@ async def audit_and_sweep(dsn: str, blobs: Path, row: Row) -> None:
             row.audit_s = time.perf_counter() - t0
             row.audit_clean = not problems
         settings = load_settings({}, overrides={"database_url": dsn})
-        report = await RetentionSweeper(pool=pool, blobs=FilesystemBlobStore(blobs), settings=settings).sweep()
+        sweeper = RetentionSweeper(pool=pool, blobs=FilesystemBlobStore(blobs), settings=settings)
+        # The sweep runs while sync requests keep coming, as it would in production: their latency
+        # meanwhile shows what the sweeper's deletes cost the hot path.
+        swept = asyncio.Event()
+
+        async def sweep() -> Any:
+            try:
+                return await sweeper.sweep()
+            finally:
+                swept.set()
+
+        report, during = await asyncio.gather(sweep(), sync_load(url, key, concurrency, 0.0, until=swept))
+        row.sweep_sync_p50_ms, row.sweep_sync_p99_ms, _ = during
         row.sweep_s = report.seconds
         row.swept = {k: getattr(report, k) for k in ("output_blobs", "jobs", "idempotency_keys") if getattr(report, k)}
         async with pool.acquire() as conn:
@@ -324,6 +348,10 @@ def table(rows: list[Row]) -> str:
     add("billing audit (s)", [f"{r.audit_s:.2f}{'' if r.audit_clean else ' FAILED'}" for r in rows])
     add("retention sweep of one day (s)", [f"{r.sweep_s:.2f}" for r in rows])
     add("  swept", [", ".join(f"{v:,} {k}" for k, v in r.swept.items()) for r in rows])
+    add(
+        "  sync p50 / p99 during the sweep (ms)",
+        [f"{r.sweep_sync_p50_ms:.1f} / {r.sweep_sync_p99_ms:.1f}" for r in rows],
+    )
     for name in TABLES:
         add(f"{name} (MB)", [f"{r.sizes_mb[name]:.0f}" for r in rows])
     add("database (MB)", [f"{r.database_mb:.0f}" for r in rows])
@@ -390,7 +418,7 @@ def main() -> int:
                 sync_load(url, key, args.concurrency, args.duration)
             )
             row.timings_ms = asyncio.run(reads(url, key, operator, args.repeat))
-            asyncio.run(audit_and_sweep(dsn, blobs, row))
+            asyncio.run(audit_and_sweep(url, key, args.concurrency, dsn, blobs, row))
             rows.append(row)
             print(table(rows), flush=True)
     finally:
