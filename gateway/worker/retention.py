@@ -176,6 +176,8 @@ class RetentionSweeper:
         async with self.pool.acquire() as conn, conn.transaction():
             await self._locked(conn)
             files = await rq.claim_expired_files(conn, self.config.batch_size)
+            if not files:
+                return 0
             failed = await self._delete_blobs([f.blob_key for f in files], report)
             done = await rq.mark_files_swept(conn, [f.file_id for f in files if f.blob_key not in failed and f.file_id])
         if failed:
@@ -186,6 +188,8 @@ class RetentionSweeper:
         async with self.pool.acquire() as conn, conn.transaction():
             await self._locked(conn)
             inputs = await rq.claim_finished_inputs(conn, self.config.batch_size)
+            if not inputs:
+                return 0
             failed = await self._delete_blobs([i.blob_key for i in inputs], report)
             done = await rq.delete_inputs(conn, [i for i in inputs if i.blob_key not in failed])
         if failed:
