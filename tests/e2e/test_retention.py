@@ -285,3 +285,31 @@ async def test_retention_run_dry_run_counts_and_deletes_nothing(
     done = json.loads(capsys.readouterr().out)
     assert (done["dry_run"], done["output_blobs"]) == (False, 1)
     assert (await gateway.client.get(f"/v1/files/{job['results'][0]['file_id']}")).status_code == 410
+
+
+async def test_ended_webhook_messages_past_webhook_days_go_and_pending_ones_stay(
+    gateway: Gateway, data_dir: Path
+) -> None:
+    tenant_id, _ = await gateway.tenant(credits=1)
+    messages = {
+        "delivered-long-ago": ("now() - interval '8 days'", "NULL"),
+        "dead-long-ago": ("NULL", "now() - interval '9 days'"),
+        "delivered-yesterday": ("now() - interval '1 day'", "NULL"),
+        "still-retrying": ("NULL", "NULL"),
+    }
+    async with gateway.pool.acquire() as conn:
+        for message_id, (delivered, failed) in messages.items():
+            await conn.execute(
+                "INSERT INTO webhook_outbox (tenant_id, message_id, url, event_type, payload, delivered_at, failed_at,"
+                f" created_at, next_attempt_at) VALUES ($1, $2, 'https://example.com/hook', 'job.succeeded', '{{}}',"
+                f" {delivered}, {failed}, now() - interval '10 days', now() + interval '1 hour')",
+                tenant_id,
+                message_id,
+            )
+
+    report = await RetentionSweeper(pool=gateway.pool, blobs=store(data_dir), settings=settings_of(gateway)).sweep()
+
+    assert report.webhook_messages == 2
+    async with gateway.pool.acquire() as conn:
+        left = await conn.fetchval("SELECT array_agg(message_id ORDER BY message_id) FROM webhook_outbox")
+    assert left == ["delivered-yesterday", "still-retrying"]
