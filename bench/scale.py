@@ -153,6 +153,7 @@ class Row(msgspec.Struct):
     sync_p99_ms: float = 0.0
     sync_rps: float = 0.0
     timings_ms: dict[str, float] = msgspec.field(default_factory=dict)
+    sql_ms: dict[str, float] = msgspec.field(default_factory=dict)
     audit_s: float = 0.0
     audit_clean: bool = False
     sweep_s: float = 0.0
@@ -290,6 +291,48 @@ async def sync_load(
     return statistics.median(latencies) * 1000, p99 * 1000, len(latencies) / elapsed
 
 
+async def sql_reads(dsn: str, repeat: int) -> dict[str, float]:
+    """The same reads' queries straight on PostgreSQL (the gateway's own functions, no HTTP), to tell
+    what the database's cost does with n from what the gateway process and a busy VM add."""
+    from datetime import UTC, datetime, timedelta  # noqa: PLC0415
+
+    from gateway.api.usage import usage_rows  # noqa: PLC0415
+    from gateway.db import billing as bq  # noqa: PLC0415
+    from gateway.db import jobs as jq  # noqa: PLC0415
+    from gateway.db.pool import create_pool  # noqa: PLC0415
+
+    today = datetime.now(UTC).date()
+    month_ago = today - timedelta(days=30)
+    pool = await create_pool(dsn, min_size=1, max_size=1, statement_cache_size=100)
+    try:
+        async with pool.acquire() as conn:
+            tenant = await conn.fetchval("SELECT tenant_id FROM bench_tenants WHERE idx = 0")
+
+            def run(query: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[None]]:
+                async def call() -> None:
+                    await query()
+
+                return call
+
+            return {
+                "jobs page 1": await median_ms(
+                    run(lambda: jq.list_jobs(conn, tenant, before=None, state=None, operation=None, limit=21)), repeat
+                ),
+                "usage 30 d": await median_ms(run(lambda: usage_rows(conn, tenant, month_ago, today, ["day"])), repeat),
+                "ledger": await median_ms(run(lambda: bq.ledger_page(conn, tenant, None, 51)), repeat),
+                "admin usage": await median_ms(
+                    run(
+                        lambda: bq.usage_report(
+                            conn, start=month_ago, end=today, group_by=["tenant"], tenant_id=None, unit_costs={}
+                        )
+                    ),
+                    repeat,
+                ),
+            }
+    finally:
+        await pool.close()
+
+
 async def audit_and_sweep(url: str, key: str, concurrency: int, dsn: str, blobs: Path, row: Row) -> None:
     from gateway.config import load_settings  # noqa: PLC0415
     from gateway.db.audit import run_audit  # noqa: PLC0415
@@ -345,6 +388,8 @@ def table(rows: list[Row]) -> str:
     add("sync text-to-image (req/s)", [f"{r.sync_rps:.0f}" for r in rows])
     for name in rows[0].timings_ms:
         add(f"GET {name} (ms, median)", [f"{r.timings_ms[name]:.1f}" for r in rows])
+    for name in rows[0].sql_ms:
+        add(f"  its SQL alone: {name} (ms, median)", [f"{r.sql_ms[name]:.2f}" for r in rows])
     add("billing audit (s)", [f"{r.audit_s:.2f}{'' if r.audit_clean else ' FAILED'}" for r in rows])
     add("retention sweep of one day (s)", [f"{r.sweep_s:.2f}" for r in rows])
     add("  swept", [", ".join(f"{v:,} {k}" for k, v in r.swept.items()) for r in rows])
@@ -418,6 +463,7 @@ def main() -> int:
                 sync_load(url, key, args.concurrency, args.duration)
             )
             row.timings_ms = asyncio.run(reads(url, key, operator, args.repeat))
+            row.sql_ms = asyncio.run(sql_reads(dsn, args.repeat))
             asyncio.run(audit_and_sweep(url, key, args.concurrency, dsn, blobs, row))
             rows.append(row)
             print(table(rows), flush=True)
