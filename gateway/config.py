@@ -147,7 +147,9 @@ class RetentionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     interval_s: PositiveFloat = 300.0  # between sweeps of one process; replicas take turns, never overlap
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500  # rows per transaction
     blob_concurrency: PositiveInt = 16  # blob deletes in flight during a batch
-    jobs_days: PositiveInt = 90  # job rows, results, attempts and file rows, after this many days
+    # Job rows, results, attempts, file rows and closed reservations, after this many days. At least
+    # 32: a key's monthly cap sums this calendar month's reservations, which go with their jobs.
+    jobs_days: Annotated[int, msgspec.Meta(ge=32)] = 90
     webhook_days: PositiveInt = 7  # delivered or dead webhook messages, after this many days
 
 

@@ -28,17 +28,21 @@ def test_retention_defaults_keep_jobs_90_days_and_sweep_every_five_minutes() -> 
 
 def test_retention_section_reads_from_toml(tmp_path: Path) -> None:
     path = tmp_path / "gateway.toml"
-    path.write_text("[retention]\njobs_days = 30\nbatch_size = 100\nenabled = false\n")
+    path.write_text("[retention]\njobs_days = 40\nbatch_size = 100\nenabled = false\n")
 
     retention = load_settings({}, config_path=path).retention
 
-    assert (retention.jobs_days, retention.batch_size, retention.enabled) == (30, 100, False)
+    assert (retention.jobs_days, retention.batch_size, retention.enabled) == (40, 100, False)
 
 
 @pytest.mark.parametrize(
     ("line", "field"),
-    [("jobs_days = 0", "jobs_days"), ("batch_size = 100000", "batch_size"), ("keep_forever = true", "keep_forever")],
-    ids=["no-days", "huge-batch", "unknown-field"],
+    [
+        ("jobs_days = 31", "jobs_days"),
+        ("batch_size = 100000", "batch_size"),
+        ("keep_forever = true", "keep_forever"),
+    ],
+    ids=["less-than-a-month-of-jobs", "huge-batch", "unknown-field"],
 )
 def test_retention_section_refuses_bad_values_naming_the_field(tmp_path: Path, line: str, field: str) -> None:
     with pytest.raises(ConfigError, match=field):
