@@ -62,7 +62,7 @@ class _Busy(Exception):
 
 
 class _BlobErrors(Exception):
-    """Some blob deletes of a batch failed; the kind is left for the next sweep."""
+    """Some blob deletes of a job batch failed: the batch rolls back, its jobs stay for the next sweep."""
 
 
 class RetentionSweeper:
@@ -131,14 +131,14 @@ class RetentionSweeper:
         try:
             for kind, batch in steps:
                 while not self._stopping.is_set():
-                    try:
-                        done = await batch(report)
-                    except _BlobErrors:
-                        break
+                    errors = report.blob_errors
+                    done = await batch(report)
                     setattr(report, kind, getattr(report, kind) + done)
                     if self.metrics is not None and done:
                         self.metrics.retention_swept.labels(kind).inc(done)
-                    if done < self.config.batch_size:
+                    # A failed blob delete leaves its row, which the next batch would claim again:
+                    # the kind waits for the next sweep.
+                    if done < self.config.batch_size or report.blob_errors > errors:
                         break
         except _Busy:
             report.busy = True
@@ -179,10 +179,7 @@ class RetentionSweeper:
             if not files:
                 return 0
             failed = await self._delete_blobs([f.blob_key for f in files], report)
-            done = await rq.mark_files_swept(conn, [f.file_id for f in files if f.blob_key not in failed and f.file_id])
-        if failed:
-            raise _BlobErrors
-        return done
+            return await rq.mark_files_swept(conn, [f.file_id for f in files if f.blob_key not in failed and f.file_id])
 
     async def _input_batch(self, report: SweepReport) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -191,21 +188,20 @@ class RetentionSweeper:
             if not inputs:
                 return 0
             failed = await self._delete_blobs([i.blob_key for i in inputs], report)
-            done = await rq.delete_inputs(conn, [i for i in inputs if i.blob_key not in failed])
-        if failed:
-            raise _BlobErrors
-        return done
+            return await rq.delete_inputs(conn, [i for i in inputs if i.blob_key not in failed])
 
     async def _jobs_batch(self, report: SweepReport) -> int:
-        async with self.pool.acquire() as conn, conn.transaction():
-            await self._locked(conn)
-            batch = await rq.claim_old_jobs(conn, self.config.jobs_days, self.config.batch_size)
-            if not batch.ids:
-                return 0
-            if await self._delete_blobs(batch.blobs, report):
-                # Raising rolls the batch back: the jobs stay until all their blobs are gone.
-                raise _BlobErrors
-            deleted = await rq.delete_jobs(conn, batch)
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await self._locked(conn)
+                batch = await rq.claim_old_jobs(conn, self.config.jobs_days, self.config.batch_size)
+                if not batch.ids:
+                    return 0
+                if await self._delete_blobs(batch.blobs, report):
+                    raise _BlobErrors  # rolls the batch back: the jobs stay until all their blobs are gone
+                deleted = await rq.delete_jobs(conn, batch)
+        except _BlobErrors:
+            return 0
         if self.metrics is not None:
             # Blobs deleted with their jobs (a file TTL longer than jobs_days, or a sweep that fell behind).
             self.metrics.retention_swept.labels("job_blobs").inc(len(batch.blobs))

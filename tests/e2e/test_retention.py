@@ -313,3 +313,35 @@ async def test_ended_webhook_messages_past_webhook_days_go_and_pending_ones_stay
     async with gateway.pool.acquire() as conn:
         left = await conn.fetchval("SELECT array_agg(message_id ORDER BY message_id) FROM webhook_outbox")
     assert left == ["delivered-yesterday", "still-retrying"]
+
+
+class FailingStore(CountingStore):
+    """Refuses to delete one key, as a store that is down for it would."""
+
+    def __init__(self, root: Path, refuse: str) -> None:
+        super().__init__(root)
+        self.refuse = refuse
+
+    async def delete(self, key: str) -> None:
+        if key == self.refuse:
+            raise OSError("the disk said no")
+        await super().delete(key)
+
+
+async def test_a_blob_that_cannot_be_deleted_keeps_its_row_for_the_next_sweep(gateway: Gateway, data_dir: Path) -> None:
+    _, key = await gateway.tenant(credits=10)
+    job = await generate(gateway, key, n=2)
+    await expire_files(gateway, job["id"])
+    stuck, other = await blob_keys(gateway, job["id"])
+
+    report = await RetentionSweeper(
+        pool=gateway.pool, blobs=FailingStore(data_dir / "blobs", stuck), settings=settings_of(gateway)
+    ).sweep()
+
+    assert (report.output_blobs, report.blob_errors) == (1, 1)
+    async with gateway.pool.acquire() as conn:
+        left = await conn.fetchval("SELECT array_agg(blob_key) FROM files WHERE blob_deleted_at IS NULL")
+    assert left == [stuck]
+    assert not await stored(store(data_dir), other)
+    again = await RetentionSweeper(pool=gateway.pool, blobs=store(data_dir), settings=settings_of(gateway)).sweep()
+    assert (again.output_blobs, again.blob_errors) == (1, 0)
