@@ -33,6 +33,7 @@ from gateway.storage.filesystem import FilesystemBlobStore
 from gateway.storage.links import BlobLinks, load_or_create_key
 from gateway.storage.s3 import S3BlobStore
 from gateway.webhooks.dispatcher import WebhookDispatcher
+from gateway.worker.retention import RetentionSweeper
 from gateway.worker.runner import JobRunner
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,11 @@ async def build_services(
     if dispatcher is not None:
         await dispatcher.start()
         extras["webhook_dispatcher"] = dispatcher
+    if settings.run_worker and settings.retention.enabled:
+        # Every runner process sweeps on a schedule; the sweep lock makes replicas take turns.
+        sweeper = RetentionSweeper(pool=pool, blobs=blobs, settings=settings, metrics=metrics)
+        await sweeper.start()
+        extras["retention_sweeper"] = sweeper
     extras["flusher"] = asyncio.create_task(_flush_last_used(auth))
     if settings.demo_tenant and embedded is not None:
         await _demo_tenant(services)
@@ -190,6 +196,9 @@ async def close_services(services: Services) -> None:
     dispatcher = services.extras.get("webhook_dispatcher")
     if dispatcher is not None:
         await dispatcher.stop()
+    sweeper = services.extras.get("retention_sweeper")
+    if sweeper is not None:
+        await sweeper.stop()
     listener = services.extras.get("listener")
     if listener is not None:
         await listener.stop()

@@ -251,6 +251,28 @@ def cmd_billing_audit(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_retention_run(args: argparse.Namespace) -> int:
+    from gateway.bootstrap import build_blob_store  # noqa: PLC0415
+    from gateway.worker.retention import RetentionSweeper  # noqa: PLC0415
+
+    settings = _settings(args)
+
+    async def run(pool: Any) -> dict[str, Any]:
+        blobs = build_blob_store(settings)
+        try:
+            sweeper = RetentionSweeper(pool=pool, blobs=blobs, settings=settings)
+            report = await (sweeper.dry_run() if args.dry_run else sweeper.sweep())
+        finally:
+            await blobs.aclose()
+        return {name: getattr(report, name) for name in report.__struct_fields__}
+
+    result = asyncio.run(_with_pool(settings, run))
+    if not args.json and result["dry_run"]:
+        print("dry run: nothing deleted; a sweep now would delete")
+    _print(result, args.json)
+    return 1 if result["blob_errors"] else 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from gateway.client import ClientError, GenerateOptions, generate  # noqa: PLC0415
     from gateway.config import client_env  # noqa: PLC0415
@@ -372,6 +394,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     billing = _group(sub, "billing", "billing checks")
     _command(billing, "audit", "check every ledger invariant; exit 0 only if all hold", cmd_billing_audit)
+
+    retention = _group(sub, "retention", "data retention")
+    rrun = _command(
+        retention,
+        "run",
+        "one retention sweep: expired blobs, finished inputs, old jobs, idempotency keys, sessions",
+        cmd_retention_run,
+    )
+    rrun.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
+    _json_flag(rrun)
 
     gen = _command(
         sub, "generate", "submit a job to a running gateway, show its progress, save the image(s)", cmd_generate

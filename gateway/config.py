@@ -199,6 +199,23 @@ class StorageConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         return self.endpoint_url or f"https://s3.{self.region}.amazonaws.com"
 
 
+class RetentionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[retention]`: what the sweeper deletes, and when (gateway/worker/retention.py).
+
+    Output blobs go once their file expires (`file_ttl_s`), input blobs once their job has
+    finished, idempotency keys after `idempotency_ttl_s`, dashboard sessions once expired. The
+    ledger and the daily usage rollups are never deleted."""
+
+    enabled: bool = True  # `gateway serve` (with its runner) and `gateway worker` sweep on a schedule
+    interval_s: PositiveFloat = 300.0  # between sweeps of one process; replicas take turns, never overlap
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500  # rows per transaction
+    blob_concurrency: PositiveInt = 16  # blob deletes in flight during a batch
+    # Job rows, results, attempts, file rows and closed reservations, after this many days. At least
+    # 32: a key's monthly cap sums this calendar month's reservations, which go with their jobs.
+    jobs_days: Annotated[int, msgspec.Meta(ge=32)] = 90
+    webhook_days: PositiveInt = 7  # delivered or dead webhook messages, after this many days
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Every setting of the service. Build it with `load_settings()`."""
 
@@ -234,6 +251,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     webhooks: WebhookConfig = WebhookConfig()
     storage: StorageConfig = StorageConfig()
     logging: LoggingConfig = LoggingConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @property
     def engine_unit_costs(self) -> dict[str, tuple[float, float]]:

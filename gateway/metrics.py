@@ -70,6 +70,27 @@ class Metrics:
         self.images_produced = Counter(
             "gateway_images_produced", "Images produced and charged", ["operation", "engine"], registry=self.registry
         )
+        # The retention sweeper (gateway/worker/retention.py). kind: output_blobs, input_blobs, jobs,
+        # job_blobs, idempotency_keys, dashboard_sessions, webhook_messages.
+        self.retention_swept = Counter(
+            "gateway_retention_swept", "Things the retention sweeper deleted", ["kind"], registry=self.registry
+        )
+        self.retention_blob_errors = Counter(
+            "gateway_retention_blob_errors",
+            "Blob deletes that failed (their rows stay for the next sweep)",
+            registry=self.registry,
+        )
+        self.retention_sweep_seconds = Histogram(
+            "gateway_retention_sweep_seconds",
+            "Duration of one completed retention sweep",
+            buckets=(0.01, 0.1, 1, 10, 60, 300, 1800, 3600),
+            registry=self.registry,
+        )
+        self.retention_last_sweep = Gauge(
+            "gateway_retention_last_sweep_timestamp_seconds",
+            "Unix time the last retention sweep of this process completed (alert when it lags)",
+            registry=self.registry,
+        )
 
     def render(self, *, openmetrics: bool = False) -> bytes:
         """The Prometheus text exposition of every metric, or OpenMetrics (which carries exemplars)."""

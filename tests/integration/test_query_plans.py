@@ -22,6 +22,7 @@ import pytest
 from gateway.api.usage import usage_rows
 from gateway.db import billing as bq
 from gateway.db import jobs as jq
+from gateway.db import retention as rq
 
 JOBS = 200_000
 BIG_TABLES = {"jobs", "reservations", "ledger_entries", "usage_daily"}
@@ -200,6 +201,9 @@ def hot_queries() -> dict[str, Query]:
         "jobs, new tenant": lambda c: jq.list_jobs(c, NEW_TENANT, before=None, state=None, operation=None, limit=51),
         "runner claim": lambda c: jq.claim_jobs(c, "runner-test", 30.0, 16),
         "key's spend this month (monthly cap)": lambda c: bq.key_month_spend(c, KEY_OF_BIG_TENANT),
+        # The retention sweeper's batch of the oldest finished jobs (the load spans 90 days). Locking
+        # each row touches its page, so the batch is kept small here to see the scan's own cost.
+        "retention: jobs past jobs_days": lambda c: rq.claim_old_jobs(c, 89, 100),
     }
 
 
@@ -215,6 +219,7 @@ GENERIC_INDEX = {
     "jobs, canceled only": "jobs_tenant_state_page",
     "runner claim": "jobs_queued",
     "key's spend": "reservations_key_month_spend",
+    "retention: jobs": "jobs_finished_created",
 }
 # Pages touched: the bad plans these indexes and queries avoid touched 2,500 to 7,000 here.
 MAX_BUFFERS = 1000
