@@ -2,7 +2,7 @@
 `base_url=<gateway>/openai/v1` and a gateway key as the API key.
 
 Both endpoints translate the OpenAI request into our own request Struct and hand it to
-`gateway.api.images.submit`: admission, pricing, billing, routing and storage are the /v1 ones.
+`gateway.api.submission.generate`: admission, pricing, billing, routing and storage are the /v1 ones.
 Only the shapes differ: OpenAI's request fields, its `{"created", "data": [...]}` answer, and its
 `{"error": {"message", "type", "param", "code"}}` error body (on these routes only).
 
@@ -22,10 +22,10 @@ import asyncio
 import base64
 import typing
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import msgspec
-from litestar import Request, Response, Router, post
+from litestar import Request, Router, post
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
@@ -35,177 +35,37 @@ from litestar.params import JSONBody
 
 from gateway.api.images import IdempotencyKey
 from gateway.api.multipart import read_form
+from gateway.api.openai_shapes import (
+    OPENAI_PROBLEMS,
+    OpenAIImage,
+    OpenAIImageEdit,
+    OpenAIImageGeneration,
+    OpenAIImagesResponse,
+    OpenAIOptions,
+    Quality,
+    StillRunning,
+    common_fields,
+    openai_exception_handler,
+    our_request,
+)
 from gateway.api.submission import Submitted, generate
 from gateway.auth.keys import Principal
 from gateway.domain.requests import (
     GenerationRequest,
     ImageToImageRequest,
     InpaintRequest,
-    Prompt,
     TextToImageRequest,
 )
-from gateway.errors import GatewayError, ValidationFailed, field_errors_from_msgspec, handle_exception
+from gateway.errors import GatewayError, ValidationFailed, field_errors_from_msgspec
 from gateway.state import Services
 from gateway.storage.inputs import CheckedImage, decode_image, mask_from_alpha
-
-ResponseFormat = Literal["url", "b64_json"]
-Quality = Literal["auto", "low", "medium", "high", "standard", "hd"]
-Size = Annotated[str, msgspec.Meta(pattern=r"^(auto|[0-9]{2,4}x[0-9]{2,4})$", description="WxH, or auto.")]
-OpenAICount = Annotated[int, msgspec.Meta(ge=1, le=8, description="How many images; each one is charged.")]
-
-_STEPS: dict[str, int] = {"low": 15, "high": 50, "hd": 50}
-_OPENAI_MODELS = ("dall-e", "gpt-image", "chatgpt-image")
-# Our field names as the OpenAI parameter that set them, for error bodies.
-_PARAMS = {"width": "size", "height": "size", "steps": "quality"}
-
-
-class _OpenAIOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    prompt: Prompt
-    model: str | None = None
-    n: OpenAICount | None = None
-    size: Size | None = None
-    response_format: ResponseFormat | None = None
-    output_format: Literal["png", "jpeg", "webp"] | None = None
-    quality: Quality | None = None
-    user: str | None = None
-    background: str | None = None
-    output_compression: int | None = None
-    moderation: str | None = None
-    stream: bool | None = None
-    partial_images: int | None = None
-
-
-class OpenAIImageGeneration(_OpenAIOptions, kw_only=True, forbid_unknown_fields=True):
-    """The body of OpenAI's `POST /images/generations`."""
-
-    style: str | None = None
-
-
-class OpenAIImageEdit(_OpenAIOptions, kw_only=True, forbid_unknown_fields=True):
-    """The text fields of OpenAI's multipart `POST /images/edits`."""
-
-    input_fidelity: str | None = None
-
-
-class OpenAIImage(msgspec.Struct, kw_only=True, omit_defaults=True):
-    url: str | None = None
-    b64_json: str | None = None
-    revised_prompt: str | None = None
-
-
-class OpenAIImagesResponse(msgspec.Struct, kw_only=True):
-    created: int
-    data: list[OpenAIImage]
-    output_format: str
-    size: str
-
-
-class OpenAIErrorDetail(msgspec.Struct, kw_only=True):
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-
-
-class OpenAIError(msgspec.Struct, kw_only=True):
-    error: OpenAIErrorDetail
-
-
-# -- errors ---------------------------------------------------------------------------------
-
-
-def _error_type(status: int) -> str:
-    if status >= 500:
-        return "server_error"
-    return {402: "insufficient_quota", 403: "permission_error", 429: "rate_limit_error"}.get(
-        status, "invalid_request_error"
-    )
-
-
-def _openai_error_response(status: int, problem: dict[str, Any], headers: dict[str, str]) -> Response[bytes]:
-    errors = problem.get("errors") or []
-    field = errors[0]["field"] if errors else None
-    slug = str(problem.get("type", "")).rsplit("/", 1)[-1].replace("-", "_") or None
-    code = {401: "invalid_api_key", 402: "insufficient_quota"}.get(status, slug)
-    if status == 422:
-        status = 400  # OpenAI answers 400 to a request it cannot accept; its clients expect that
-    detail = OpenAIErrorDetail(
-        message=str(problem.get("detail") or problem.get("title") or "error"),
-        type=_error_type(status),
-        param=_PARAMS.get(field, field) if field else None,
-        code=code,
-    )
-    return Response(
-        msgspec.json.encode(OpenAIError(error=detail)),
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
-    )
-
-
-def openai_exception_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    """The app's problem+json answer (same classification and logging), reshaped as OpenAI's."""
-    problem_response = handle_exception(request, exc)
-    problem = msgspec.json.decode(problem_response.content) if isinstance(problem_response.content, bytes) else {}
-    headers = {k: v for k, v in problem_response.headers.items() if k.lower() != "content-type"}
-    return _openai_error_response(problem_response.status_code or 500, problem, headers)
-
-
-class StillRunning(GatewayError):
-    status, slug, title = 504, "still-running", "The images are not ready yet"
-
-
-# The answers of both OpenAI-compatible routes beyond authentication's, in OpenAI's error shape.
-_OPENAI_PROBLEMS = {
-    400: "The request is invalid (OpenAI answers 400 where /v1 answers 422); `error.param` names the field.",
-    402: "The wallet cannot cover the images (`insufficient_quota`).",
-    409: "The Idempotency-Key was used with another body, or its first request still runs.",
-    503: "Every engine failed (nothing charged), or the database is unreachable.",
-    504: "The images are not ready within the wait; the job runs on at `/v1/jobs/{id}` (`x-should-retry: false`).",
-}
-
-
-# -- translation ----------------------------------------------------------------------------
-
-
-def _size(size: str | None) -> tuple[int, int] | None:
-    if size is None or size == "auto":
-        return None
-    width, _, height = size.partition("x")
-    return int(width), int(height)
-
-
-def _common_fields(options: _OpenAIOptions) -> dict[str, Any]:
-    if options.stream:
-        raise ValidationFailed.field("stream", "streaming is not supported; leave stream unset")
-    fields: dict[str, Any] = {"prompt": options.prompt, "n": options.n or 1}
-    size = _size(options.size)
-    if size is not None:
-        fields["width"], fields["height"] = size
-    if options.output_format is not None:
-        fields["output_format"] = options.output_format
-    if options.quality in _STEPS:
-        fields["steps"] = _STEPS[options.quality]
-    if options.model and not options.model.startswith(_OPENAI_MODELS):
-        fields["model"] = options.model
-    return fields
-
-
-def _our_request(fields: dict[str, Any], struct: type[GenerationRequest]) -> GenerationRequest:
-    try:
-        return msgspec.convert(fields, struct)
-    except msgspec.ValidationError as exc:
-        errors = field_errors_from_msgspec(str(exc))
-        raise ValidationFailed(
-            "; ".join(f"{_PARAMS.get(e.field, e.field)}: {e.message}" for e in errors), errors=errors
-        ) from exc
 
 
 async def _answer(
     services: Services,
     request: Request[Any, Any, Any],
     submitted: Submitted,
-    options: _OpenAIOptions,
+    options: OpenAIOptions,
     body: GenerationRequest,
 ) -> OpenAIImagesResponse:
     """The finished job as OpenAI's images response, or the job's failure as an error."""
@@ -249,7 +109,7 @@ async def _answer(
     operation_id="openaiCreateImage",
     summary="Create images (OpenAI-compatible)",
     tags=["openai"],
-    opt={"scope": "generate", "problems": _OPENAI_PROBLEMS},
+    opt={"scope": "generate", "problems": OPENAI_PROBLEMS},
     status_code=200,
 )
 async def create_image(
@@ -261,7 +121,7 @@ async def create_image(
     idempotency_key: IdempotencyKey = None,
 ) -> OpenAIImagesResponse:
     """OpenAI's image generation: a text-to-image job, answered when it has finished."""
-    body = _our_request(_common_fields(data), TextToImageRequest)
+    body = our_request(common_fields(data), TextToImageRequest)
     submitted = await generate(
         services=services,
         principal=principal,
@@ -337,14 +197,14 @@ async def _edit_request(
         mask = await asyncio.to_thread(mask_from_alpha, checked, "mask", required=True)
     else:
         mask = await asyncio.to_thread(mask_from_alpha, image, "image", required=False)
-    fields = _common_fields(options)
+    fields = common_fields(options)
     if "width" not in fields and _fits(image.width) and _fits(image.height):
         fields["width"], fields["height"] = image.width, image.height
     fields["image"] = _data_uri(image)
     if mask is None:
-        return "image-to-image", _our_request(fields, ImageToImageRequest)
+        return "image-to-image", our_request(fields, ImageToImageRequest)
     fields["mask"] = _data_uri(mask)
-    return "inpaint", _our_request(fields, InpaintRequest)
+    return "inpaint", our_request(fields, InpaintRequest)
 
 
 @dataclass
@@ -393,7 +253,7 @@ class _EditOperation(Operation):
     operation_id="openaiEditImage",
     summary="Edit an image (OpenAI-compatible)",
     tags=["openai"],
-    opt={"scope": "generate", "problems": _OPENAI_PROBLEMS},
+    opt={"scope": "generate", "problems": OPENAI_PROBLEMS},
     status_code=200,
     operation_class=_EditOperation,
 )

@@ -24,7 +24,7 @@ from litestar import Litestar
 from litestar.routes import HTTPRoute
 
 from gateway.api.jobs import JobStatus
-from gateway.api.openai_compat import OpenAIError
+from gateway.api.openai_shapes import OpenAIError
 from gateway.domain.requests import ImageToImageRequest, InpaintRequest, TextToImageRequest
 from gateway.errors import PROBLEM_JSON, Problem
 from gateway.openapi import operations
