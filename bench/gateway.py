@@ -91,6 +91,17 @@ ALL_MODES = ("engine", "hot", "many", "async", "rate")
 # -- the fake engine ------------------------------------------------------------------------------
 
 
+async def _read_body(receive: Any) -> bytes:
+    """An ASGI request's whole body."""
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    return body
+
+
 def _small_png() -> bytes:
     from PIL import Image  # noqa: PLC0415 - only the fake engine's process needs Pillow
 
@@ -111,12 +122,7 @@ def fake_engine_app() -> Callable[..., Awaitable[None]]:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        more = True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+        body = await _read_body(receive)
         headers = dict(scope["headers"])
         status = 200
         answer: dict[str, Any]
@@ -175,12 +181,7 @@ def otlp_sink_app() -> Callable[..., Awaitable[None]]:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        more = True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+        body = await _read_body(receive)
         payload = b""
         if scope["method"] == "POST":
             export = ExportTraceServiceRequest.FromString(body)
