@@ -30,6 +30,8 @@ from gateway.errors import FieldError, MalformedBody, ValidationFailed, field_er
 
 # The fields that may arrive as file parts; every other field is text.
 FILE_FIELDS = frozenset({"image", "mask"})
+# What a file part may hold (the formats gateway/storage/inputs.py decodes).
+FILE_MEDIA_TYPES = "image/png, image/jpeg, image/webp"
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.params import JSONBody
 
 from gateway.api.images import IdempotencyKey
-from gateway.api.multipart import read_form
+from gateway.api.multipart import FILE_MEDIA_TYPES, read_form
 from gateway.api.openai_shapes import (
     OPENAI_PROBLEMS,
     OpenAIImage,
@@ -240,7 +240,7 @@ class _EditOperation(Operation):
                 RequestEncodingType.MULTI_PART.value: OpenAPIMediaType(
                     schema=schema,
                     encoding={
-                        "image": Encoding(content_type="image/png, image/jpeg, image/webp"),
+                        "image": Encoding(content_type=FILE_MEDIA_TYPES),
                         "mask": Encoding(content_type="image/png"),
                     },
                 )

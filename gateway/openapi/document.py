@@ -24,11 +24,13 @@ from litestar import Litestar
 from litestar.routes import HTTPRoute
 
 from gateway.api.jobs import JobStatus
+from gateway.api.multipart import FILE_FIELDS, FILE_MEDIA_TYPES
 from gateway.api.openai_shapes import OpenAIError
 from gateway.domain.requests import ImageToImageRequest, InpaintRequest, TextToImageRequest
 from gateway.errors import PROBLEM_JSON, Problem
 from gateway.openapi import operations
 from gateway.openapi.config import API_VERSION
+from gateway.openapi.headers import HEADERS, header
 
 # msgspec's JSON Schema for these (and every request body Struct) replaces Litestar's: Litestar
 # drops `minimum` on optional constrained fields and never emits `additionalProperties: false`, so
@@ -51,34 +53,6 @@ _DESCRIPTIONS = {
     "(`limit`: `failed_authentications`): retry after `Retry-After` seconds.",
     500: "An unexpected error; it has been logged.",
     503: "The database is unreachable or restarting (`database-unavailable`): retry after `Retry-After` seconds.",
-}
-
-HEADERS: dict[str, dict[str, Any]] = {
-    "RateLimit-Limit": {"description": "Requests per minute the key may make.", "schema": {"type": "integer"}},
-    "RateLimit-Remaining": {"description": "Requests left in the current window.", "schema": {"type": "integer"}},
-    "RateLimit-Reset": {
-        "description": "Seconds until a request is allowed again (0 while requests remain).",
-        "schema": {"type": "integer", "minimum": 0},
-    },
-    "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}},
-    "WWW-Authenticate": {"description": "The credentials the operation expects.", "schema": {"type": "string"}},
-    "Location": {"description": "The job's URL: `/v1/jobs/{id}`.", "schema": {"type": "string"}},
-    "X-Request-Id": {
-        "description": "This request's id: the client's own `X-Request-Id` when well-formed, else one the gateway "
-        "made. It is in the logs, on the job, in problem bodies (`request_id`) and in webhook deliveries.",
-        "schema": {"type": "string"},
-    },
-    "Idempotent-Replayed": {
-        "description": "`true` when this answer replays the job an earlier request with the same Idempotency-Key made.",
-        "schema": {"type": "string", "enum": ["true"]},
-    },
-    "ETag": {"description": "The file's entity tag; send it back as `If-None-Match`.", "schema": {"type": "string"}},
-    "Content-Disposition": {"description": "`attachment; filename=...`.", "schema": {"type": "string"}},
-    "Content-Location": {
-        "description": "The zip's own file URL (`/v1/files/{id}`), which works without the API key.",
-        "schema": {"type": "string"},
-    },
-    "Cache-Control": {"description": "How long a client may keep the answer.", "schema": {"type": "string"}},
 }
 
 
@@ -145,10 +119,6 @@ def openapi_document(app: Litestar) -> dict[str, Any]:
     return doc
 
 
-_FILE_FIELDS = ("image", "mask")
-_IMAGE_TYPES = "image/png, image/jpeg, image/webp"
-
-
 def _add_form(operation: dict[str, Any], schemas: dict[str, Any]) -> None:
     """The second encoding of a JSON body Struct: multipart/form-data, one part a field, the image
     fields as files or as the same text JSON takes (gateway/api/multipart.py). Its schema is a
@@ -158,7 +128,7 @@ def _add_form(operation: dict[str, Any], schemas: dict[str, Any]) -> None:
     name = content["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
     form = copy.deepcopy(schemas[name])
     form["title"] = f"{name}Form"
-    fields = [f for f in _FILE_FIELDS if f in form["properties"]]
+    fields = sorted(f for f in FILE_FIELDS if f in form["properties"])
     for field in fields:
         text = form["properties"][field]
         form["properties"][field] = {
@@ -169,7 +139,7 @@ def _add_form(operation: dict[str, Any], schemas: dict[str, Any]) -> None:
     schemas[f"{name}Form"] = form
     content["multipart/form-data"] = {
         "schema": {"$ref": REF.format(name=f"{name}Form")},
-        "encoding": {field: {"contentType": _IMAGE_TYPES} for field in fields},
+        "encoding": {field: {"contentType": FILE_MEDIA_TYPES} for field in fields},
     }
 
 
@@ -217,12 +187,6 @@ def _error_response(status: int, description: str, route: Route) -> dict[str, An
     else:
         schema, media = {"$ref": REF.format(name="Problem")}, PROBLEM_JSON
     return {"description": description, "content": {media: {"schema": schema}}}
-
-
-def header(name: str, *, required: bool = False) -> dict[str, Any]:
-    """The Header Object for `name`: a reference, or inline where it is required (`required` may
-    not stand beside a `$ref`)."""
-    return {**HEADERS[name], "required": True} if required else {"$ref": f"#/components/headers/{name}"}
 
 
 def _add_headers(status: int, response: dict[str, Any], route: Route) -> None:

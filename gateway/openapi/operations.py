@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from gateway.openapi.headers import header
+
 TAGS: list[dict[str, str]] = [
     {"name": "images", "description": "Generate images: text-to-image, image-to-image and inpainting."},
     {"name": "jobs", "description": "A generation's job: its state, results, engine attempts and events."},
@@ -26,12 +28,6 @@ _REF = "#/components/schemas/{}"
 _JOB = {"application/json": {"schema": {"$ref": _REF.format("JobView")}}}
 _BINARY = {"type": "string", "format": "binary"}
 _IMAGES = ("image/png", "image/jpeg", "image/webp")
-
-
-def _header(name: str, *, required: bool = False) -> dict[str, Any]:
-    from gateway.openapi.document import header  # noqa: PLC0415 - document imports this module
-
-    return header(name, required=required)
 
 
 def _job_links() -> dict[str, Any]:
@@ -155,7 +151,7 @@ def _generation(operation: dict[str, Any]) -> None:
     ok["content"]["application/json"]["example"] = _JOB_EXAMPLE
     ok["description"] = "The job finished and made its images (see `results`); charged per image made."
     ok.setdefault("headers", {}).update(
-        Location=_header("Location"), **{"Idempotent-Replayed": _header("Idempotent-Replayed")}
+        Location=header("Location"), **{"Idempotent-Replayed": header("Idempotent-Replayed")}
     )
     ok["links"] = _job_links()
     running = {**_JOB_EXAMPLE, "state": "running", "progress": 0.4, "images_succeeded": 0, "charged": 0.0}
@@ -164,7 +160,7 @@ def _generation(operation: dict[str, Any]) -> None:
         "description": 'Accepted: the job runs on (`Prefer: respond-async`, `"async": true`, or a sync job '
         "that outlived the wait). Poll `Location` or stream its events.",
         "content": {"application/json": {**_JOB["application/json"], "example": running}},
-        "headers": {**ok["headers"], "Location": _header("Location", required=True)},
+        "headers": {**ok["headers"], "Location": header("Location", required=True)},
         "links": _job_links(),
     }
 
@@ -195,9 +191,9 @@ def _download(operation: dict[str, Any], *, zip_only: bool) -> None:
     # the one binary type client generators map to bytes.
     media = ("application/zip",) if zip_only else (*_IMAGES, "application/zip")
     media = (*media, "application/octet-stream")
-    headers = {name: _header(name, required=True) for name in ("ETag", "Content-Disposition", "Cache-Control")}
+    headers = {name: header(name, required=True) for name in ("ETag", "Content-Disposition", "Cache-Control")}
     if zip_only:
-        headers["Content-Location"] = _header("Content-Location", required=True)
+        headers["Content-Location"] = header("Content-Location", required=True)
     ok = operation["responses"]["200"]
     ok["content"] = {m: {"schema": _BINARY} for m in media}
     ok["description"] = "The file's bytes, as its own type (or `application/octet-stream` when asked for)."
@@ -206,8 +202,8 @@ def _download(operation: dict[str, Any], *, zip_only: bool) -> None:
         "description": "Not modified: `If-None-Match` named the current `ETag`.",
         "headers": {
             **{k: v for k, v in ok["headers"].items() if k.startswith("RateLimit")},
-            "ETag": _header("ETag", required=True),
-            **({"Content-Location": _header("Content-Location", required=True)} if zip_only else {}),
+            "ETag": header("ETag", required=True),
+            **({"Content-Location": header("Content-Location", required=True)} if zip_only else {}),
         },
     }
 
@@ -243,7 +239,7 @@ def _events(operation: dict[str, Any]) -> None:
             }
         }
     }
-    ok.setdefault("headers", {})["Cache-Control"] = _header("Cache-Control", required=True)
+    ok.setdefault("headers", {})["Cache-Control"] = header("Cache-Control", required=True)
 
 
 def _usage(operation: dict[str, Any]) -> None:
@@ -251,7 +247,7 @@ def _usage(operation: dict[str, Any]) -> None:
     ok["content"]["text/csv"] = {
         "schema": {"type": "string", "description": "The same rows as CSV, one header line (`Accept: text/csv`)."}
     }
-    ok.setdefault("headers", {})["Content-Disposition"] = _header("Content-Disposition")
+    ok.setdefault("headers", {})["Content-Disposition"] = header("Content-Disposition")
 
 
 def _metrics(operation: dict[str, Any]) -> None:
