@@ -173,6 +173,11 @@ class Gateway:
         )
 
 
+def vendor_urls(api2convert: Any, qolaba: Any, aithriving: Any) -> dict[str, str]:
+    """The fake vendors' base URLs by vendor, as gateway_settings takes them."""
+    return {"api2convert": api2convert.base_url, "qolaba": qolaba.base_url, "aithriving": aithriving.base_url}
+
+
 def gateway_settings(
     database_url: str,
     data_dir: Path,
@@ -228,11 +233,7 @@ async def make_gateway(
     started: list[AsyncTestClient[Litestar]] = []
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=10)
     assert pool is not None
-    vendors = {
-        "api2convert": fake_api2convert.base_url,
-        "qolaba": fake_qolaba.base_url,
-        "aithriving": fake_aithriving.base_url,
-    }
+    vendors = vendor_urls(fake_api2convert, fake_qolaba, fake_aithriving)
 
     async def start(environ: dict[str, str] | None = None, **overrides: Any) -> Gateway:
         # `environ`: extra variables the settings resolve secrets from (e.g. S3 credentials).

@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 
 from gateway.app import create_app
-from tests.conftest import gateway_settings
+from tests.conftest import gateway_settings, vendor_urls
 
 
 class LiveGateway:
@@ -66,11 +66,7 @@ def make_live_gateway(
     database_url: str, data_dir: Path, fake_api2convert: Any, fake_qolaba: Any, fake_aithriving: Any
 ) -> Iterator[Callable[..., str]]:
     """Start live gateways (settings overrides as keyword arguments); returns their base URLs."""
-    vendors = {
-        "api2convert": fake_api2convert.base_url,
-        "qolaba": fake_qolaba.base_url,
-        "aithriving": fake_aithriving.base_url,
-    }
+    vendors = vendor_urls(fake_api2convert, fake_qolaba, fake_aithriving)
     started: list[LiveGateway] = []
 
     def start(**overrides: Any) -> str:

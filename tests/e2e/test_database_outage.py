@@ -24,7 +24,7 @@ from litestar.testing import AsyncTestClient
 from gateway.app import create_app
 from gateway.db.embedded import EmbeddedPostgres, _import_embedded, start_embedded
 from gateway.db.migrations import apply_migrations
-from tests.conftest import Gateway, gateway_settings
+from tests.conftest import Gateway, gateway_settings, vendor_urls
 from tests.e2e.test_generation_billing import T2I, audit_clean, auth, balance
 
 
@@ -71,11 +71,7 @@ async def outage_gateway(
         await apply_migrations(conn)
     finally:
         await conn.close()
-    vendors = {
-        "api2convert": fake_api2convert.base_url,
-        "qolaba": fake_qolaba.base_url,
-        "aithriving": fake_aithriving.base_url,
-    }
+    vendors = vendor_urls(fake_api2convert, fake_qolaba, fake_aithriving)
     # key_cache_ttl_s=0: every request looks its key up, so the outage reaches authentication too.
     settings = gateway_settings(dsn, data_dir, vendors, db_pool_min=1, db_pool_max=4, key_cache_ttl_s=0.001)
     app = create_app(settings)

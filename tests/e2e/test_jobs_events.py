@@ -18,7 +18,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.db.audit import run_audit
-from tests.conftest import Gateway, gateway_settings
+from tests.conftest import Gateway, gateway_settings, vendor_urls
 from tests.fakes.images import png
 
 T2I = {"prompt": "a lighthouse at dusk", "width": 512, "height": 512, "steps": 30}
@@ -207,11 +207,7 @@ def live_api(
     database_url: str, data_dir: Path, fake_api2convert: Any, fake_qolaba: Any, fake_aithriving: Any
 ) -> Iterator[LiveServer]:
     """An API replica without a job runner, on a real port, with a short keep-alive."""
-    vendors = {
-        "api2convert": fake_api2convert.base_url,
-        "qolaba": fake_qolaba.base_url,
-        "aithriving": fake_aithriving.base_url,
-    }
+    vendors = vendor_urls(fake_api2convert, fake_qolaba, fake_aithriving)
     settings = gateway_settings(database_url, data_dir, vendors, run_worker=False, sse_keepalive_s=0.2)
     server = LiveServer(create_app(settings))
     server.start()

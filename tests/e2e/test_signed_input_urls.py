@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.conftest import Gateway, gateway_settings
+from tests.conftest import Gateway, gateway_settings, vendor_urls
 from tests.e2e.live import LiveGateway
 from tests.e2e.test_generation_billing import audit_clean, balance
 from tests.fakes.images import png
@@ -26,11 +26,7 @@ def gateway_with_public_url(
     database_url: str, data_dir: Path, fake_api2convert: Any, fake_qolaba: Any, fake_aithriving: Any
 ) -> Iterator[Callable[..., str]]:
     """Start a live gateway whose public_base_url is its own address (image-to-image on Qolaba)."""
-    vendors = {
-        "api2convert": fake_api2convert.base_url,
-        "qolaba": fake_qolaba.base_url,
-        "aithriving": fake_aithriving.base_url,
-    }
+    vendors = vendor_urls(fake_api2convert, fake_qolaba, fake_aithriving)
     started: list[LiveGateway] = []
 
     def start() -> str:

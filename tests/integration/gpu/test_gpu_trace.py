@@ -21,21 +21,11 @@ from gateway.domain.generation import EngineRequest
 from gateway.engines.diffusion import DiffusionEngine
 from gateway.observability.context import bind
 from gateway.observability.tracing import span
-from tests.integration.gpu.test_gpu_worker import SECRET, free_port, wait_healthy
+from tests.integration.gpu.test_gpu_worker import BODY, SECRET, free_port, wait_healthy
 from tests.otlp_receiver import OtlpReceiver, otlp_receiver
 from tests.spans import recording_spans
 
-REQUEST = {
-    "job_id": "job",
-    "operation": "text-to-image",
-    "prompt": "a kite",
-    "width": 64,
-    "height": 64,
-    "steps": 2,
-    "guidance_scale": 5.0,
-    "seed": 1,
-    "n": 2,
-}
+REQUEST = {**BODY, "n": 2}
 GPU_SPANS = {"POST /v1/generate", "gpu.queue_wait", "gpu.batch", "gpu.denoise", "gpu.decode", "gpu.encode"}
 
 
