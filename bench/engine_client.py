@@ -1,5 +1,6 @@
-"""Client CPU per engine call: httpx's default transport, the old asyncio backend, EngineTransport, and
-EngineTransport under EngineClient (the engines' client, which skips httpx's per-request client layer).
+"""Client CPU per engine call: httpx's default transport, the old asyncio backend, EngineTransport,
+httpx-aiohttp's transport, and each under EngineClient (the engines' client, which skips httpx's
+per-request client layer).
 
 A minimal HTTP server (uvicorn, uvloop, httptools, a raw ASGI app answering a small JSON body) runs in
 its own process; this process sends `--requests` POSTs with a small JSON body from `--concurrency`
@@ -31,6 +32,7 @@ import httpcore
 import httpx
 import msgspec
 import uvloop
+from httpx_aiohttp import AiohttpTransport
 
 ROOT = Path(__file__).resolve().parent.parent
 # Run as a script, this folder comes first on sys.path, and bench/gateway.py would shadow the
@@ -38,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if __name__ == "__main__":
     sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent)]
 
+from gateway.engines.aiohttp_transport import AiohttpEngineTransport  # noqa: E402
 from gateway.engines.client import EngineClient  # noqa: E402
 from gateway.engines.http import json_post, send  # noqa: E402
 from gateway.engines.transport import EngineTransport  # noqa: E402
@@ -211,15 +214,22 @@ def httpx_client(transport: Callable[[], httpx.AsyncBaseTransport]) -> Callable[
     return lambda url: httpx.AsyncClient(base_url=url, transport=transport(), timeout=10, trust_env=False)
 
 
-def engine_client(url: str) -> httpx.AsyncClient:
-    return EngineClient(base_url=url, transport=engine_transport(), timeout=10)
+def aiohttp_as_shipped() -> httpx.AsyncBaseTransport:
+    return AiohttpTransport(limits=LIMITS, trust_env=False)
+
+
+def on_engine_client(transport: Callable[[], httpx.AsyncBaseTransport]) -> Callable[[str], httpx.AsyncClient]:
+    return lambda url: EngineClient(base_url=url, transport=transport(), timeout=10)
 
 
 VARIANTS: dict[str, Callable[[str], httpx.AsyncClient]] = {
     "(a) httpx default (httpcore, anyio)": httpx_client(httpx_default),
     "(b) httpcore on asyncio streams (before)": httpx_client(old_backend),
     "(c) EngineTransport (httptools)": httpx_client(engine_transport),
-    "(d) EngineClient on EngineTransport": engine_client,
+    "(d) EngineClient on EngineTransport": on_engine_client(engine_transport),
+    "(e) httpx-aiohttp's AiohttpTransport": httpx_client(aiohttp_as_shipped),
+    "(f) EngineClient on AiohttpEngineTransport": on_engine_client(lambda: AiohttpEngineTransport(limits=LIMITS)),
+    "(g) EngineClient on httpx default": on_engine_client(httpx_default),
 }
 
 
@@ -251,11 +261,11 @@ async def bench(args: argparse.Namespace, url: str) -> None:
             results[name].append(await run(url, make, args.requests, args.concurrency))
     rounds = f"median of {args.rounds} rounds"
     print(f"{args.requests} requests per round, {args.concurrency} concurrent, {args.loop} loop, {rounds}")
-    print(f"{'client':<44} {'CPU µs/request':>15} {'requests/s':>11}")
+    print(f"{'client':<46} {'CPU µs/request':>15} {'requests/s':>11}")
     for name, rows in results.items():
         cpu = statistics.median(row[0] for row in rows)
         rps = statistics.median(row[1] for row in rows)
-        print(f"{name:<44} {cpu:>15.0f} {rps:>11.0f}")
+        print(f"{name:<46} {cpu:>15.0f} {rps:>11.0f}")
 
 
 def main() -> int:

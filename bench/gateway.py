@@ -320,18 +320,39 @@ def file_create_cpu_us(folder: Path, count: int = 200) -> float:
 
 
 @dataclass
-class Traced:
-    """The second gateway of `--tracing`: its URL, a CPU meter over it, and the span sink's URL."""
+class Variant:
+    """One gateway process of a run: its label (empty for a single gateway), URL and a CPU meter over it.
+    `--tracing` and `--transports` start several, and each gateway mode alternates between them."""
 
+    label: str
     url: str
     meter: CpuMeter
-    sink: str
+
+
+@dataclass
+class Stack:
+    """What `local_stack` started: the gateways (the first is the baseline of comparisons), the fake
+    engine, the database and its tenants, and with --tracing the span sink's URL."""
+
+    variants: list[Variant]
+    engine_url: str
+    dsn: str
+    tenants: Tenants
+    sink: str | None
+
+
+def variant_settings(args: argparse.Namespace) -> list[tuple[str, str, dict[str, str]]]:
+    """(label, extra `[engines.qolaba]` lines, extra environment) of each gateway to start."""
+    if args.transports:
+        return [(f"transport {t}", f'transport = "{t}"\n', {}) for t in args.transports.split(",")]
+    if args.tracing:
+        return [("tracing off", "", {}), ("tracing on", "", {"OTEL_TRACES_EXPORTER": "otlp"})]
+    return [("", "", {})]
 
 
 @contextlib.contextmanager
-def local_stack(args: argparse.Namespace) -> Iterator[tuple[str, str, str, Tenants, CpuMeter, Traced | None]]:
-    """Fake engine, embedded PostgreSQL and the gateway, all on 127.0.0.1; yields (gateway, engine, dsn,
-    tenants, a CPU meter over the three, and with --tracing the traced gateway)."""
+def local_stack(args: argparse.Namespace) -> Iterator[Stack]:
+    """Fake engine, embedded PostgreSQL and the gateway(s), all on 127.0.0.1."""
     from gateway.db.embedded import start_embedded  # noqa: PLC0415
 
     args.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -352,28 +373,10 @@ def local_stack(args: argparse.Namespace) -> Iterator[tuple[str, str, str, Tenan
         if args.warm_wal:
             ready = asyncio.run(warm_wal(dsn, args.warm_wal))
             print(f"WAL warmed: {ready} recycled segment files ahead of the current one", flush=True)
-        config = tmp / "gateway.toml"
-        config.write_text(
-            f"""
-[engines.qolaba]
-kind = "qolaba"
-base_url = "{engine_url}"
-api_key_env = "BENCH_ENGINE_KEY"
-max_concurrency = 4096
-
-[routes]
-text-to-image = ["qolaba"]
-
-[storage]
-path = "{blobs}"
-"""
-        )
-        port = free_port()
         pg_options = [tuple(option.split("=", 1)) for option in args.pg_option]
         env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
-            "GATEWAY_CONFIG": str(config),
             # asyncpg passes a DSN's unknown query parameters to the server as session settings.
             "GATEWAY_DATABASE_URL": dsn + ("&" if "?" in dsn else "?") + urlencode(pg_options) if pg_options else dsn,
             "GATEWAY_DATA_DIR": str(tmp / "data"),
@@ -384,34 +387,48 @@ path = "{blobs}"
             "BENCH_ENGINE_KEY": ENGINE_KEY,
         }
         env = {k: v for k, v in env.items() if not k.startswith("OTEL_")}  # tracing off, whatever the shell says
-        serve = ["serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)]
-        gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", *serve], env=env)
-        procs.append(gateway)
-        wait_http(f"{engine_url}/", proc=procs[0])
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc=gateway)
-        print(f"gateway pid {gateway.pid} on :{port}, fake engine pid {procs[0].pid} on :{engine_port}", flush=True)
-        postmaster = int((embedded.pgdata / "postmaster.pid").read_text().split()[0])
-        meter = CpuMeter(gateway=gateway.pid, engine=procs[0].pid, postmaster=postmaster)
-        traced = None
+        sink = None
+        settings = variant_settings(args)
         if args.tracing:
-            sink_port, traced_port = free_port(), free_port()
+            sink_port = free_port()
             sink = f"http://127.0.0.1:{sink_port}"
             procs.append(subprocess.Popen([sys.executable, __file__, "--serve-otlp-sink", str(sink_port)]))
-            otel = {
-                "OTEL_TRACES_EXPORTER": "otlp",
-                "OTEL_EXPORTER_OTLP_ENDPOINT": sink,
-                "OTEL_TRACES_SAMPLER": "always_on",
-                "OTEL_SERVICE_NAME": "bench-gateway",
-            }
-            serve = ["serve", "--host", "127.0.0.1", "--port", str(traced_port), "--workers", str(args.workers)]
-            traced_proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", *serve], env={**env, **otel})
-            procs.append(traced_proc)
-            wait_http(f"{sink}/stats", proc=procs[-2])
-            wait_http(f"http://127.0.0.1:{traced_port}/healthz", proc=traced_proc)
-            print(f"traced gateway pid {traced_proc.pid} on :{traced_port}, span sink on :{sink_port}", flush=True)
-            traced_meter = CpuMeter(gateway=traced_proc.pid, engine=procs[0].pid, postmaster=postmaster)
-            traced = Traced(f"http://127.0.0.1:{traced_port}", traced_meter, sink)
-        yield f"http://127.0.0.1:{port}", engine_url, dsn, tenants, meter, traced
+            wait_http(f"{sink}/stats", proc=procs[-1])
+        wait_http(f"{engine_url}/", proc=procs[0])
+        postmaster = int((embedded.pgdata / "postmaster.pid").read_text().split()[0])
+        variants = []
+        for i, (label, engine_lines, extra_env) in enumerate(settings):
+            config = tmp / f"gateway-{i}.toml"
+            config.write_text(
+                f"""
+[engines.qolaba]
+kind = "qolaba"
+base_url = "{engine_url}"
+api_key_env = "BENCH_ENGINE_KEY"
+max_concurrency = 4096
+{engine_lines}
+[routes]
+text-to-image = ["qolaba"]
+
+[storage]
+path = "{blobs}"
+"""
+            )
+            if extra_env and sink:
+                # Every request sampled, spans exported over OTLP/HTTP to the sink.
+                otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "OTEL_TRACES_SAMPLER": "always_on"}
+                extra_env = {**extra_env, **otel, "OTEL_SERVICE_NAME": "bench-gateway"}  # noqa: PLW2901
+            port = free_port()
+            serve = ["serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)]
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", *serve], env={**env, "GATEWAY_CONFIG": str(config), **extra_env}
+            )
+            procs.append(proc)
+            wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+            print(f"gateway {label or ''} pid {proc.pid} on :{port}, fake engine pid {procs[0].pid}", flush=True)
+            meter = CpuMeter(gateway=proc.pid, engine=procs[0].pid, postmaster=postmaster)
+            variants.append(Variant(label, f"http://127.0.0.1:{port}", meter))
+        yield Stack(variants, engine_url, dsn, tenants, sink)
     finally:
         for proc in reversed(procs):
             stop(proc)
@@ -808,14 +825,13 @@ async def account(dsn: str, tenants: Tenants, answered: int) -> bool:
 
 async def run_modes(
     args: argparse.Namespace,
-    gateway_url: str,
+    variants: list[Variant],
     engine_url: str | None,
     hot: str,
     many: list[str],
-    meter: CpuMeter,
     dsn: str | None = None,
-    traced: Traced | None = None,
 ) -> tuple[list[Result], dict[str, Result], int]:
+    gateway_url, meter = variants[0].url, variants[0].meter
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     results: list[Result] = []
     baseline: dict[str, Result] = {}
@@ -843,11 +859,10 @@ async def run_modes(
         return r
 
     async def gateways(name: str, run: Callable[[str, CpuMeter, str], Awaitable[Result]]) -> list[Result]:
-        """`run(url, meter, name)` against the gateway; with --tracing against both, alternately, `--rounds` times."""
-        if traced is None:
+        """`run(url, meter, name)` against the gateway; with several, against each in turn, `--rounds` times."""
+        if len(variants) == 1:
             return [await run(gateway_url, meter, name)]
-        both = [(gateway_url, meter, "tracing off"), (traced.url, traced.meter, "tracing on")]
-        return [await run(url, on, f"{name} [{label}]") for _ in range(args.rounds) for url, on, label in both]
+        return [await run(v.url, v.meter, f"{name} [{v.label}]") for _ in range(args.rounds) for v in variants]
 
     engine: Result | None = None
     if "engine" in modes and engine_url:
@@ -892,23 +907,29 @@ async def run_modes(
     return results, baseline, answered
 
 
-def tracing_summary(results: list[Result], sink: str) -> str:
-    """Per mode run with and without tracing: the medians over the rounds, and what tracing added."""
-    lines = ["", "Tracing off against on (medians over the rounds; each round ran off, then on):"]
+def variants_summary(results: list[Result], labels: list[str], sink: str | None) -> str:
+    """Per mode run against several gateways: the medians over the rounds, each against the first's."""
+    lines = ["", f"{' against '.join(labels)} (medians over the rounds; each round ran them in this order):"]
     modes = sorted({r.name.rpartition(" [")[0] for r in results if r.name.endswith("]")})
     for mode in modes:
-        runs = {label: [r for r in results if r.name == f"{mode} [tracing {label}]"] for label in ("off", "on")}
+        runs = {label: [r for r in results if r.name == f"{mode} [{label}]"] for label in labels}
         p50 = {k: statistics.median(r.pct(0.5) for r in v) for k, v in runs.items()}
+        p99 = {k: statistics.median(r.pct(0.99) for r in v) for k, v in runs.items()}
         cpu = {k: statistics.median(r.cpu_ms("gateway") for r in v) for k, v in runs.items()}
         rps = {k: statistics.median(r.rps() for r in v) for k, v in runs.items()}
-        lines.append(
-            f"  {mode}: p50 {p50['off']:.2f} -> {p50['on']:.2f} ms ({p50['on'] - p50['off']:+.2f}); "
-            f"gateway CPU {cpu['off']:.3f} -> {cpu['on']:.3f} ms/request ({cpu['on'] - cpu['off']:+.3f}); "
-            f"{rps['off']:.0f} -> {rps['on']:.0f} req/s; {len(runs['on'])} rounds"
-        )
-    stats = msgspec.json.decode(httpx.get(f"{sink}/stats").content)
-    received = f"{stats['spans']} spans in {stats['requests']} OTLP requests ({stats['bytes'] / 1e6:.1f} MB)"
-    lines.append(f"  the span sink received {received}")
+        base = labels[0]
+        lines.append(f"  {mode} ({len(runs[base])} rounds):")
+        for label in labels:
+            lines.append(
+                f"    {label:<20} p50 {p50[label]:6.2f} ms ({p50[label] - p50[base]:+.2f}), "
+                f"p99 {p99[label]:6.2f} ms ({p99[label] - p99[base]:+.2f}), "
+                f"gateway CPU {cpu[label]:.3f} ms/request ({(cpu[label] / cpu[base] - 1) * 100:+.1f} %), "
+                f"{rps[label]:.0f} req/s"
+            )
+    if sink:
+        stats = msgspec.json.decode(httpx.get(f"{sink}/stats").content)
+        received = f"{stats['spans']} spans in {stats['requests']} OTLP requests ({stats['bytes'] / 1e6:.1f} MB)"
+        lines.append(f"  the span sink received {received}")
     return "\n".join(lines)
 
 
@@ -965,13 +986,20 @@ def main() -> int:
         help="also start a gateway with tracing on (100 %% sampled, OTLP to a local sink) and run each gateway "
         "mode against both, alternately",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="with --tracing: runs of each mode per gateway")
+    parser.add_argument(
+        "--transports",
+        help="comma-separated engine transports (own, aiohttp, httpx: `[engines.NAME] transport`): start a gateway "
+        "with each and run each gateway mode against them in turn",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --tracing or --transports: runs per gateway")
     parser.add_argument("--url", help="a running gateway instead of starting one (needs --key)")
     parser.add_argument("--key", action="append", help="tenant key(s) for --url; the first is the hot tenant")
     parser.add_argument("--engine-url", help="with --url: the fake engine the gateway routes to, for the baseline")
     parser.add_argument("--serve-fake-engine", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-otlp-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tracing and args.transports:
+        parser.error("--tracing and --transports each compare gateways: one at a time")
     if args.serve_fake_engine:
         serve_fake_engine(args.serve_fake_engine)
         return 0
@@ -988,26 +1016,26 @@ def main() -> int:
     if args.url:
         if not args.key:
             parser.error("--url needs --key")
-        results, baseline, _ = uvloop.run(
-            run_modes(args, args.url, args.engine_url, args.key[0], args.key[1:], CpuMeter())
-        )
+        only = [Variant("", args.url, CpuMeter())]
+        results, baseline, _ = uvloop.run(run_modes(args, only, args.engine_url, args.key[0], args.key[1:]))
         print()
         print(table(results, baseline))
         print(*(r.stalls() for r in results if r.timeline), sep="\n")
         return 0
-    with local_stack(args) as (gateway_url, engine_url, dsn, tenants, meter, traced):
+    with local_stack(args) as stack:
+        tenants = stack.tenants
         results, baseline, answered = uvloop.run(
-            run_modes(args, gateway_url, engine_url, tenants.hot, tenants.many, meter, dsn, traced)
+            run_modes(args, stack.variants, stack.engine_url, tenants.hot, tenants.many, stack.dsn)
         )
         time.sleep(0.5)  # let the last settlements commit (and the traced gateway export its last spans)
         print()
         print(table(results, baseline))
-        if traced is not None:
-            print(tracing_summary(results, traced.sink))
+        if len(stack.variants) > 1:
+            print(variants_summary(results, [v.label for v in stack.variants], stack.sink))
         print(*(r.stalls() for r in results if r.timeline), sep="\n")
         print(*(r.background for r in results), sep="\n")
         print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
-        ok = uvloop.run(account(dsn, tenants, answered))
+        ok = uvloop.run(account(stack.dsn, tenants, answered))
     return 0 if ok else 1
 
 

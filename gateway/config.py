@@ -35,6 +35,7 @@ EngineKind = Literal["api2convert", "qolaba", "aithriving", "diffusion"]
 # Kinds that call a vendor's API: a base_url and an API key are required.
 VENDOR_KINDS = frozenset({"api2convert", "qolaba", "aithriving"})
 
+TransportKind = Literal["own", "aiohttp", "httpx"]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 
@@ -62,6 +63,9 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # Send W3C traceparent (our trace ids) to this engine: off for vendors, whose traces we do not share.
     # Our own GPU service (kind "diffusion") always gets it.
     propagate_trace: bool = False
+    # The HTTP/1.1 transport under httpx: "own" (gateway/engines/transport.py), "aiohttp" (httpx-aiohttp),
+    # or "httpx" (httpx's default, httpcore); gateway/engines/registry.py `engine_transport` says why "own".
+    transport: TransportKind = "own"
     # Resolved from the environment variable `api_key_env` by the loader, never from the file.
     api_key: Secret | None = None
 
