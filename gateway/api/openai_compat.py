@@ -50,6 +50,7 @@ from gateway.api.openai_shapes import (
 )
 from gateway.api.submission import Submitted, generate
 from gateway.auth.keys import Principal
+from gateway.db import files as fq
 from gateway.domain.requests import (
     GenerationRequest,
     ImageToImageRequest,
@@ -89,8 +90,7 @@ async def _answer(
         data = [OpenAIImage(url=f"{base}{r.url}") for r in view.results if r.url]
     else:
         async with services.pool.acquire() as conn:
-            rows = await conn.fetch("SELECT id, blob_key FROM files WHERE job_id = $1 AND kind = 'image'", view.id)
-        blob_keys = {row["id"]: row["blob_key"] for row in rows}
+            blob_keys = await fq.image_blob_keys(conn, view.id)
         for result in view.results:
             if result.file_id:
                 image = await services.blobs.get(blob_keys[result.file_id])

@@ -25,13 +25,12 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
-import asyncpg
-
 from gateway.auth import tokens
 from gateway.auth.limits import KeyedLimiter
 from gateway.db import keys as q
 from gateway.db import rate_limits, require_tenant
 from gateway.db.pool import Pool
+from gateway.db.types import Row
 from gateway.errors import RateLimited, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -81,7 +80,7 @@ class Principal:
 
 @dataclass
 class _Cached:
-    row: asyncpg.Record | None
+    row: Row | None
     fetched: float
 
 
@@ -182,7 +181,7 @@ class KeyAuthenticator:
         cached = self._cache.get(secret_hash)
         return cached is not None and cached.row is not None and self.clock() - cached.fetched < self.ttl_s
 
-    async def _lookup(self, kind: str, secret_hash: bytes) -> asyncpg.Record | None:
+    async def _lookup(self, kind: str, secret_hash: bytes) -> Row | None:
         now = self.clock()
         cached = self._cache.get(secret_hash)
         if cached is not None and now - cached.fetched < self.ttl_s:

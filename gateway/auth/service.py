@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from typing import Literal
 from uuid import UUID, uuid4
 
-import asyncpg
 import msgspec
 
 from gateway.auth import tokens
@@ -25,6 +24,7 @@ from gateway.auth.keys import SCOPES, Principal
 from gateway.db import Conn
 from gateway.db import billing as bq
 from gateway.db import keys as q
+from gateway.db.types import CheckViolationError, Row
 from gateway.domain.money import to_credits
 from gateway.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 
@@ -120,7 +120,7 @@ def within_creator(spec: KeySpec, creator: Principal, *, rate_limit_given: bool)
     return msgspec.structs.replace(spec, rate_limit_per_minute=rate, monthly_cap=cap, expires_at=expires)
 
 
-def looser_than(target: asyncpg.Record, caller: Principal) -> list[str]:
+def looser_than(target: Row, caller: Principal) -> list[str]:
     """What of the key `target` is beyond the caller's own limits (empty: it is within them).
 
     The same bounds `within_creator` puts on a new key: scopes a subset, rate limit, monthly cap and
@@ -216,7 +216,7 @@ async def create_operator_key(conn: Conn, *, name: str = "operator") -> IssuedKe
     return IssuedKey(id=key_id, tenant_id=None, name=name, scopes=[], key=secret, hint=tokens.hint(secret))
 
 
-async def revoke_operator_key(conn: Conn, key_id: UUID) -> asyncpg.Record:
+async def revoke_operator_key(conn: Conn, key_id: UUID) -> Row:
     """Revoke an operator key (again: no change). The last active one is refused: nobody could
     administer the platform afterwards except from a shell with database access."""
     row = await q.revoke_operator_key(conn, key_id)
@@ -281,7 +281,7 @@ async def set_suspended(conn: Conn, *, tenant_id: UUID, suspended: bool) -> None
 
 async def adjust_credits(
     conn: Conn, *, tenant_id: UUID, amount: int, kind: CreditKind, reason: str, operator_key_id: UUID | None
-) -> asyncpg.Record:
+) -> Row:
     """A top-up (amount > 0) or an adjustment (either sign, not 0) as a ledger entry; returns the entry.
 
     Taking away credits that are held for running jobs, or more than the balance, is refused with
@@ -298,7 +298,7 @@ async def adjust_credits(
         )
     except LookupError as exc:
         raise NotFound("No such tenant.") from exc
-    except asyncpg.CheckViolationError as exc:
+    except CheckViolationError as exc:
         if exc.constraint_name != "wallet_available_not_negative":
             raise
         raise Conflict(

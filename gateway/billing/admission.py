@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from uuid import UUID
 
-import asyncpg
-
 from gateway.auth.keys import Principal
 from gateway.billing.batching import AdmissionBatcher
 from gateway.db import Conn
 from gateway.db import billing as bq
 from gateway.db import generations as gq
 from gateway.db.pool import Pool
+from gateway.db.types import Row
 from gateway.domain.money import PriceRule, pick_rule, to_credits
 from gateway.errors import InsufficientCredits, RateLimited
 from gateway.observability.context import current_request_id
@@ -39,7 +38,7 @@ class Admission:
     unit_price: int
     reserved: int
     # The admitted job's row (gateway/db/jobs.JOB_COLUMNS), so a sync request need not read it back.
-    job: asyncpg.Record | None = None
+    job: Row | None = None
 
 
 @dataclass
@@ -209,12 +208,12 @@ async def _admit_locked(conn: Conn, principal: Principal, spec: JobRequest, orig
     key's spend this month). The price book is share-locked first, so the version read here is still
     the newest when the admission statement checks it (a price publish waits for this transaction)."""
     assert principal.tenant_id is not None
-    await conn.execute("LOCK TABLE price_versions IN SHARE MODE")
+    await bq.lock_price_book(conn)
     version, rules = await bq.current_price_rules(conn)
     unit = pick_rule(rules, spec.operation, spec.model).unit_price(spec.width, spec.height, spec.steps)
     amount = unit * spec.n
     wallet = await bq.lock_wallet(conn, principal.tenant_id)
-    _refuse(wallet["active_jobs"], wallet["max_concurrent_jobs"], wallet["balance"], wallet["held"], amount)
+    _refuse(wallet.active_jobs, wallet.max_concurrent_jobs, wallet.balance, wallet.held, amount)
     if principal.monthly_cap is not None:
         spent = await bq.key_month_spend(conn, principal.key_id)
         if spent + amount > principal.monthly_cap:

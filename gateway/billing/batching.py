@@ -56,13 +56,12 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 from uuid import UUID
 
-import asyncpg
-
 from gateway.billing.gate import WalletGate
 from gateway.db import Conn
 from gateway.db import generations as gq
 from gateway.db import settlements as sq
 from gateway.db.pool import Pool
+from gateway.db.types import PostgresError, Row
 
 Args = TypeVar("Args", sq.SettleArgs, gq.AdmitArgs)
 
@@ -70,7 +69,7 @@ Args = TypeVar("Args", sq.SettleArgs, gq.AdmitArgs)
 @dataclass(eq=False)
 class _Waiting(Generic[Args]):
     args: Args
-    result: asyncio.Future[asyncpg.Record]
+    result: asyncio.Future[Row]
     grouped: bool = False  # taken from its tenant's queue
     batched: bool = False  # taken from the lane's queue into a statement
 
@@ -96,7 +95,7 @@ class _GroupCommit(ABC, Generic[Args]):
     def __post_init__(self) -> None:
         self._lane = asyncio.Semaphore(self.lanes)
 
-    async def _submit(self, tenant_id: UUID, args: Args) -> asyncpg.Record:
+    async def _submit(self, tenant_id: UUID, args: Args) -> Row:
         """The statement's row for `args`, run alone or with others."""
         if self._running == 0 and not self._waiting and not self._ready and self.quiet():
             # Nothing to wait for and nobody to wait with: the caller runs its statement itself.
@@ -121,7 +120,7 @@ class _GroupCommit(ABC, Generic[Args]):
                 me.result.cancel()
             raise
 
-    async def _alone(self, tenant_id: UUID, args: Args) -> asyncpg.Record:
+    async def _alone(self, tenant_id: UUID, args: Args) -> Row:
         """`args` run by itself, at once, in the caller's task: the tenant's gate, a lane, the one-job statement."""
         async with self.gate.hold(tenant_id), self._lane:
             (row,) = await self._statement([args])
@@ -192,7 +191,7 @@ class _GroupCommit(ABC, Generic[Args]):
     async def _execute(self, batch: list[_Waiting[Args]]) -> None:
         try:
             rows = await self._statement([w.args for w in batch])
-        except asyncpg.PostgresError as exc:
+        except PostgresError as exc:
             if len(batch) == 1:
                 batch[0].result.set_exception(exc)
                 return
@@ -210,7 +209,7 @@ class _GroupCommit(ABC, Generic[Args]):
             for w, row in zip(batch, rows, strict=True):
                 w.result.set_result(row)
 
-    async def _statement(self, batch: list[Args]) -> list[asyncpg.Record]:
+    async def _statement(self, batch: list[Args]) -> list[Row]:
         self._running += 1
         try:
             async with self.pool.acquire() as conn:
@@ -236,11 +235,11 @@ class _GroupCommit(ABC, Generic[Args]):
         return True
 
     @abstractmethod
-    async def _one(self, conn: Conn, args: Args) -> asyncpg.Record:
+    async def _one(self, conn: Conn, args: Args) -> Row:
         """The kind's one-job statement."""
 
     @abstractmethod
-    async def _many(self, conn: Conn, batch: list[Args]) -> list[asyncpg.Record]:
+    async def _many(self, conn: Conn, batch: list[Args]) -> list[Row]:
         """The kind's statement for several jobs, one row per job in order."""
 
 
@@ -248,17 +247,17 @@ class _GroupCommit(ABC, Generic[Args]):
 class SettlementBatcher(_GroupCommit[sq.SettleArgs]):
     """Settlements (`SETTLE` alone, `SETTLE_MANY` together, which takes one file TTL)."""
 
-    async def settle(self, tenant_id: UUID, args: sq.SettleArgs) -> asyncpg.Record:
+    async def settle(self, tenant_id: UUID, args: sq.SettleArgs) -> Row:
         """The settlement statement's row for `args`, run alone or with others."""
         return await self._submit(tenant_id, args)
 
     def _compatible(self, first: sq.SettleArgs, other: sq.SettleArgs) -> bool:
         return first.file_ttl_s == other.file_ttl_s
 
-    async def _one(self, conn: Conn, args: sq.SettleArgs) -> asyncpg.Record:
+    async def _one(self, conn: Conn, args: sq.SettleArgs) -> Row:
         return await sq.settle_job(conn, args)
 
-    async def _many(self, conn: Conn, batch: list[sq.SettleArgs]) -> list[asyncpg.Record]:
+    async def _many(self, conn: Conn, batch: list[sq.SettleArgs]) -> list[Row]:
         return await sq.settle_jobs(conn, batch)
 
 
@@ -266,15 +265,15 @@ class SettlementBatcher(_GroupCommit[sq.SettleArgs]):
 class AdmissionBatcher(_GroupCommit[gq.AdmitArgs]):
     """Admissions (`ADMIT` alone, `ADMIT_MANY` together)."""
 
-    async def admit(self, tenant_id: UUID, args: gq.AdmitArgs) -> asyncpg.Record:
+    async def admit(self, tenant_id: UUID, args: gq.AdmitArgs) -> Row:
         """The admission statement's row for `args`, as `admit_job` returns it, run alone or with others."""
         row = await self._submit(tenant_id, args)
         if "decided" in row and not row["decided"]:  # after its tenant's first refusal in the batch
             return await self._alone(tenant_id, args)
         return row
 
-    async def _one(self, conn: Conn, args: gq.AdmitArgs) -> asyncpg.Record:
+    async def _one(self, conn: Conn, args: gq.AdmitArgs) -> Row:
         return await gq.admit_job(conn, args)
 
-    async def _many(self, conn: Conn, batch: list[gq.AdmitArgs]) -> list[asyncpg.Record]:
+    async def _many(self, conn: Conn, batch: list[gq.AdmitArgs]) -> list[Row]:
         return await gq.admit_jobs(conn, batch)

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from uuid import UUID
 
-import asyncpg
-
 from gateway.db import settlements as sq
 from gateway.db.pool import Pool
+from gateway.db.types import Row
 from gateway.domain.generation import EngineAttempt, EngineSpend
 from gateway.domain.jobs import JobState
 from gateway.domain.money import to_credits
@@ -69,7 +68,7 @@ class Settlement(NamedTuple):
     """What one settlement attempt did; when it settled, the job as it left it and its results."""
 
     status: Settled
-    job: asyncpg.Record | None = None
+    job: Row | None = None
     results: tuple[sq.ResultRow, ...] = ()
 
 
@@ -137,7 +136,7 @@ def settlement_args(
     )
 
 
-def settlement_from_row(row: asyncpg.Record, args: sq.SettleArgs) -> Settlement:
+def settlement_from_row(row: Row, args: sq.SettleArgs) -> Settlement:
     """What the settlement statement's row for `args` says happened."""
     if row["closed"]:
         if row["id"] is None:

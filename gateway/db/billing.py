@@ -9,9 +9,19 @@ from datetime import date
 from uuid import UUID
 
 import asyncpg
+import msgspec
 
 from gateway.db import Conn, require_tenant
 from gateway.domain.money import PriceRule
+
+
+class LockedWallet(msgspec.Struct, frozen=True, kw_only=True):
+    """A wallet as admission checks it, read under its row lock; amounts in millicredits."""
+
+    balance: int
+    held: int
+    active_jobs: int
+    max_concurrent_jobs: int
 
 
 async def current_price_rules(conn: Conn) -> tuple[int, list[PriceRule]]:
@@ -22,6 +32,12 @@ async def current_price_rules(conn: Conn) -> tuple[int, list[PriceRule]]:
     )
     version = rows[0]["version_id"]
     return version, [_rule(r) for r in rows]
+
+
+async def lock_price_book(conn: Conn) -> None:
+    """Share-lock the price book until the transaction ends, so the version read next stays the
+    newest: a publish (`insert_price_version`, EXCLUSIVE) waits for this transaction."""
+    await conn.execute("LOCK TABLE price_versions IN SHARE MODE")
 
 
 def _rule(r: asyncpg.Record) -> PriceRule:
@@ -79,7 +95,7 @@ async def insert_price_version(conn: Conn, rules: list[PriceRule], note: str, op
     return version
 
 
-async def lock_wallet(conn: Conn, tenant_id: UUID) -> asyncpg.Record:
+async def lock_wallet(conn: Conn, tenant_id: UUID) -> LockedWallet:
     """The wallet row, locked until the transaction ends (serializes admissions per tenant)."""
     row = await conn.fetchrow(
         """SELECT w.balance, w.held, w.active_jobs, t.max_concurrent_jobs
@@ -88,7 +104,7 @@ async def lock_wallet(conn: Conn, tenant_id: UUID) -> asyncpg.Record:
         tenant_id,
     )
     assert row is not None, "every tenant has a wallet"
-    return row
+    return LockedWallet(**dict(row))
 
 
 async def key_month_spend(conn: Conn, key_id: UUID) -> int:

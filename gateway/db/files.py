@@ -150,6 +150,12 @@ async def job_images(conn: Conn, job_id: UUID) -> list[JobImage]:
     return [JobImage(**dict(r)) for r in rows]
 
 
+async def image_blob_keys(conn: Conn, job_id: UUID) -> dict[str, str]:
+    """The blob key of each of the job's images, by file id."""
+    rows = await conn.fetch("SELECT id, blob_key FROM files WHERE job_id = $1 AND kind = 'image'", job_id)
+    return {row["id"]: row["blob_key"] for row in rows}
+
+
 async def insert_zip_once(
     conn: Conn, *, file_id: str, job_id: UUID, blob_key: str, size: int, etag: str, filename: str, expires_at: datetime
 ) -> str:

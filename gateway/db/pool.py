@@ -1,4 +1,5 @@
-"""The asyncpg pool. Only gateway/db imports asyncpg."""
+"""The asyncpg pool. Only gateway/db imports asyncpg: the rest of the gateway names the driver's
+row type and exceptions through gateway/db/types.py (tests/unit/test_database_boundary.py checks)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import httpx
 import msgspec
 
@@ -27,6 +26,7 @@ from gateway.config import WebhookConfig
 from gateway.db import webhooks as wq
 from gateway.db.notifications import WEBHOOKS_CHANNEL, Listener
 from gateway.db.pool import Pool
+from gateway.db.types import DATABASE_ERRORS
 from gateway.errors import ValidationFailed
 from gateway.observability.context import REQUEST_ID_HEADER, bind
 from gateway.webhooks.signing import sign
@@ -124,7 +124,7 @@ class WebhookDispatcher:
                     due_in = await wq.seconds_until_next_due(conn)
                 if due_in is not None:
                     wait_s = min(wait_s, max(due_in, 0.0))
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("claiming webhooks failed: %s", exc)
             for row in rows:
                 task = asyncio.create_task(self._deliver(row), name=f"webhook-{row['message_id']}")
@@ -159,7 +159,7 @@ class WebhookDispatcher:
                 await wq.mark_failed(
                     conn, row["id"], attempt, error=failure.reason, detail=failure.detail, retry_in_s=retry
                 )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             # Unrecorded: the claim's lease runs out and the message is tried again.
             log.warning("recording webhook %s failed: %s", row["message_id"], exc)
 

@@ -8,11 +8,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from uuid import UUID
 
-import asyncpg
-
 from gateway.db import Conn
 from gateway.db import jobs as jq
 from gateway.db.pool import Pool
+from gateway.db.types import DATABASE_ERRORS, Row
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +24,7 @@ Cleanup = Callable[[Conn], Awaitable[None]]
 async def fail_when_reachable(
     pool: Pool,
     job_id: UUID,
-    settle: Callable[[asyncpg.Record], Awaitable[None]],
+    settle: Callable[[Row], Awaitable[None]],
     stopping: asyncio.Event,
     cleanup: Cleanup | None = None,
 ) -> None:
@@ -44,7 +43,7 @@ async def fail_when_reachable(
                 return
             await settle(job)
             return
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             log.info("failing job %s after the database outage: not yet (%s)", job_id, type(exc).__name__)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), timeout=delay)

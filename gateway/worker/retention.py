@@ -26,13 +26,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-import asyncpg
 import msgspec
 
 from gateway.config import RetentionConfig, Settings
 from gateway.db import Conn
 from gateway.db import retention as rq
 from gateway.db.pool import Pool
+from gateway.db.types import DATABASE_ERRORS
 from gateway.metrics import Metrics
 from gateway.storage.base import BlobStore
 from gateway.storage.s3 import S3StorageError
@@ -100,7 +100,7 @@ class RetentionSweeper:
                 report = await self.sweep()
                 if any(getattr(report, kind) for kind in KINDS):
                     log.info("retention sweep: %s", msgspec.json.encode(report).decode())
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("retention sweep failed: %s", exc)
 
     async def dry_run(self) -> SweepReport:
