@@ -87,3 +87,21 @@ async def test_the_runner_wakes_on_notify_and_again_after_its_listen_connection_
         await listener.stop()
         await runner.router.aclose()
         await runner.blobs.aclose()
+
+
+async def test_a_gateway_that_runs_jobs_listens_on_one_connection_only(
+    make_gateway: Callable[..., Awaitable[Gateway]], database_url: str
+) -> None:
+    """`gateway serve` and `gateway worker` build their services alike (gateway/bootstrap.py): the
+    runner shares the process's reconnecting Listener rather than LISTENing on a connection of its own."""
+    gw = await make_gateway()  # runs jobs, as `gateway worker` does
+    assert gw.app.state.settings.run_worker
+    conn = await asyncpg.connect(database_url)
+    try:
+        listening = await conn.fetch(
+            """SELECT application_name, query FROM pg_stat_activity
+               WHERE datname = current_database() AND query LIKE 'LISTEN %'"""
+        )
+    finally:
+        await conn.close()
+    assert [row["application_name"] for row in listening] == ["gateway-listener"], listening
