@@ -117,13 +117,15 @@ async def build_services(
     extras["blob_links"] = links
     router = await build_engines_and_router(settings, metrics, extras)
     extras["fetch_client"] = httpx.AsyncClient(timeout=settings.fetch_timeout_s, follow_redirects=False)
+    # One LISTEN connection per process wakes the runner and feeds every job event stream and the webhook dispatcher.
+    listener = Listener(dsn)
     runner = JobRunner(
         pool=pool,
         router=router,
         blobs=blobs,
         settings=settings,
         metrics=metrics,
-        dsn=dsn,
+        listener=listener if settings.run_worker else None,
         signer=links.url if links is not None else None,
     )
     services = Services(
@@ -137,8 +139,6 @@ async def build_services(
         embedded=embedded,
         extras=extras,
     )
-    # One LISTEN connection per process feeds every job event stream and the webhook dispatcher.
-    listener = Listener(dsn)
     watchers = JobWatchers()
     listener.listen(JOB_EVENTS_CHANNEL, watchers.notify)
     extras["job_watchers"] = watchers

@@ -24,6 +24,7 @@ from gateway.db.notifications import JobWatchers
 from gateway.domain.jobs import TERMINAL, JobState
 from gateway.errors import NotFound, Unauthenticated
 from gateway.state import Services
+from gateway.worker.job_errors import canceled, stored
 
 
 class JobPage(msgspec.Struct, kw_only=True):
@@ -109,15 +110,7 @@ async def cancel_job(
             job_id,
             job["unit_price"],
             job["n"],
-            Outcome(
-                state="canceled",
-                error={
-                    "type": "https://gateway.invalid/problems/canceled",
-                    "title": "Canceled",
-                    "status": 409,
-                    "detail": "The job was canceled.",
-                },
-            ),
+            Outcome(state="canceled", error=stored(canceled())),
             file_ttl_s=services.settings.file_ttl_s,
         )
     async with services.pool.acquire() as conn:

@@ -1,58 +1,51 @@
 """The job runner: claims jobs (FOR UPDATE SKIP LOCKED, with a renewed lease), runs them through
-the router, stores the images and settles. LISTEN/NOTIFY wakes it as soon as a job is queued.
+the router, stores the images and settles. A NOTIFY heard on the process's one LISTEN connection
+(gateway/db/notifications.Listener) wakes it as soon as a job is queued.
 
 A runner may die at any moment: its leases expire and another runner takes the job over.
 A job claimed more than `MAX_RUNS` times (it keeps killing runners) fails and is released.
+
+A run's steps: `_preflight` (is there still something to run), `_engine_request` (the job as the
+engines take it), `_route` (the engines make the images), `store_images` (gateway/worker/outputs.py),
+then the settlement hand-off (gateway/worker/settler.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 import time
-from typing import Any, NamedTuple
+from typing import Any
 from uuid import UUID
 
-import asyncpg
 import msgspec
 
-from gateway.billing.batching import AdmissionBatcher, SettlementBatcher
+from gateway.billing.batching import AdmissionBatcher
 from gateway.billing.gate import WalletGate
-from gateway.billing.settlement import Outcome, Settled, Settlement, StoredImage, settlement_args, settlement_from_row
+from gateway.billing.settlement import Outcome
 from gateway.config import Settings
 from gateway.db import jobs as jq
-from gateway.db.pool import Pool
+from gateway.db.notifications import Listener
+from gateway.db.pool import UNREACHABLE, Pool, Row
 from gateway.domain.generation import EngineAttempt, EngineRequest, ImageInput
 from gateway.metrics import Metrics
 from gateway.observability import context
 from gateway.observability.context import LogFields
 from gateway.observability.tracing import Attributes, current_context, link_to, span
-from gateway.routing.errors import AllEnginesFailed, NoEngineCanServe, RequestRejected
-from gateway.routing.router import Router
+from gateway.routing.router import RoutedResult, Router
 from gateway.storage.base import BlobStore
-from gateway.storage.formats import needs_conversion, to_output_format
+from gateway.worker import job_errors
 from gateway.worker.drain import drain
+from gateway.worker.job_errors import ROUTING_FAILURES, stored
 from gateway.worker.outage import Cleanup, fail_when_reachable
+from gateway.worker.outputs import store_images
+from gateway.worker.settler import Finished, JobSettler
 
 log = logging.getLogger(__name__)
 
 MAX_RUNS = 3
-_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
-
-
-def _problem(slug: str, title: str, status: int, detail: str) -> dict[str, Any]:
-    return {"type": f"https://gateway.invalid/problems/{slug}", "title": title, "status": status, "detail": detail}
-
-
-class Finished(NamedTuple):
-    """A job as its settlement left it, with its results and attempts (rows as the API views read them)."""
-
-    job: asyncpg.Record
-    results: list[dict[str, Any]]
-    attempts: list[dict[str, Any]]
 
 
 class JobRunner:
@@ -66,38 +59,47 @@ class JobRunner:
         blobs: BlobStore,
         settings: Settings,
         metrics: Metrics,
-        dsn: str,
+        listener: Listener | None = None,
         signer: Any = None,
         gate: WalletGate | None = None,
     ) -> None:
         self.pool = pool
         # Shared with admission (Services.runner.gate): one wallet statement per tenant at a time.
         self.gate = gate or WalletGate()
-        # Settlements that wait together (at a tenant's gate, then for a lane) go in one statement.
-        # With no other job running here, nobody could join a statement: it runs at once (batching.py).
-        self.settlements = SettlementBatcher(pool, self.gate, quiet=lambda: len(self._tasks) <= 1)
+        # A settlement waits for others only while another job of ours runs (gateway/billing/batching.py).
+        self.settler = JobSettler(
+            pool=pool,
+            blobs=blobs,
+            gate=self.gate,
+            settings=settings,
+            metrics=metrics,
+            quiet=lambda: len(self._tasks) <= 1,
+        )
         self.admissions = AdmissionBatcher(pool, self.gate, quiet=lambda: not self._tasks)
         self.router = router
         self.blobs = blobs
         self.settings = settings
         self.metrics = metrics
-        self.dsn = dsn
         self.signer = signer
         self.owner = f"runner-{secrets.token_hex(6)}"
-        self._slots = asyncio.Semaphore(settings.worker_concurrency)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._starved = False  # the claim loop waits for a slot to free up
         self._loop_task: asyncio.Task[None] | None = None
-        self._listener: asyncpg.Connection[Any] | None = None
+        # Seconds the claim loop waits for a wake-up before it claims anyway: a safety net, since
+        # expired leases produce no notification and one may be missed while LISTEN reconnects.
+        self.poll_s = min(1.0, settings.lease_s / 3)
+        if listener is not None:
+            # Registered here, before its owner starts the listener (gateway/bootstrap.py). After
+            # each reconnect it calls back with None: jobs queued meanwhile went unheard, so that
+            # wakes the claim loop too.
+            listener.listen(jq.NOTIFY_CHANNEL, self._notified)
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Listen for new jobs and start claiming."""
-        self._listener = await asyncpg.connect(self.dsn)
-        await self._listener.add_listener(jq.NOTIFY_CHANNEL, lambda *_: self._wake.set())
+        """Start claiming; the listener given to the constructor wakes the claim loop when a job is queued."""
         self._loop_task = asyncio.create_task(self._claim_loop(), name="job-runner")
 
     async def stop(self, drain_s: float = 10.0) -> None:
@@ -107,8 +109,9 @@ class JobRunner:
         if self._loop_task is not None:
             await self._loop_task
         await drain(self._tasks, drain_s)
-        if self._listener is not None:
-            await self._listener.close()
+
+    def _notified(self, _payload: str | None) -> None:
+        self._wake.set()
 
     async def _claim_loop(self) -> None:
         while not self._stopping.is_set():
@@ -118,7 +121,7 @@ class JobRunner:
                 try:
                     async with self.pool.acquire() as conn:
                         rows = await jq.claim_jobs(conn, self.owner, self.settings.lease_s, free)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except UNREACHABLE as exc:
                     # The database restarting: keep polling; the claim loop must outlive the outage.
                     log.warning("claiming jobs failed: %s", exc)
                     rows = []
@@ -127,14 +130,13 @@ class JobRunner:
                 if rows and len(rows) == free:
                     continue
             self._wake.clear()
-            # Poll as a safety net: expired leases produce no notification.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=min(1.0, self.settings.lease_s / 3))
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
 
     def _free_slots(self) -> int:
         return max(0, self.settings.worker_concurrency - len(self._tasks))
 
-    def spawn(self, row: asyncpg.Record) -> asyncio.Task[Finished | None]:
+    def spawn(self, row: Row) -> asyncio.Task[Finished | None]:
         """Run a claimed job in the background; the returned task ends when it is settled."""
         task = asyncio.create_task(self.execute(row), name=f"job-{row['id']}")
         self._tasks.add(task)
@@ -149,19 +151,10 @@ class JobRunner:
         Its request was answered with an error (the database went away while it was being
         served), so the tenant never got the job: it must not run on and be charged later. A
         runner that finishes it meanwhile finds it settled and discards its images."""
-        outcome = Outcome(
-            state="failed",
-            error=_problem(
-                "database-unavailable",
-                "Database unavailable",
-                503,
-                "The database became unreachable while the request was answered; "
-                "the job was stopped and costs nothing.",
-            ),
-        )
+        outcome = Outcome(state="failed", error=stored(job_errors.database_lost()))
 
-        async def settle(job: asyncpg.Record) -> None:
-            await self._settle(job, outcome, unless_canceled=False)
+        async def settle(job: Row) -> None:
+            await self.settler.settle(job, outcome, unless_canceled=False)
 
         task = asyncio.create_task(
             fail_when_reachable(self.pool, job_id, settle, self._stopping, cleanup), name=f"fail-{job_id}"
@@ -177,7 +170,7 @@ class JobRunner:
 
     # -- one job ------------------------------------------------------------------------
 
-    async def execute(self, job: asyncpg.Record) -> Finished | None:
+    async def execute(self, job: Row) -> Finished | None:
         """Run one job we hold the lease on, then settle it (exactly once, whoever finishes).
 
         Returns the job as this settlement left it when that is the whole story (a first run that
@@ -202,11 +195,11 @@ class JobRunner:
         finally:
             context.finish(token)
 
-    async def _execute(self, job: asyncpg.Record) -> Finished | None:
+    async def _execute(self, job: Row) -> Finished | None:
         job_id: UUID = job["id"]
         progress = {"value": 0.0, "written": 0.0}
         lost = asyncio.Event()
-        run = asyncio.create_task(self._run(job, progress, lost))
+        run = asyncio.create_task(self._run(job, progress))
         keeper: asyncio.Task[None] | None = None
         try:
             # Most jobs end before their lease needs renewing (a sync request's usually does), so the
@@ -231,7 +224,7 @@ class JobRunner:
             outcome = Outcome(state="canceled")
         except Exception as exc:  # a bug must not leave the reservation open forever
             log.exception("job %s crashed", job_id)
-            outcome = Outcome(state="failed", error=_problem("internal-error", "Internal error", 500, str(exc)))
+            outcome = Outcome(state="failed", error=stored(job_errors.crashed(exc)))
         finally:
             # The run unless it ended (its outcome was read above) and the keeper if one started are
             # cancelled and awaited: no task outlives its job, and no error is left unread.
@@ -243,43 +236,9 @@ class JobRunner:
             if leftover:
                 await asyncio.gather(*leftover, return_exceptions=True)
         if lost.is_set():
-            await self._discard(job_id, outcome)
+            await self.settler.discard(job_id, outcome)
             return None
-        # The settlement statement itself checks for a cancellation request: no extra round trip.
-        try:
-            settlement = await self._settle(job, outcome, unless_canceled=True)
-        except BaseException:
-            # Unsettled (the database went away): the job runs again under a new lease, or is
-            # failed by `fail_after_outage`; this run's images would belong to nothing.
-            for image in outcome.images:
-                await self.blobs.delete(image.blob_key)
-            raise
-        settled = settlement.status
-        if settled is Settled.CANCEL_REQUESTED:
-            await self._discard(job_id, outcome)
-            outcome = Outcome(
-                state="canceled",
-                engine=outcome.engine,
-                spend=outcome.spend,
-                error=_problem("canceled", "Canceled", 409, "The job was canceled."),
-            )
-            settlement = await self._settle(job, outcome, unless_canceled=False)
-            settled = settlement.status
-        if settled is not Settled.SETTLED:
-            await self._discard(job_id, outcome)
-            return None
-        self.metrics.jobs_finished.labels(job["operation"], outcome.state).inc()
-        if outcome.images:
-            self.metrics.images_produced.labels(job["operation"], outcome.engine or "none").inc(len(outcome.images))
-        # Only a first run's success is known whole here: an earlier run's attempts, or failed ones
-        # of a crashed run, are in the database only.
-        if outcome.state != "succeeded" or job["runs"] != 1 or settlement.job is None:
-            return None
-        return Finished(
-            job=settlement.job,
-            results=[msgspec.structs.asdict(r) for r in settlement.results],
-            attempts=[msgspec.structs.asdict(a) for a in outcome.history],
-        )
+        return await self.settler.conclude(job, outcome)
 
     async def make_durable(self, job_id: UUID) -> None:
         """Renew a running job's lease now. That commit waits for its WAL flush, so the job's sync
@@ -287,40 +246,6 @@ class JobRunner:
         that is no longer ours was made durable by whoever took or settled it."""
         async with self.pool.acquire() as conn:
             await jq.renew_lease_or_cancel(conn, job_id, self.owner, self.settings.lease_s)
-
-    async def _settle(self, job: asyncpg.Record, outcome: Outcome, *, unless_canceled: bool) -> Settlement:
-        attributes: Attributes = {"gateway.job.state": outcome.state, "gateway.images": len(outcome.images)}
-        with span("billing.settlement", attributes) as current:
-            settlement = await self._settle_statement(job, outcome, unless_canceled=unless_canceled)
-            current.set_attribute("gateway.settlement.status", settlement.status.value)
-            return settlement
-
-    async def _settle_statement(self, job: asyncpg.Record, outcome: Outcome, *, unless_canceled: bool) -> Settlement:
-        args = settlement_args(
-            job["id"],
-            job["unit_price"],
-            job["n"],
-            outcome,
-            file_ttl_s=self.settings.file_ttl_s,
-            unless_canceled=unless_canceled,
-        )
-        row = await self.settlements.settle(job["tenant_id"], args)
-        return settlement_from_row(row, args)
-
-    async def _discard(self, job_id: UUID, outcome: Outcome) -> None:
-        """Drop an outcome that will not be settled; its engine attempts still belong to the history."""
-        for image in outcome.images:
-            await self.blobs.delete(image.blob_key)
-        outcome.images = []
-        await self._record_attempts(job_id, outcome.attempts)
-        outcome.attempts = []
-
-    async def _record_attempts(self, job_id: UUID, attempts: list[EngineAttempt]) -> None:
-        if not attempts:
-            return
-        async with self.pool.acquire() as conn:
-            for attempt in attempts:
-                await jq.insert_attempt(conn, job_id, attempt)
 
     @property
     def _renew_every(self) -> float:
@@ -342,98 +267,29 @@ class JobRunner:
                     return  # execute() stops the run and settles the job as canceled
             await asyncio.sleep(self._renew_every)
 
-    async def _run(self, job: asyncpg.Record, progress: dict[str, float], lost: asyncio.Event) -> Outcome:
-        job_id: UUID = job["id"]
-        if job["cancel_requested"]:  # canceled while queued, or after its last runner died
-            return Outcome(state="canceled")
-        if job["runs"] > MAX_RUNS:
-            return Outcome(
-                state="failed",
-                error=_problem(
-                    "job-abandoned", "Job abandoned", 500, f"The job was started {MAX_RUNS} times without finishing."
-                ),
-            )
-        remaining = job["deadline_at"].timestamp() - time.time()
-        if remaining <= 0:
-            return Outcome(
-                state="failed",
-                error=_problem(
-                    "deadline-exceeded", "Deadline exceeded", 504, "The job did not finish before its deadline."
-                ),
-            )
+    async def _run(self, job: Row, progress: dict[str, float]) -> Outcome:
+        """One run of a job: the images it produced, or why there are none."""
+        stopped = self._preflight(job)
+        if stopped is not None:
+            return stopped
+        # On the router's clock, counted from before the inputs are read.
+        deadline = time.monotonic() + (job["deadline_at"].timestamp() - time.time())
         request = await self._engine_request(job)
-
         # A successful attempt ends the run: it is written by the settlement statement, a moment later,
         # saving a round trip and a commit. Failed ones are written at once, so a long fallback chain
         # shows its history while it runs.
         finished: list[EngineAttempt] = []
-
-        async def on_attempt(attempt: EngineAttempt) -> None:
-            if attempt.outcome in ("succeeded", "partial"):
-                finished.append(attempt)
-                return
-            async with self.pool.acquire() as conn:
-                await jq.insert_attempt(conn, job_id, attempt)
-
-        def on_progress(fraction: float) -> None:
-            progress["value"] = max(progress["value"], min(1.0, fraction))
-
         try:
             try:
-                routed = await self.router.run(
-                    request,
-                    deadline=time.monotonic() + remaining,
-                    allow=job["allowed_engines"],
-                    on_attempt=on_attempt,
-                    progress=on_progress,
+                routed = await self._route(job, request, deadline, finished, progress)
+                images = await store_images(
+                    self.blobs, job["id"], routed.result.images[: job["n"]], output_format=request.output_format
                 )
             except BaseException:
-                await self._record_attempts(job_id, finished)
+                await self.settler.record_attempts(job["id"], finished)
                 raise
-        except RequestRejected as exc:
-            return Outcome(
-                state="failed", error=_problem("engine-rejected-request", "The request was rejected", 422, str(exc))
-            )
-        except NoEngineCanServe as exc:
-            return Outcome(
-                state="failed", error=_problem("no-engine-can-serve", "No engine can serve this request", 422, str(exc))
-            )
-        except AllEnginesFailed as exc:
-            return Outcome(
-                state="failed",
-                error=_problem("engines-unavailable", "No engine could produce the images", 503, str(exc)),
-            )
-        images = []
-        ext_format = job["params"].get("output_format", "png")
-        # Keys of this run's own: a runner that lost its lease but finishes anyway must not
-        # overwrite, or on discarding delete, the images of the runner that settled the job.
-        run = secrets.token_hex(8)
-        for image in routed.result.images[: job["n"]]:
-            # Engines answer in their own format; the tenant gets the one it asked for. Re-encoding
-            # takes a thread; an image already in that format does not pay for the hop (~80 µs CPU).
-            if needs_conversion(image.media_type, ext_format):
-                data, media_type = await asyncio.to_thread(to_output_format, image.data, image.media_type, ext_format)
-            else:
-                data, media_type = image.data, image.media_type
-            ext = _EXTENSIONS.get(media_type, ext_format)
-            key = f"outputs/{job_id}/{run}-{image.index}.{ext}"
-            try:
-                await self.blobs.put(key, data, media_type)
-            except BaseException:
-                await self._record_attempts(job_id, finished)
-                raise
-            images.append(
-                StoredImage(
-                    index=image.index,
-                    file_id=secrets.token_urlsafe(32),
-                    blob_key=key,
-                    content_type=media_type,
-                    size=len(data),
-                    etag=hashlib.sha256(data).hexdigest()[:32],
-                    filename=f"{job_id}-{image.index}.{ext}",
-                    seed=image.seed,
-                )
-            )
+        except ROUTING_FAILURES as exc:
+            return Outcome(state="failed", error=stored(job_errors.routing_failed(exc)))
         return Outcome(
             state="succeeded",
             engine=routed.engine,
@@ -444,9 +300,45 @@ class JobRunner:
             history=list(routed.attempts),
         )
 
-    async def _engine_request(self, job: asyncpg.Record) -> EngineRequest:
+    @staticmethod
+    def _preflight(job: Row) -> Outcome | None:
+        """The outcome of a job there is no point running any more; None when it may run."""
+        if job["cancel_requested"]:  # canceled while queued, or after its last runner died
+            return Outcome(state="canceled")
+        if job["runs"] > MAX_RUNS:
+            return Outcome(state="failed", error=stored(job_errors.abandoned(MAX_RUNS)))
+        if job["deadline_at"].timestamp() <= time.time():
+            return Outcome(state="failed", error=stored(job_errors.deadline_exceeded()))
+        return None
+
+    async def _route(
+        self,
+        job: Row,
+        request: EngineRequest,
+        deadline: float,
+        finished: list[EngineAttempt],
+        progress: dict[str, float],
+    ) -> RoutedResult:
+        """The engines make the images, falling back along the job's route; each successful
+        attempt goes to `finished`, each failed one to the database."""
+
+        async def on_attempt(attempt: EngineAttempt) -> None:
+            if attempt.outcome in ("succeeded", "partial"):
+                finished.append(attempt)
+                return
+            async with self.pool.acquire() as conn:
+                await jq.insert_attempt(conn, job["id"], attempt)
+
+        def on_progress(fraction: float) -> None:
+            progress["value"] = max(progress["value"], min(1.0, fraction))
+
+        return await self.router.run(
+            request, deadline=deadline, allow=job["allowed_engines"], on_attempt=on_attempt, progress=on_progress
+        )
+
+    async def _engine_request(self, job: Row) -> EngineRequest:
         params = dict(job["params"])
-        rows: list[asyncpg.Record] = []
+        rows: list[Row] = []
         if job["operation"] != "text-to-image":  # the only operation without input images
             async with self.pool.acquire() as conn:
                 rows = await jq.inputs(conn, job["id"])

@@ -182,7 +182,7 @@ RunnerFactory = Callable[..., JobRunner]
 
 
 @pytest.fixture
-async def standalone_runner(runner_pool: asyncpg.Pool, database_url: str) -> AsyncIterator[RunnerFactory]:
+async def standalone_runner(runner_pool: asyncpg.Pool) -> AsyncIterator[RunnerFactory]:
     """Runners like the one a `gateway worker` process builds, living on the test's loop."""
     built: list[JobRunner] = []
 
@@ -190,7 +190,7 @@ async def standalone_runner(runner_pool: asyncpg.Pool, database_url: str) -> Asy
         metrics = Metrics()
         router = Router.from_settings(settings, build_engines(settings), metrics)
         blobs = FilesystemBlobStore(Path(settings.data_dir) / "blobs")
-        runner = cls(pool=runner_pool, router=router, blobs=blobs, settings=settings, metrics=metrics, dsn=database_url)
+        runner = cls(pool=runner_pool, router=router, blobs=blobs, settings=settings, metrics=metrics)
         built.append(runner)
         return runner
 
