@@ -3,7 +3,7 @@ row type and exceptions through gateway/db/types.py (tests/unit/test_database_bo
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -30,11 +30,6 @@ async def _reset_connection(conn: asyncpg.Connection[Any]) -> None:
 
 
 Pool = asyncpg.Pool
-# One row of a statement, read by column name (`row["id"]`), for code outside gateway/db to name.
-Row: TypeAlias = asyncpg.Record
-# What a query raises while the database is unreachable or going away (socket, server, driver):
-# a loop that must outlive an outage catches these and tries again later.
-UNREACHABLE: tuple[type[Exception], ...] = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 async def create_pool(dsn: str, *, min_size: int, max_size: int, statement_cache_size: int) -> Pool:

@@ -28,7 +28,8 @@ from gateway.billing.settlement import Outcome
 from gateway.config import Settings
 from gateway.db import jobs as jq
 from gateway.db.notifications import Listener
-from gateway.db.pool import UNREACHABLE, Pool, Row
+from gateway.db.pool import Pool
+from gateway.db.types import DATABASE_ERRORS, Row
 from gateway.domain.generation import EngineAttempt, EngineRequest, ImageInput
 from gateway.metrics import Metrics
 from gateway.observability import context
@@ -121,7 +122,7 @@ class JobRunner:
                 try:
                     async with self.pool.acquire() as conn:
                         rows = await jq.claim_jobs(conn, self.owner, self.settings.lease_s, free)
-                except UNREACHABLE as exc:
+                except DATABASE_ERRORS as exc:
                     # The database restarting: keep polling; the claim loop must outlive the outage.
                     log.warning("claiming jobs failed: %s", exc)
                     rows = []

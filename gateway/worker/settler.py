@@ -17,7 +17,8 @@ from gateway.billing.gate import WalletGate
 from gateway.billing.settlement import Outcome, Settled, Settlement, settlement_args, settlement_from_row
 from gateway.config import Settings
 from gateway.db import jobs as jq
-from gateway.db.pool import Pool, Row
+from gateway.db.pool import Pool
+from gateway.db.types import Row
 from gateway.domain.generation import EngineAttempt
 from gateway.metrics import Metrics
 from gateway.observability.tracing import Attributes, span
