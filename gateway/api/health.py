@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 
 from gateway.db.migrations import pending_migrations
 from gateway.db.outage import RETRY_AFTER_S
+from gateway.db.pool import DB_ERRORS
 from gateway.errors import DatabaseUnavailable, ServiceUnavailable
 from gateway.metrics import OPENMETRICS, OPENMETRICS_TYPE
 from gateway.state import Services
@@ -41,7 +42,7 @@ async def healthz() -> Health:
 )
 async def readyz(services: NamedDependency[Services]) -> Readiness:
     """The database answers and every migration is applied."""
-    unreachable: tuple[type[BaseException], ...] = (OSError, *services.db_errors)
+    unreachable: tuple[type[BaseException], ...] = (OSError, *DB_ERRORS)
     try:
         async with services.pool.acquire() as conn:
             pending = await pending_migrations(conn)

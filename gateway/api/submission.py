@@ -80,16 +80,16 @@ async def _inputs(services: Services, body: GenerationRequest) -> dict[str, Chec
     if not isinstance(body, ImageToImageRequest | InpaintRequest):
         return {}
     s = services.settings
-    client = services.extras["fetch_client"]
-    load = {
-        "client": client,
-        "max_bytes": s.max_input_bytes,
-        "max_pixels": s.max_input_pixels,
-        "allow_hosts": frozenset(s.fetch_allow_hosts),
-    }
-    images = {"image": await load_image(body.image, "image", **load)}
+    load = functools.partial(
+        load_image,
+        client=services.fetch_client,
+        max_bytes=s.max_input_bytes,
+        max_pixels=s.max_input_pixels,
+        allow_hosts=frozenset(s.fetch_allow_hosts),
+    )
+    images = {"image": await load(body.image, "image")}
     if isinstance(body, InpaintRequest):
-        mask = await load_image(body.mask, "mask", **load)
+        mask = await load(body.mask, "mask")
         if (mask.width, mask.height) != (images["image"].width, images["image"].height):
             raise ValidationFailed.field(
                 "mask",
@@ -177,7 +177,7 @@ async def generate(
                 media_type=images["image"].media_type,
                 width=images["image"].width,
                 height=images["image"].height,
-                url="https://signed.invalid" if services.extras.get("signs_inputs") else None,
+                url="https://signed.invalid" if services.signs_inputs else None,
             ),
         )
     try:
