@@ -9,8 +9,7 @@ from litestar import Request, Response, get
 from litestar.di import NamedDependency
 
 from gateway.db.migrations import pending_migrations
-from gateway.db.outage import RETRY_AFTER_S
-from gateway.db.pool import DB_ERRORS
+from gateway.db.outage import DATABASE_ERRORS, RETRY_AFTER_S
 from gateway.errors import DatabaseUnavailable, ServiceUnavailable
 from gateway.metrics import OPENMETRICS, OPENMETRICS_TYPE
 from gateway.state import Services
@@ -42,11 +41,10 @@ async def healthz() -> Health:
 )
 async def readyz(services: NamedDependency[Services]) -> Readiness:
     """The database answers and every migration is applied."""
-    unreachable: tuple[type[BaseException], ...] = (OSError, *DB_ERRORS)
     try:
         async with services.pool.acquire() as conn:
             pending = await pending_migrations(conn)
-    except unreachable as exc:
+    except DATABASE_ERRORS as exc:
         raise DatabaseUnavailable(
             f"database unreachable: {type(exc).__name__}", headers={"Retry-After": str(RETRY_AFTER_S)}
         ) from exc

@@ -16,6 +16,10 @@ from asyncpg import exceptions as pg
 # Seconds a client is asked to wait: a crash restart of PostgreSQL takes about one.
 RETRY_AFTER_S = 2
 
+# Every error a statement can raise for want of a working database, whatever the cause (the socket's,
+# the server's, the driver's): for callers that treat them alike without importing asyncpg.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
 _SERVER_GONE: tuple[type[BaseException], ...] = (
     pg.PostgresConnectionError,  # 08xxx: connection lost mid-query, or refused by the server
     pg.OperatorInterventionError,  # 57P01-57P03: shut down, crashed, still starting up

@@ -29,8 +29,6 @@ async def _reset_connection(conn: asyncpg.Connection[Any]) -> None:
 
 
 Pool = asyncpg.Pool
-# What a query or a lost connection raises, for callers that catch it without importing asyncpg.
-DB_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 async def create_pool(dsn: str, *, min_size: int, max_size: int, statement_cache_size: int) -> Pool:
