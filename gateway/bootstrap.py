@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 import httpx
 import msgspec
@@ -25,9 +25,10 @@ from gateway.db.pool import Pool
 from gateway.domain.generation import OPERATIONS
 from gateway.engines.base import Engine
 from gateway.engines.registry import build_engines, check_route_capabilities, in_process
+from gateway.gpu.service import GpuService
 from gateway.metrics import Metrics
 from gateway.routing.router import Router
-from gateway.state import Services
+from gateway.state import Background, Services
 from gateway.storage.base import BlobStore
 from gateway.storage.filesystem import FilesystemBlobStore
 from gateway.storage.links import BlobLinks, load_or_create_key
@@ -41,42 +42,50 @@ log = logging.getLogger(__name__)
 LOCAL_ENGINE = "local-diffusion"
 
 
+class Routing(NamedTuple):
+    """The router over every engine, and the GPU service of this process when one of them runs here."""
+
+    router: Router
+    gpu_service: GpuService | None
+
+
 async def _in_process_diffusion(
-    settings: Settings, extras: dict[str, Any], configs: dict[str, EngineConfig]
-) -> dict[str, Engine]:
+    settings: Settings, configs: dict[str, EngineConfig]
+) -> tuple[GpuService, dict[str, Engine]]:
     """One GPU service in this process, and an engine over it for each of `configs`."""
     # Imported here: torch and diffusers load only when the in-process backend is used.
     from gateway.engines.diffusion import DiffusionEngine, in_process_client  # noqa: PLC0415
     from gateway.gpu.server import create_gpu_app, model_path  # noqa: PLC0415
-    from gateway.gpu.service import GpuService  # noqa: PLC0415
 
     model = await asyncio.to_thread(model_path, settings)
     service = GpuService(settings.gpu, model)
     await service.start()
     app = create_gpu_app(settings.gpu, None, service=service)
-    extras["gpu_service"] = service
     # The in-process app checks gpu.secret_env's secret when one is set, as a worker would.
     secret = settings.gpu.shared_secret
-    return {
+    return service, {
         name: DiffusionEngine(name, msgspec.structs.replace(cfg, api_key=secret), in_process_client(app))
         for name, cfg in configs.items()
     }
 
 
-async def build_engines_and_router(settings: Settings, metrics: Metrics, extras: dict[str, Any]) -> Router:
+async def build_engines_and_router(settings: Settings, metrics: Metrics) -> Routing:
     """The configured engines (or, with none, the in-process model on every operation) and their router."""
     if not settings.engines:
         local = {LOCAL_ENGINE: EngineConfig(kind="diffusion", timeout_s=600)}
-        engines = await _in_process_diffusion(settings, extras, local)
-        return Router(engines, {op: [LOCAL_ENGINE] for op in OPERATIONS}, settings.routing, metrics)
+        gpu_service, engines = await _in_process_diffusion(settings, local)
+        everywhere = {op: [LOCAL_ENGINE] for op in OPERATIONS}
+        return Routing(Router(engines, everywhere, settings.routing, metrics), gpu_service)
     check_route_capabilities(settings)
     engines = build_engines(settings)
     local = {name: cfg for name, cfg in settings.engines.items() if in_process(cfg)}
+    served_here: GpuService | None = None
     if local:
-        engines.update(await _in_process_diffusion(settings, extras, local))
+        served_here, served = await _in_process_diffusion(settings, local)
+        engines.update(served)
     # Configuration order, whatever was built where: the router reports health in this order.
     ordered = {name: engines[name] for name in settings.engines}
-    return Router.from_settings(settings, ordered, metrics)
+    return Routing(Router.from_settings(settings, ordered, metrics), served_here)
 
 
 def build_blob_links(settings: Settings) -> BlobLinks | None:
@@ -107,16 +116,10 @@ async def build_services(
     dsn: str,
 ) -> Services:
     """Everything the app needs, in dependency order."""
-    extras: dict[str, Any] = {}
     blobs = build_blob_store(settings)
     links = build_blob_links(settings)
-    if settings.storage.kind == "s3" or links is not None:
-        # Engines that fetch inputs by URL (Qolaba) can be offered jobs: the store presigns them,
-        # or the gateway serves them at its own signed URLs.
-        extras["signs_inputs"] = True
-    extras["blob_links"] = links
-    router = await build_engines_and_router(settings, metrics, extras)
-    extras["fetch_client"] = httpx.AsyncClient(timeout=settings.fetch_timeout_s, follow_redirects=False)
+    router, gpu_service = await build_engines_and_router(settings, metrics)
+    fetch_client = httpx.AsyncClient(timeout=settings.fetch_timeout_s, follow_redirects=False)
     # One LISTEN connection per process wakes the runner and feeds every job event stream and the webhook dispatcher.
     listener = Listener(dsn)
     runner = JobRunner(
@@ -128,6 +131,9 @@ async def build_services(
         listener=listener if settings.run_worker else None,
         signer=links.url if links is not None else None,
     )
+    watchers = JobWatchers()
+    listener.listen(JOB_EVENTS_CHANNEL, watchers.notify)
+    background = Background(listener=listener, gpu_service=gpu_service)
     services = Services(
         settings=settings,
         pool=pool,
@@ -136,31 +142,33 @@ async def build_services(
         auth=auth,
         router=router,
         runner=runner,
+        fetch_client=fetch_client,
+        job_watchers=watchers,
+        background=background,
+        blob_links=links,
+        # Engines that fetch inputs by URL (Qolaba) can be offered jobs: the store presigns them,
+        # or the gateway serves them at its own signed URLs.
+        signs_inputs=settings.storage.kind == "s3" or links is not None,
         embedded=embedded,
-        extras=extras,
     )
-    watchers = JobWatchers()
-    listener.listen(JOB_EVENTS_CHANNEL, watchers.notify)
-    extras["job_watchers"] = watchers
     dispatcher = None
     if settings.run_worker:
         dispatcher = WebhookDispatcher(
             pool=pool, listener=listener, config=settings.webhooks, allow_hosts=frozenset(settings.fetch_allow_hosts)
         )
     await listener.start()
-    extras["listener"] = listener
     if settings.run_worker:
         await runner.start()
-        extras["runner_started"] = True
+        background.runner_started = True
     if dispatcher is not None:
         await dispatcher.start()
-        extras["webhook_dispatcher"] = dispatcher
+        background.webhook_dispatcher = dispatcher
     if settings.run_worker and settings.retention.enabled:
         # Every runner process sweeps on a schedule; the sweep lock makes replicas take turns.
         sweeper = RetentionSweeper(pool=pool, blobs=blobs, settings=settings, metrics=metrics)
         await sweeper.start()
-        extras["retention_sweeper"] = sweeper
-    extras["flusher"] = asyncio.create_task(_flush_last_used(auth))
+        background.retention_sweeper = sweeper
+    background.flusher = asyncio.create_task(_flush_last_used(auth))
     if settings.demo_tenant and embedded is not None:
         await _demo_tenant(services)
     return services
@@ -189,28 +197,23 @@ async def _demo_tenant(services: Services) -> None:
 
 async def close_services(services: Services) -> None:
     """Stop the runner (draining), then close clients and engines."""
-    if services.extras.get("runner_started"):
+    background = services.background
+    if background.runner_started:
         await services.runner.stop()
     else:
         await services.runner.stop(drain_s=0)
-    dispatcher = services.extras.get("webhook_dispatcher")
-    if dispatcher is not None:
-        await dispatcher.stop()
-    sweeper = services.extras.get("retention_sweeper")
-    if sweeper is not None:
-        await sweeper.stop()
-    listener = services.extras.get("listener")
-    if listener is not None:
-        await listener.stop()
-    flusher = services.extras.get("flusher")
-    if flusher is not None:
-        flusher.cancel()
+    if background.webhook_dispatcher is not None:
+        await background.webhook_dispatcher.stop()
+    if background.retention_sweeper is not None:
+        await background.retention_sweeper.stop()
+    await background.listener.stop()
+    if background.flusher is not None:
+        background.flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await flusher
+            await background.flusher
     await services.auth.flush_last_used()
     await services.router.aclose()
-    gpu = services.extras.get("gpu_service")
-    if gpu is not None:
-        await gpu.aclose()
-    await services.extras["fetch_client"].aclose()
+    if background.gpu_service is not None:
+        await background.gpu_service.aclose()
+    await services.fetch_client.aclose()
     await services.blobs.aclose()

@@ -19,7 +19,7 @@ from gateway.db.jobs import get_job_of_any_tenant
 from gateway.errors import Gone, NotFound, PermissionDenied
 from gateway.state import Services
 from gateway.storage.base import BlobNotFound
-from gateway.storage.links import ROUTE, BlobLinks
+from gateway.storage.links import ROUTE
 
 _ACTIVE = frozenset({"queued", "running"})
 
@@ -29,7 +29,7 @@ async def input_blob(
     services: NamedDependency[Services], key: FromPath[str], expires: FromQuery[int], signature: FromQuery[str]
 ) -> Response[Any]:
     """The blob's bytes (200), 403 for a wrong or expired signature, 410 once its job has finished."""
-    links: BlobLinks | None = services.extras.get("blob_links")
+    links = services.blob_links
     blob_key = key.lstrip("/")
     if links is None:
         raise NotFound("this gateway does not serve blobs by URL (public_base_url is not set)")

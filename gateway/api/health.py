@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 
 from gateway.db.migrations import pending_migrations
 from gateway.db.outage import RETRY_AFTER_S
+from gateway.db.types import DATABASE_ERRORS
 from gateway.errors import DatabaseUnavailable, ServiceUnavailable
 from gateway.metrics import OPENMETRICS, OPENMETRICS_TYPE
 from gateway.state import Services
@@ -41,11 +42,10 @@ async def healthz() -> Health:
 )
 async def readyz(services: NamedDependency[Services]) -> Readiness:
     """The database answers and every migration is applied."""
-    unreachable: tuple[type[BaseException], ...] = (OSError, *services.db_errors)
     try:
         async with services.pool.acquire() as conn:
             pending = await pending_migrations(conn)
-    except unreachable as exc:
+    except DATABASE_ERRORS as exc:
         raise DatabaseUnavailable(
             f"database unreachable: {type(exc).__name__}", headers={"Retry-After": str(RETRY_AFTER_S)}
         ) from exc

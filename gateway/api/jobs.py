@@ -190,12 +190,6 @@ async def job_event_stream(
                 yield ServerSentEventMessage(data=None, comment="keep-alive")
 
 
-def _watchers(services: Services) -> JobWatchers:
-    watchers = services.extras["job_watchers"]
-    assert isinstance(watchers, JobWatchers)
-    return watchers
-
-
 @get(
     "/v1/jobs/{job_id:uuid}/events",
     operation_id="streamJobEvents",
@@ -221,7 +215,7 @@ async def job_events(
             raise NotFound("No such job.")
     # The guard authenticated this key moments ago, so it is present and well-formed.
     key_hash = tokens.hash_key(presented_key(request.headers) or "")
-    stream = job_event_stream(services, _watchers(services), job_id, principal.tenant, key_hash)
+    stream = job_event_stream(services, services.job_watchers, job_id, principal.tenant, key_hash)
     return ServerSentEvent(stream, headers={"Cache-Control": "no-store"})
 
 

@@ -20,7 +20,14 @@ from gateway.auth.keys import Principal
 from gateway.billing.admission import Admission, InputBlob, JobRequest, admit
 from gateway.db import idempotency as iq
 from gateway.db.outage import database_unavailable
-from gateway.domain.generation import HONOURABLE_FIELDS, EngineRequest, ImageInput
+from gateway.domain.generation import (
+    HONOURABLE_FIELDS,
+    GenerationParams,
+    ImageInput,
+    Operation,
+    ResizeMode,
+    operation_named,
+)
 from gateway.domain.requests import GenerationRequest, ImageToImageRequest, InpaintRequest
 from gateway.errors import Conflict, FieldError, ValidationFailed
 from gateway.routing.errors import NoEngineCanServe
@@ -30,28 +37,32 @@ from gateway.storage.passwords import hash_password
 from gateway.webhooks.urls import check_webhook_url
 
 
-def _engine_params(operation: str, body: GenerationRequest, seed: int, width: int, height: int) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "operation": operation,
-        "prompt": body.prompt,
-        "negative_prompt": body.negative_prompt,
-        "width": width,
-        "height": height,
-        "steps": body.steps,
-        "guidance_scale": body.guidance_scale,
-        "seed": seed,
-        "n": body.n,
-        "style": body.style,
-        "sampler": body.sampler,
-        "model": body.model,
-        "output_format": body.output_format,
-        "engine_options": body.engine_options or {},
-    }
+def generation_params(operation: Operation, body: GenerationRequest, seed: int) -> GenerationParams:
+    """The body's parameters, resolved: the final size, a concrete seed, every default applied."""
+    width, height = body.size()
+    strength: float | None = None
+    resize_mode: ResizeMode = "simple"
     if isinstance(body, ImageToImageRequest | InpaintRequest):
-        params["strength"] = body.strength
-        params["resize_mode"] = body.resize_mode
-    params["explicit"] = explicit_fields(body)
-    return params
+        strength, resize_mode = body.strength, body.resize_mode
+    return GenerationParams(
+        operation=operation,
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt,
+        width=width,
+        height=height,
+        steps=body.steps,
+        guidance_scale=body.guidance_scale,
+        strength=strength,
+        seed=seed,
+        n=body.n,
+        style=body.style,
+        sampler=body.sampler,
+        model=body.model,
+        output_format=body.output_format,
+        resize_mode=resize_mode,
+        engine_options=body.engine_options or {},
+        explicit=explicit_fields(body),
+    )
 
 
 @functools.cache
@@ -61,35 +72,35 @@ def _defaults(struct: type[GenerationRequest]) -> dict[str, Any]:
     return {f.name: f.default for f in msgspec.structs.fields(struct)}
 
 
-def explicit_fields(body: GenerationRequest) -> list[str]:
+def explicit_fields(body: GenerationRequest) -> frozenset[str]:
     """The HONOURABLE_FIELDS the tenant set: a value other than the documented default (a field
     left at its default cannot be told from one sent as the default), and both sides when a
     size was asked for through width, height or aspect_ratio."""
     defaults = _defaults(type(body))
-    explicit = [
+    explicit = {
         name
         for name in HONOURABLE_FIELDS
         if name in defaults and name not in ("width", "height") and getattr(body, name) != defaults[name]
-    ]
+    }
     if body.width is not None or body.height is not None or body.aspect_ratio is not None:
-        explicit += ["width", "height"]
-    return sorted(explicit)
+        explicit |= {"width", "height"}
+    return frozenset(explicit)
 
 
 async def _inputs(services: Services, body: GenerationRequest) -> dict[str, CheckedImage]:
     if not isinstance(body, ImageToImageRequest | InpaintRequest):
         return {}
     s = services.settings
-    client = services.extras["fetch_client"]
-    load = {
-        "client": client,
-        "max_bytes": s.max_input_bytes,
-        "max_pixels": s.max_input_pixels,
-        "allow_hosts": frozenset(s.fetch_allow_hosts),
-    }
-    images = {"image": await load_image(body.image, "image", **load)}
+    load = functools.partial(
+        load_image,
+        client=services.fetch_client,
+        max_bytes=s.max_input_bytes,
+        max_pixels=s.max_input_pixels,
+        allow_hosts=frozenset(s.fetch_allow_hosts),
+    )
+    images = {"image": await load(body.image, "image")}
     if isinstance(body, InpaintRequest):
-        mask = await load_image(body.mask, "mask", **load)
+        mask = await load(body.mask, "mask")
         if (mask.width, mask.height) != (images["image"].width, images["image"].height):
             raise ValidationFailed.field(
                 "mask",
@@ -160,26 +171,24 @@ async def generate(
         previous = await _replay(services, principal, idempotency_key, digest)
         if previous is not None:
             return Submitted(previous, pending=previous.state in ("queued", "running"), replayed=True)
-    width, height = body.size()
     seed = body.seed if body.seed is not None else secrets.randbelow(2**32 - body.n)
-    params = _engine_params(operation, body, seed, width, height)
+    params = generation_params(operation_named(operation), body, seed)
     job_id = uuid4()
-    # Refuse at once what no engine can serve (422 naming the constraint), before any money moves.
-    probe = msgspec.convert({**params, "job_id": str(job_id)}, EngineRequest)
     images = await _inputs(services, body)
     if body.webhook_url is not None:
         await check_webhook_url(body.webhook_url, "webhook_url", frozenset(services.settings.fetch_allow_hosts))
+    # Refuse at once what no engine can serve (422 naming the constraint), before any money moves. The
+    # routes look at the input's size and whether it can be sent by URL, not at its bytes.
+    placeholder = None
     if images:
-        probe = msgspec.structs.replace(
-            probe,
-            image=ImageInput(
-                data=b"",
-                media_type=images["image"].media_type,
-                width=images["image"].width,
-                height=images["image"].height,
-                url="https://signed.invalid" if services.extras.get("signs_inputs") else None,
-            ),
+        placeholder = ImageInput(
+            data=b"",
+            media_type=images["image"].media_type,
+            width=images["image"].width,
+            height=images["image"].height,
+            url="https://signed.invalid" if services.signs_inputs else None,
         )
+    probe = params.engine_request(str(job_id), image=placeholder)
     try:
         services.router.check(probe, body.engines)
     except NoEngineCanServe as exc:
@@ -200,9 +209,9 @@ async def generate(
         spec = JobRequest(
             job_id=job_id,
             operation=operation,
-            params=params,
-            width=width,
-            height=height,
+            params=params.stored(),
+            width=params.width,
+            height=params.height,
             steps=body.steps,
             n=body.n,
             model=body.model,

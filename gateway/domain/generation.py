@@ -12,6 +12,15 @@ import msgspec
 Operation = Literal["text-to-image", "image-to-image", "inpaint"]
 OPERATIONS: tuple[Operation, ...] = ("text-to-image", "image-to-image", "inpaint")
 
+
+def operation_named(name: str) -> Operation:
+    """The operation called `name`; ValueError for a name that is none (the routes pass only these)."""
+    for operation in OPERATIONS:
+        if operation == name:
+            return operation
+    raise ValueError(f"no operation is called {name!r}")
+
+
 # Our sampler names. Each engine maps them to its own vocabulary (diffusers schedulers,
 # Stability-style K_* names, ...) and declares which ones it can serve.
 Sampler = Literal[
@@ -107,15 +116,14 @@ class ImageInput(msgspec.Struct, frozen=True, kw_only=True):
     url: str | None = None
 
 
-class EngineRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """One generation as an engine receives it: fully resolved, every default applied.
+class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
+    """A generation's parameters, resolved once when it is submitted and stored with its job.
 
     `width`/`height` are final (aspect_ratio already turned into pixels). `seed` is concrete:
     image i of the request uses `seed + i` so results are reproducible per image.
     `engine_options` holds vendor-specific options for the engine kind it is keyed by.
     """
 
-    job_id: str
     operation: Operation
     prompt: str
     negative_prompt: str | None = None
@@ -131,12 +139,40 @@ class EngineRequest(msgspec.Struct, frozen=True, kw_only=True):
     model: str | None = None
     output_format: OutputFormat = "png"
     resize_mode: ResizeMode = "simple"
-    image: ImageInput | None = None
-    mask: ImageInput | None = None
     engine_options: dict[str, Any] = msgspec.field(default_factory=dict)
     # The fields of HONOURABLE_FIELDS the tenant set (a size through width, height or aspect_ratio):
     # an engine that would drop or change one of them is not used for this request.
     explicit: frozenset[str] = frozenset()
+
+    def stored(self) -> dict[str, Any]:
+        """The JSON object kept in the job's row (jobs.params); `from_stored` reads it back."""
+        # Sorted, so `explicit` is stored in one order whatever the set's iteration order.
+        stored: dict[str, Any] = msgspec.to_builtins(self, order="sorted")
+        return stored
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any]) -> GenerationParams:
+        """The parameters `stored` wrote; a row written before a field existed gets its default."""
+        return msgspec.convert(stored, cls)
+
+    def engine_request(
+        self, job_id: str, *, image: ImageInput | None = None, mask: ImageInput | None = None
+    ) -> EngineRequest:
+        """These parameters as the engines receive them for job `job_id`, with its input images.
+
+        The one place a generation turns into an EngineRequest: the submission checks the routes
+        with it, and the runner runs the job with it."""
+        # Field by field from the parameters' own list: EngineRequest extends it, so none is left out.
+        fields = {name: getattr(self, name) for name in GenerationParams.__struct_fields__}
+        return EngineRequest(job_id=job_id, image=image, mask=mask, **fields)
+
+
+class EngineRequest(GenerationParams, frozen=True, kw_only=True):
+    """One generation as an engine receives it: fully resolved, every default applied, inputs loaded."""
+
+    job_id: str
+    image: ImageInput | None = None
+    mask: ImageInput | None = None
 
 
 # The request fields whose fate an engine declares (Capabilities.honours) and reports (Engine.received).

@@ -20,8 +20,6 @@ import time
 from typing import Any
 from uuid import UUID
 
-import msgspec
-
 from gateway.billing.batching import AdmissionBatcher
 from gateway.billing.gate import WalletGate
 from gateway.billing.settlement import Outcome
@@ -30,7 +28,7 @@ from gateway.db import jobs as jq
 from gateway.db.notifications import Listener
 from gateway.db.pool import Pool
 from gateway.db.types import DATABASE_ERRORS, Row
-from gateway.domain.generation import EngineAttempt, EngineRequest, ImageInput
+from gateway.domain.generation import EngineAttempt, EngineRequest, GenerationParams, ImageInput
 from gateway.metrics import Metrics
 from gateway.observability import context
 from gateway.observability.context import LogFields
@@ -338,7 +336,7 @@ class JobRunner:
         )
 
     async def _engine_request(self, job: Row) -> EngineRequest:
-        params = dict(job["params"])
+        inputs: dict[str, ImageInput] = {}
         rows: list[Row] = []
         if job["operation"] != "text-to-image":  # the only operation without input images
             async with self.pool.acquire() as conn:
@@ -346,11 +344,11 @@ class JobRunner:
         for row in rows:
             data = await self.blobs.get(row["blob_key"])
             url = await self._input_url(row["blob_key"], job["deadline_at"].timestamp())
-            params[row["role"]] = ImageInput(
+            inputs[row["role"]] = ImageInput(
                 data=data, media_type=row["content_type"], width=row["width"], height=row["height"], url=url
             )
-        params["job_id"] = str(job["id"])
-        return msgspec.convert(params, EngineRequest, from_attributes=True)
+        params = GenerationParams.from_stored(job["params"])
+        return params.engine_request(str(job["id"]), image=inputs.get("image"), mask=inputs.get("mask"))
 
     async def _input_url(self, blob_key: str, deadline: float) -> str | None:
         url = await self.blobs.presigned_url(blob_key, self.settings.storage.presign_ttl_s)

@@ -10,9 +10,6 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "gateway"
 DATABASE = PACKAGE / "db"
 
-# Modules still importing asyncpg while their own change removes it; an entry goes when they stop.
-NOT_YET = {"gateway/worker/runner.py", "gateway/state.py"}
-
 
 def _imports_asyncpg(source: str) -> list[int]:
     """The lines of `source` that import asyncpg or a module of it (under TYPE_CHECKING too)."""
@@ -44,12 +41,7 @@ def _importers() -> dict[str, list[int]]:
 def test_no_module_outside_gateway_db_imports_asyncpg() -> None:
     importers = _importers()
 
-    assert {module: lines for module, lines in importers.items() if module not in NOT_YET} == {}
-
-
-def test_every_allowance_is_still_needed() -> None:
-    # An allowance left behind would let the module import asyncpg again unnoticed.
-    assert sorted(NOT_YET - set(_importers())) == []
+    assert importers == {}
 
 
 def test_the_check_sees_every_form_of_import() -> None:

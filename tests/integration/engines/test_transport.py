@@ -16,10 +16,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.config import EngineConfig
+from gateway.config import EngineConfig, TransportKind
 from gateway.engines.base import EngineTimeout, EngineUnavailable
 from gateway.engines.http import send
-from gateway.config import TransportKind
 from gateway.engines.registry import build_client, engine_transport
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
