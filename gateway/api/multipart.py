@@ -26,12 +26,13 @@ from litestar.datastructures import FormMultiDict, UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.utils.scope.state import ScopeState
 
+from gateway.domain.generation import IMAGE_MEDIA_TYPES
 from gateway.errors import FieldError, MalformedBody, ValidationFailed, field_errors_from_msgspec
 
 # The fields that may arrive as file parts; every other field is text.
 FILE_FIELDS = frozenset({"image", "mask"})
 # What a file part may hold (the formats gateway/storage/inputs.py decodes).
-FILE_MEDIA_TYPES = "image/png, image/jpeg, image/webp"
+FILE_MEDIA_TYPES = ", ".join(IMAGE_MEDIA_TYPES)
 
 
 @dataclass(frozen=True)
