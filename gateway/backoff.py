@@ -1,11 +1,12 @@
 """Retry schedules: a capped exponential step, and "equal jitter" on top of it.
 
-The router (between engine attempts), the webhook dispatcher (between deliveries) and the
-engines' job polling all wait on the same shape of schedule, each with its own base, growth and
-cap: the n-th wait (from 0) is `first * growth**n`, never above the cap. Retries that many
-callers make at once (webhooks, fallbacks) are jittered: a step s becomes s/2 + u * s/2 for u
-uniform in [0, 1], so they spread out yet never come sooner than half the schedule (AWS's
-"Exponential Backoff And Jitter"). Callers draw u themselves, so a test can pin it.
+The router (between engine attempts), the webhook dispatcher (between deliveries), the engines'
+job polling and the worker's retries after a database outage all wait on the same shape of
+schedule, each with its own base, growth and cap: the n-th wait (from 0) is `first * growth**n`,
+never above the cap. Retries that many callers make at once (webhooks, fallbacks) are jittered:
+a step s becomes s/2 + u * s/2 for u uniform in [0, 1], so they spread out yet never come
+sooner than half the schedule (AWS's "Exponential Backoff And Jitter"). Callers draw u
+themselves, so a test can pin it.
 """
 
 from __future__ import annotations
