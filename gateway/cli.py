@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import ConfigError, Settings, load_settings
+from gateway.domain.generation import IMAGE_FORMATS
 from gateway.errors import GatewayError
 from gateway.observability.logs import configure_logging
 
@@ -425,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--strength", type=float, help="how far to move from the input image (0-1)")
     gen.add_argument("--aspect-ratio", dest="aspect_ratio", help="e.g. 16:9, instead of width and height")
     gen.add_argument(
-        "--output-format", dest="output_format", choices=["png", "jpeg", "webp"], help="re-encode the images"
+        "--output-format", dest="output_format", choices=[f.name for f in IMAGE_FORMATS], help="re-encode the images"
     )
     gen.add_argument("--negative-prompt", dest="negative_prompt", help="what not to draw")
     gen.add_argument("--password", help="protect the outputs with this download password")

@@ -14,7 +14,7 @@ from litestar import get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from gateway.api.cursors import decode_cursor, encode_cursor
+from gateway.api.cursors import CreatedAtKey, decode_cursor, encode_cursor
 from gateway.api.keys import CreatedKey, KeyCreate, KeyList, created_key, key_spec, key_view
 from gateway.auth import service
 from gateway.auth.keys import Principal
@@ -162,13 +162,13 @@ async def list_tenants(
     limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
 ) -> TenantPage:
     """Newest first; pass `next_cursor` back as `cursor` for the next page."""
-    before = decode_cursor(cursor) if cursor else None
+    before = decode_cursor(cursor, CreatedAtKey).pair() if cursor else None
     async with services.pool.acquire() as conn:
         rows = await q.list_tenants(conn, before=before, limit=limit + 1)
     last = rows[limit - 1] if len(rows) > limit else None
     return TenantPage(
         data=[_tenant_view(r) for r in rows[:limit]],
-        next_cursor=encode_cursor(last["created_at"], last["id"]) if last else None,
+        next_cursor=encode_cursor(CreatedAtKey(last["created_at"], last["id"])) if last else None,
     )
 
 

@@ -15,7 +15,7 @@ from litestar import get, post
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, JSONBody, PathParameter, QueryParameter
 
-from gateway.api.cursors import INT32_MAX, decode_id_cursor
+from gateway.api.cursors import SerialKey, decode_cursor, encode_cursor
 from gateway.auth.keys import Principal
 from gateway.db import billing as bq
 from gateway.domain.generation import OPERATIONS, Operation
@@ -197,7 +197,7 @@ async def list_price_versions(
     limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
 ) -> PriceVersionPage:
     """Every version of the price book, newest (current) first."""
-    before = decode_id_cursor(cursor, INT32_MAX) if cursor else None
+    before = decode_cursor(cursor, SerialKey).id if cursor else None
     async with services.pool.acquire() as conn:
         rows = await bq.price_versions_page(conn, before, limit + 1)
     data = [
@@ -210,7 +210,7 @@ async def list_price_versions(
         )
         for r in rows[:limit]
     ]
-    return PriceVersionPage(data=data, next_cursor=str(data[-1].id) if len(rows) > limit else None)
+    return PriceVersionPage(data=data, next_cursor=encode_cursor(SerialKey(data[-1].id)) if len(rows) > limit else None)
 
 
 @get(

@@ -14,7 +14,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from gateway.api.cursors import decode_cursor, encode_cursor
+from gateway.api.cursors import CreatedAtKey, decode_cursor, encode_cursor
 from gateway.api.views import JobView, job_view, load_job_view
 from gateway.auth import tokens
 from gateway.auth.keys import Principal, presented_key
@@ -67,7 +67,7 @@ async def list_jobs(
     limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
 ) -> JobPage:
     """Newest first; pass `next_cursor` back as `cursor` for the next page."""
-    before = decode_cursor(cursor) if cursor else None
+    before = decode_cursor(cursor, CreatedAtKey).pair() if cursor else None
     async with services.pool.acquire() as conn:
         rows = await jq.list_jobs(
             conn, principal.tenant, before=before, state=job_state, operation=operation, limit=limit + 1
@@ -77,7 +77,9 @@ async def list_jobs(
         views = [job_view(r, results[r["id"]], attempts[r["id"]]) for r in page]
     more = len(rows) > limit
     last = rows[limit - 1] if more else None
-    return JobPage(data=views, next_cursor=encode_cursor(last["created_at"], last["id"]) if last else None)
+    return JobPage(
+        data=views, next_cursor=encode_cursor(CreatedAtKey(last["created_at"], last["id"])) if last else None
+    )
 
 
 @post(

@@ -14,11 +14,13 @@ The OpenAPI document describes the second encoding (gateway/openapi/operations.p
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP
 from functools import cache
-from typing import Any, cast
+from types import MappingProxyType
+from typing import Any, TypeVar, cast
 
 import msgspec
 from litestar import Request
@@ -26,18 +28,37 @@ from litestar.datastructures import FormMultiDict, UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.utils.scope.state import ScopeState
 
+from gateway.domain.generation import IMAGE_MEDIA_TYPES
 from gateway.errors import FieldError, MalformedBody, ValidationFailed, field_errors_from_msgspec
 
 # The fields that may arrive as file parts; every other field is text.
 FILE_FIELDS = frozenset({"image", "mask"})
 # What a file part may hold (the formats gateway/storage/inputs.py decodes).
-FILE_MEDIA_TYPES = "image/png, image/jpeg, image/webp"
+FILE_MEDIA_TYPES = ", ".join(IMAGE_MEDIA_TYPES)
+
+S = TypeVar("S", bound=msgspec.Struct)
 
 
 @dataclass(frozen=True)
-class _FieldShape:
-    many: bool  # a list: every part with this name is one item
-    mapping: bool  # a dict: one part holding a JSON object
+class FormField:
+    """How one field may arrive in a form."""
+
+    text: bool = True  # as a text part
+    file: bool = False  # as a file part
+    many: bool = False  # a list: every part with this name is one item
+    mapping: bool = False  # a dict: one text part holding a JSON object
+    label: str | None = None  # the name errors give it, when not the part's own (OpenAI's `image[]`)
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """A file part's bytes, read."""
+
+    media_type: str
+    data: bytes
+
+    def data_uri(self) -> str:
+        return f"data:{self.media_type};base64,{base64.b64encode(self.data).decode()}"
 
 
 def _unwrap(t: Any) -> Any:
@@ -50,16 +71,19 @@ def _unwrap(t: Any) -> Any:
 
 
 @cache
-def _shapes(struct: type[msgspec.Struct]) -> dict[str, _FieldShape]:
+def struct_fields(struct: type[msgspec.Struct]) -> Mapping[str, FormField]:
+    """The form fields of `struct`: lists repeat, dicts are JSON text, `FILE_FIELDS` may be files."""
     info = msgspec.inspect.type_info(struct)
     assert isinstance(info, msgspec.inspect.StructType)
-    shapes = {}
+    fields = {}
     for f in info.fields:
         t = _unwrap(f.type)
-        shapes[f.encode_name] = _FieldShape(
-            many=isinstance(t, msgspec.inspect.ListType), mapping=isinstance(t, msgspec.inspect.DictType)
+        fields[f.encode_name] = FormField(
+            file=f.encode_name in FILE_FIELDS,
+            many=isinstance(t, msgspec.inspect.ListType),
+            mapping=isinstance(t, msgspec.inspect.DictType),
         )
-    return shapes
+    return MappingProxyType(fields)
 
 
 def _invalid(errors: list[FieldError]) -> ValidationFailed:
@@ -106,49 +130,59 @@ def _mime_form(body: bytes, content_type: str) -> dict[str, list[str | UploadFil
     return form
 
 
-async def form_fields(request: Request[Any, Any, Any], struct: type[msgspec.Struct]) -> dict[str, Any]:
-    """The form as the JSON-shaped dict the Struct decodes from (files become data: URIs)."""
-    # Read the whole body first: the form parser would otherwise consume the stream, and the
-    # body stays readable for the idempotency fingerprint.
-    await request.body()
-    form = await read_form(request)
-    shapes = _shapes(struct)
+async def walk_form(form: FormMultiDict, fields: Mapping[str, FormField]) -> dict[str, Any]:
+    """Each field of the form checked against its `FormField`, as the value it stands for: a
+    list for a `many` field, the decoded object for a `mapping` one, a `FilePart` for a file,
+    else the text. Every broken rule is a FieldError naming the field; all of them answer
+    together (422; the OpenAI routes reshape it)."""
     out: dict[str, Any] = {}
     errors: list[FieldError] = []
     for name in dict.fromkeys(form.keys()):
         values = form.getall(name)
-        shape = shapes.get(name)
-        if shape is None:
+        field = fields.get(name)
+        if field is None:
             errors.append(FieldError(name, "unknown field"))
             continue
+        label = field.label or name
         files = [v for v in values if isinstance(v, UploadFile)]
-        if files and name not in FILE_FIELDS:
-            errors.append(FieldError(name, "must be text, not a file"))
+        if files and not field.file:
+            errors.append(FieldError(label, "must be text, not a file"))
             continue
-        if shape.many:
-            out[name] = [str(v) for v in values]
+        if len(files) < len(values) and not field.text:
+            errors.append(FieldError(label, "must be a file"))
             continue
-        if len(values) > 1:
-            errors.append(FieldError(name, "given more than once"))
+        if len(values) > 1 and not field.many:
+            errors.append(FieldError(label, "given more than once"))
             continue
-        value = values[0]
-        if isinstance(value, UploadFile):
-            data = await value.read()
-            media_type = value.content_type or "application/octet-stream"
-            out[name] = f"data:{media_type};base64,{base64.b64encode(data).decode()}"
-        elif shape.mapping:
+        items = [await _read(v) if isinstance(v, UploadFile) else v for v in values]
+        if field.many:
+            out[name] = items
+        elif field.mapping and isinstance(items[0], str):
             try:
-                out[name] = msgspec.json.decode(value)
+                out[name] = msgspec.json.decode(items[0])
             except msgspec.DecodeError:
-                errors.append(FieldError(name, "must be a JSON object"))
+                errors.append(FieldError(label, "must be a JSON object"))
         else:
-            out[name] = value
+            out[name] = items[0]
     if errors:
         raise _invalid(errors)
     return out
 
 
-def convert_form(fields: dict[str, Any], struct: type[msgspec.Struct]) -> msgspec.Struct:
+async def _read(upload: UploadFile) -> FilePart:
+    return FilePart(upload.content_type or "application/octet-stream", await upload.read())
+
+
+async def form_fields(request: Request[Any, Any, Any], struct: type[msgspec.Struct]) -> dict[str, Any]:
+    """The form as the JSON-shaped dict the Struct decodes from (files become data: URIs)."""
+    # Read the whole body first: the form parser would otherwise consume the stream, and the
+    # body stays readable for the idempotency fingerprint.
+    await request.body()
+    fields = await walk_form(await read_form(request), struct_fields(struct))
+    return {name: value.data_uri() if isinstance(value, FilePart) else value for name, value in fields.items()}
+
+
+def convert_form(fields: dict[str, Any], struct: type[S]) -> S:
     """Validate form fields against `struct`: text may stand for numbers and booleans, nothing else is loose."""
     try:
         return msgspec.convert(fields, struct, strict=False)

@@ -22,11 +22,10 @@ import asyncio
 import base64
 import typing
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
-import msgspec
 from litestar import Request, Router, post
-from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.openapi.spec import Encoding, OpenAPIMediaType, Operation, RequestBody, Schema
@@ -34,7 +33,15 @@ from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.params import JSONBody
 
 from gateway.api.images import IdempotencyKey
-from gateway.api.multipart import FILE_MEDIA_TYPES, read_form
+from gateway.api.multipart import (
+    FILE_MEDIA_TYPES,
+    FilePart,
+    FormField,
+    convert_form,
+    read_form,
+    struct_fields,
+    walk_form,
+)
 from gateway.api.openai_shapes import (
     OPENAI_PROBLEMS,
     OpenAIImage,
@@ -51,13 +58,14 @@ from gateway.api.openai_shapes import (
 from gateway.api.submission import Submitted, generate
 from gateway.auth.keys import Principal
 from gateway.db import files as fq
+from gateway.domain.generation import OutputFormat
 from gateway.domain.requests import (
     GenerationRequest,
     ImageToImageRequest,
     InpaintRequest,
     TextToImageRequest,
 )
-from gateway.errors import GatewayError, ValidationFailed, field_errors_from_msgspec
+from gateway.errors import GatewayError, ValidationFailed
 from gateway.state import Services
 from gateway.storage.inputs import CheckedImage, decode_image, mask_from_alpha
 
@@ -134,45 +142,29 @@ async def create_image(
     return await _answer(services, request, submitted, data, body)
 
 
-_EDIT_FILES = ("image", "image[]", "mask")
+# The edit's text fields, and its files: one image (as `image`, or `image[]` as newer SDKs send
+# it) and at most one mask; unlike /v1 forms, these take no URLs or base64 text.
+_EDIT_FIELDS = MappingProxyType(
+    {
+        **struct_fields(OpenAIImageEdit),
+        "image": FormField(text=False, file=True, many=True),
+        "image[]": FormField(text=False, file=True, many=True, label="image"),
+        "mask": FormField(text=False, file=True),
+    }
+)
 
 
 async def _edit_form(request: Request[Any, Any, Any]) -> tuple[OpenAIImageEdit, bytes, bytes | None]:
     if request.content_type[0] != RequestEncodingType.MULTI_PART.value:
         raise ValidationFailed.field("image", "send the edit as multipart/form-data with the image as a file")
-    form = await read_form(request)
-    text: dict[str, Any] = {}
-    images: list[bytes] = []
-    mask: bytes | None = None
-    for name in dict.fromkeys(form.keys()):
-        values = form.getall(name)
-        if name in _EDIT_FILES:
-            files = [v for v in values if isinstance(v, UploadFile)]
-            if len(files) != len(values):
-                raise ValidationFailed.field(name.rstrip("[]"), "must be a file")
-            contents = [await f.read() for f in files]
-            if name == "mask":
-                if len(contents) > 1:
-                    raise ValidationFailed.field("mask", "give one mask")
-                mask = contents[0]
-            else:
-                images.extend(contents)
-        elif len(values) > 1:
-            raise ValidationFailed.field(name, "given more than once")
-        elif isinstance(values[0], UploadFile):
-            raise ValidationFailed.field(name, "must be text, not a file")
-        else:
-            text[name] = values[0]
+    fields = await walk_form(await read_form(request), _EDIT_FIELDS)
+    images: list[FilePart] = [*fields.pop("image", []), *fields.pop("image[]", [])]
+    mask: FilePart | None = fields.pop("mask", None)
     if len(images) != 1:
         raise ValidationFailed.field(
             "image", "give exactly one image to edit" if images else "an image file is required"
         )
-    try:
-        options = msgspec.convert(text, OpenAIImageEdit, strict=False)
-    except msgspec.ValidationError as exc:
-        errors = field_errors_from_msgspec(str(exc))
-        raise ValidationFailed("; ".join(f"{e.field}: {e.message}" for e in errors), errors=errors) from exc
-    return options, images[0], mask
+    return convert_form(fields, OpenAIImageEdit), images[0].data, mask.data if mask else None
 
 
 def _data_uri(image: CheckedImage | bytes, media_type: str = "image/png") -> str:
@@ -228,7 +220,7 @@ class _EditOperation(Operation):
                 "n": Schema(type=OpenAPIType.INTEGER, minimum=1, maximum=8),
                 "size": Schema(type=OpenAPIType.STRING, pattern=r"^(auto|[0-9]{2,4}x[0-9]{2,4})$"),
                 "response_format": Schema(type=OpenAPIType.STRING, enum=["url", "b64_json"]),
-                "output_format": Schema(type=OpenAPIType.STRING, enum=["png", "jpeg", "webp"]),
+                "output_format": Schema(type=OpenAPIType.STRING, enum=list(typing.get_args(OutputFormat))),
                 "quality": Schema(type=OpenAPIType.STRING, enum=list(typing.get_args(Quality))),
                 "model": text,
                 "user": text,

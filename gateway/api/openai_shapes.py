@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Request, Response
 
+from gateway.domain.generation import OutputFormat
 from gateway.domain.requests import GenerationRequest, Prompt
 from gateway.errors import GatewayError, ValidationFailed, field_errors_from_msgspec, handle_exception
 
@@ -28,7 +29,7 @@ class OpenAIOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     n: OpenAICount | None = None
     size: Size | None = None
     response_format: ResponseFormat | None = None
-    output_format: Literal["png", "jpeg", "webp"] | None = None
+    output_format: OutputFormat | None = None
     quality: Quality | None = None
     user: str | None = None
     background: str | None = None

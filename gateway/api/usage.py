@@ -13,7 +13,7 @@ from litestar import Request, Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, Parameter
 
-from gateway.api.cursors import INT64_MAX, decode_id_cursor
+from gateway.api.cursors import BigSerialKey, decode_cursor, encode_cursor
 from gateway.auth.keys import Principal
 from gateway.db import billing as bq
 from gateway.domain.money import to_credits
@@ -130,7 +130,7 @@ async def ledger(
     limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
 ) -> LedgerPage:
     """Every balance change, newest first."""
-    before = decode_id_cursor(cursor, INT64_MAX) if cursor else None
+    before = decode_cursor(cursor, BigSerialKey).id if cursor else None
     async with services.pool.acquire() as conn:
         rows = await bq.ledger_page(conn, principal.tenant, before, limit + 1)
     entries = [
@@ -145,7 +145,9 @@ async def ledger(
         )
         for r in rows[:limit]
     ]
-    return LedgerPage(data=entries, next_cursor=str(entries[-1].id) if len(rows) > limit else None)
+    return LedgerPage(
+        data=entries, next_cursor=encode_cursor(BigSerialKey(entries[-1].id)) if len(rows) > limit else None
+    )
 
 
 @get(

@@ -13,7 +13,7 @@ from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 
-from gateway.api.cursors import decode_cursor, encode_cursor
+from gateway.api.cursors import CreatedAtKey, decode_cursor, encode_cursor
 from gateway.api.usage import platform_usage_rows, tenant_balance
 from gateway.auth import service
 from gateway.dashboard import pages
@@ -75,7 +75,7 @@ async def platform(
     """Tenants with balances, engine health, the price book, and platform usage and margin per engine."""
     _operator(session)
     chosen, start, end = pages.day_range(days)
-    before = decode_cursor(cursor) if cursor else None
+    before = decode_cursor(cursor, CreatedAtKey).pair() if cursor else None
     async with services.pool.acquire() as conn:
         tenants = await kq.list_tenants(conn, before=before, limit=TENANTS_PER_PAGE + 1)
         version, rules = await bq.current_price_rules(conn)
@@ -100,7 +100,7 @@ async def platform(
         title="Platform",
         session=session,
         tenants=tenants[:TENANTS_PER_PAGE],
-        next_cursor=encode_cursor(last["created_at"], last["id"]) if last else None,
+        next_cursor=encode_cursor(CreatedAtKey(last["created_at"], last["id"])) if last else None,
         engines=services.router.health(),
         price_version=version,
         rules=rules,

@@ -5,6 +5,8 @@ Everything here is pure data: no I/O, no imports from the rest of the package.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Literal
 
 import msgspec
@@ -94,11 +96,30 @@ AspectRatio = Literal["1:1", "3:2", "4:3", "4:5", "9:16", "16:9", "21:9"]
 ResizeMode = Literal["simple", "crop", "fill"]
 OutputFormat = Literal["png", "jpeg", "webp"]
 
-MEDIA_TYPES: dict[OutputFormat, str] = {
-    "png": "image/png",
-    "jpeg": "image/jpeg",
-    "webp": "image/webp",
-}
+
+class ImageFormat(msgspec.Struct, frozen=True):
+    """One image format the gateway takes in and hands out, under each name it goes by."""
+
+    name: OutputFormat  # our `output_format`
+    media_type: str
+    extension: str  # of file names: stored outputs, vendor uploads
+    pil_format: str  # Pillow's `Image.format`
+
+
+# The one table of image formats; the mappings below are views of it. PNG comes first: it is the
+# default output, and the order is the one the OpenAPI document lists media types in.
+IMAGE_FORMATS: tuple[ImageFormat, ...] = (
+    ImageFormat("png", "image/png", "png", "PNG"),
+    ImageFormat("jpeg", "image/jpeg", "jpg", "JPEG"),
+    ImageFormat("webp", "image/webp", "webp", "WEBP"),
+)
+IMAGE_MEDIA_TYPES: tuple[str, ...] = tuple(f.media_type for f in IMAGE_FORMATS)
+MEDIA_TYPES: Mapping[OutputFormat, str] = MappingProxyType({f.name: f.media_type for f in IMAGE_FORMATS})
+PIL_FORMATS: Mapping[OutputFormat, str] = MappingProxyType({f.name: f.pil_format for f in IMAGE_FORMATS})
+# media type -> file name extension
+EXTENSIONS: Mapping[str, str] = MappingProxyType({f.media_type: f.extension for f in IMAGE_FORMATS})
+# Pillow's format name -> media type
+MEDIA_TYPES_OF_PIL: Mapping[str, str] = MappingProxyType({f.pil_format: f.media_type for f in IMAGE_FORMATS})
 
 
 class ImageInput(msgspec.Struct, frozen=True, kw_only=True):

@@ -17,6 +17,7 @@ import msgspec
 
 from gateway.config import ConfigError, EngineConfig
 from gateway.domain.generation import (
+    EXTENSIONS,
     STYLES,
     EngineRequest,
     EngineResult,
@@ -39,7 +40,6 @@ from gateway.engines.http import (
 KIND = "aithriving"
 PATH = "/api/generate/basic/imageToImage"
 AUTH_HEADERS = ("Authentication", "Authorization")  # the header table's name, the example's name
-EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 # Our sampler names to the Stability-style enum the vendor documents. pndm has no counterpart.
 SAMPLERS: dict[Sampler, str] = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import io
+import itertools
 import struct
 import time
 import zlib
@@ -20,7 +21,9 @@ import httpx
 import msgspec
 from PIL import Image, UnidentifiedImageError
 
+from gateway.backoff import exponential_step
 from gateway.config import EngineConfig
+from gateway.domain.generation import MEDIA_TYPES_OF_PIL
 from gateway.engines.base import (
     EngineCredentialsRefused,
     EngineError,
@@ -145,7 +148,8 @@ class ImageInfo(msgspec.Struct, frozen=True):
     height: int
 
 
-_FORMAT_MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+# What an engine may answer: our formats, and GIF (re-encoded into the requested output format).
+_FORMAT_MEDIA_TYPES = {**MEDIA_TYPES_OF_PIL, "GIF": "image/gif"}
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -185,14 +189,16 @@ def inspect_image(data: bytes) -> ImageInfo | None:
 
 
 def poll_delays(config: EngineConfig) -> AsyncIterator[None]:
-    """Sleep between job polls: `poll_interval_s`, growing by half each time up to the max."""
+    """Sleep between job polls: `poll_interval_s`, growing by half each time up to the max (the
+    first wait is `poll_interval_s` as configured, even above the max). No jitter: one job's polls
+    do not synchronise with other jobs'."""
 
     async def delays() -> AsyncIterator[None]:
-        delay = config.poll_interval_s
-        while True:
-            await asyncio.sleep(delay)
+        await asyncio.sleep(config.poll_interval_s)
+        yield
+        for n in itertools.count(1):
+            await asyncio.sleep(exponential_step(config.poll_interval_s, 1.5, n, config.max_poll_interval_s))
             yield
-            delay = min(delay * 1.5, config.max_poll_interval_s)
 
     return delays()
 

@@ -6,9 +6,7 @@ import io
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from gateway.domain.generation import MEDIA_TYPES, OutputFormat, ResizeMode
-
-_PIL_FORMATS: dict[OutputFormat, str] = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+from gateway.domain.generation import MEDIA_TYPES, PIL_FORMATS, OutputFormat, ResizeMode
 
 
 class BadInputImage(ValueError):
@@ -42,7 +40,7 @@ def encode_output(image: Image.Image, output_format: OutputFormat) -> bytes:
     if output_format == "png":
         image.save(buffer, format="PNG")
     else:
-        image.convert("RGB").save(buffer, format=_PIL_FORMATS[output_format], quality=95)
+        image.convert("RGB").save(buffer, format=PIL_FORMATS[output_format], quality=95)
     return buffer.getvalue()
 
 

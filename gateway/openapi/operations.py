@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from gateway.domain.generation import IMAGE_MEDIA_TYPES
 from gateway.openapi.headers import header
 
 TAGS: list[dict[str, str]] = [
@@ -27,7 +28,6 @@ TAGS: list[dict[str, str]] = [
 _REF = "#/components/schemas/{}"
 _JOB = {"application/json": {"schema": {"$ref": _REF.format("JobView")}}}
 _BINARY = {"type": "string", "format": "binary"}
-_IMAGES = ("image/png", "image/jpeg", "image/webp")
 
 
 def _job_links() -> dict[str, Any]:
@@ -189,7 +189,7 @@ def _download(operation: dict[str, Any], *, zip_only: bool) -> None:
     )
     # application/octet-stream: what the server answers to `Accept: application/octet-stream`, and
     # the one binary type client generators map to bytes.
-    media = ("application/zip",) if zip_only else (*_IMAGES, "application/zip")
+    media = ("application/zip",) if zip_only else (*IMAGE_MEDIA_TYPES, "application/zip")
     media = (*media, "application/octet-stream")
     headers = {name: header(name, required=True) for name in ("ETag", "Content-Disposition", "Cache-Control")}
     if zip_only:

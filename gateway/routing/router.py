@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from gateway.backoff import equal_jitter, exponential_step
 from gateway.config import ConfigError, EngineConfig, RoutingConfig, Settings
 from gateway.domain.generation import AttemptOutcome, EngineAttempt, EngineRequest, EngineResult, Operation
 from gateway.engines.base import (
@@ -258,9 +259,9 @@ class Router:
         raise AllEnginesFailed(attempts, lost_vendor_credits=lost)
 
     def _backoff(self, failures: int) -> float:
-        # "Equal jitter": at least half the exponential step, so retries never bunch up at zero.
-        step = min(self._config.backoff_max_s, self._config.backoff_base_s * 2.0 ** (failures - 1))
-        return step / 2 + self._rng.uniform(0, step / 2)
+        # Doubling from the base; jittered so that fallbacks of many requests do not retry in step.
+        step = exponential_step(self._config.backoff_base_s, 2.0, failures - 1, self._config.backoff_max_s)
+        return equal_jitter(step, self._rng.random())
 
     async def _traced_attempt(
         self, slot: EngineSlot, request: EngineRequest, deadline: float, progress: ProgressCallback, *, retry: int

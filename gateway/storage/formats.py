@@ -7,11 +7,9 @@ import logging
 
 from PIL import Image
 
-from gateway.domain.generation import MEDIA_TYPES, OutputFormat
+from gateway.domain.generation import MEDIA_TYPES, PIL_FORMATS, OutputFormat
 
 log = logging.getLogger(__name__)
-
-_PIL_FORMATS: dict[OutputFormat, str] = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
 def needs_conversion(media_type: str, output_format: OutputFormat) -> bool:
@@ -38,7 +36,7 @@ def to_output_format(data: bytes, media_type: str, output_format: OutputFormat) 
                 out_img = Image.new("RGB", rgba.size, (255, 255, 255))
                 out_img.paste(rgba, mask=rgba.getchannel("A"))
             options = {"quality": 92} if output_format in ("jpeg", "webp") else {}
-            out_img.save(buffer, format=_PIL_FORMATS[output_format], **options)
+            out_img.save(buffer, format=PIL_FORMATS[output_format], **options)
     except (OSError, ValueError, Image.DecompressionBombError):
         # The engine's bytes are not an image we can read: deliver them as the engine labelled
         # them rather than lose an image the tenant is charged for.

@@ -20,9 +20,9 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 from PIL import Image
 
+from gateway.domain.generation import MEDIA_TYPES_OF_PIL
 from gateway.errors import PayloadTooLarge, ValidationFailed
 
-FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _MAX_REDIRECTS = 3
 
 
@@ -49,7 +49,7 @@ def decode_image(data: bytes, field: str, *, max_pixels: int) -> CheckedImage:
     try:
         with img:
             fmt = img.format or ""
-            if fmt not in FORMATS:
+            if fmt not in MEDIA_TYPES_OF_PIL:
                 raise ValidationFailed.field(
                     field, f"unsupported image format {fmt or 'unknown'}; use PNG, JPEG or WebP"
                 )
@@ -62,7 +62,7 @@ def decode_image(data: bytes, field: str, *, max_pixels: int) -> CheckedImage:
         if isinstance(exc, ValidationFailed):
             raise
         raise ValidationFailed.field(field, "not a decodable image") from exc
-    return CheckedImage(data=data, media_type=FORMATS[fmt], width=width, height=height, mode=mode)
+    return CheckedImage(data=data, media_type=MEDIA_TYPES_OF_PIL[fmt], width=width, height=height, mode=mode)
 
 
 # NAT64's well-known prefix: the last 32 bits are an IPv4 address a translator connects to.

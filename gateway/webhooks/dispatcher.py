@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from gateway.backoff import equal_jitter, exponential_step
 from gateway.config import WebhookConfig
 from gateway.db import webhooks as wq
 from gateway.db.notifications import WEBHOOKS_CHANNEL, Listener
@@ -60,8 +61,8 @@ def retry_delay(attempt: int, config: WebhookConfig, fraction: float) -> float:
     """Seconds to wait after failed attempt number `attempt` (1-based), before jitter is applied as
     `fraction` in [0, 1]: a delay d = min(max, base * multiplier**(attempt-1)) becomes d/2 + fraction * d/2
     ("equal jitter": retries of many messages spread out, yet never come sooner than half the schedule)."""
-    delay = min(config.backoff_max_s, config.backoff_base_s * config.backoff_multiplier ** (attempt - 1))
-    return delay / 2 + fraction * delay / 2
+    step = exponential_step(config.backoff_base_s, config.backoff_multiplier, attempt - 1, config.backoff_max_s)
+    return equal_jitter(step, fraction)
 
 
 def message_body(row: Any) -> bytes:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from uuid import UUID
 
+from gateway.backoff import exponential_step
 from gateway.db import Conn
 from gateway.db import jobs as jq
 from gateway.db.pool import Pool
@@ -15,6 +17,8 @@ from gateway.db.types import DATABASE_ERRORS, Row
 
 log = logging.getLogger(__name__)
 
+# The pause between tries doubles from the first to the max.
+_FIRST_DELAY_S = 0.05
 _MAX_DELAY_S = 1.0
 
 
@@ -31,7 +35,7 @@ async def fail_when_reachable(
     """Retry, with a growing pause, until `cleanup` has run and the job is read and `settle`d (or
     found finished, or absent: the outage lost its admission) or the runner stops; an expired lease
     then lets another runner take the job, which is the most a stopping process can do."""
-    delay = 0.05
+    tries = itertools.count()
     while not stopping.is_set():
         try:
             async with pool.acquire() as conn:
@@ -46,5 +50,5 @@ async def fail_when_reachable(
         except DATABASE_ERRORS as exc:
             log.info("failing job %s after the database outage: not yet (%s)", job_id, type(exc).__name__)
         with contextlib.suppress(TimeoutError):
+            delay = exponential_step(_FIRST_DELAY_S, 2.0, next(tries), _MAX_DELAY_S)
             await asyncio.wait_for(stopping.wait(), timeout=delay)
-        delay = min(delay * 2, _MAX_DELAY_S)

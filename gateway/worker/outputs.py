@@ -10,11 +10,9 @@ from collections.abc import Sequence
 from uuid import UUID
 
 from gateway.billing.settlement import StoredImage
-from gateway.domain.generation import GeneratedImage, OutputFormat
+from gateway.domain.generation import EXTENSIONS, GeneratedImage, OutputFormat
 from gateway.storage.base import BlobStore
 from gateway.storage.formats import needs_conversion, to_output_format
-
-_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 
 async def store_images(
@@ -32,7 +30,7 @@ async def store_images(
             data, media_type = await asyncio.to_thread(to_output_format, image.data, image.media_type, output_format)
         else:
             data, media_type = image.data, image.media_type
-        ext = _EXTENSIONS.get(media_type, output_format)
+        ext = EXTENSIONS.get(media_type, output_format)
         key = f"outputs/{job_id}/{run}-{image.index}.{ext}"
         await blobs.put(key, data, media_type)
         stored.append(
