@@ -114,7 +114,7 @@ from gateway.config import load_settings  # noqa: E402
 from gateway.db import billing as bq  # noqa: E402
 from gateway.db import keys as kq  # noqa: E402
 
-pytest_plugins = ["tests.fakes.plugin"]
+pytest_plugins = ["tests.fakes.plugin", "tests.timeouts"]
 
 VENDOR_ENV = {"A2C_KEY": "test-key", "QOLABA_KEY": "test-key", "AITHRIVING_KEY": "test-key"}
 

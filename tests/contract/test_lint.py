@@ -14,6 +14,7 @@ REDOCLY = "@redocly/cli@2.77.0"
 
 
 @pytest.mark.skipif(shutil.which("npm") is None, reason="Node.js (npm) is not on this machine")
+@pytest.mark.timeout(300 + 120 + 60)  # its npm install and lint limits, and the rest
 def test_the_document_passes_redoclys_recommended_rules(tmp_path_factory: pytest.TempPathFactory) -> None:
     prefix = tmp_path_factory.mktemp("redocly")
     install = subprocess.run(

@@ -30,6 +30,8 @@ from tests.fakes.qolaba import FakeQolaba
 HOOKS = "tests.contract.schemathesis_hooks"
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 MAX_EXAMPLES = int(os.environ.get("CONTRACT_MAX_EXAMPLES", "5"))
+# One schemathesis run may take this long; the test, past pyproject's per-test `timeout`, a minute more.
+SCHEMATHESIS_TIMEOUT_S = 600
 
 
 @dataclass
@@ -166,7 +168,9 @@ def _schemathesis(server: GatewayProcess, workdir: Path, key: str, own_key_ids: 
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     # In a folder of its own: schemathesis keeps a cache of past failures (.schemathesis/) where it runs.
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=workdir, check=False)
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=SCHEMATHESIS_TIMEOUT_S, env=env, cwd=workdir, check=False
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{output[-30000:]}\n--- gateway log ---\n{server.log()}"
     print(
@@ -176,6 +180,7 @@ def _schemathesis(server: GatewayProcess, workdir: Path, key: str, own_key_ids: 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SCHEMATHESIS_TIMEOUT_S + 60)
 def test_tenant_operations_answer_only_what_the_document_says(
     served: tuple[GatewayProcess, Keys], tmp_path: Path
 ) -> None:
@@ -184,6 +189,7 @@ def test_tenant_operations_answer_only_what_the_document_says(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SCHEMATHESIS_TIMEOUT_S + 60)
 def test_operator_operations_answer_only_what_the_document_says(
     served: tuple[GatewayProcess, Keys], tmp_path: Path
 ) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import uvicorn
 
 from gateway.app import create_app
 from tests.conftest import gateway_settings, vendor_urls
+from tests.waiting import eventually_blocking
 
 
 class LiveGateway:
@@ -47,11 +47,11 @@ class LiveGateway:
 
     def start(self) -> str:
         self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the gateway server did not start")
-            time.sleep(0.02)
+        eventually_blocking(
+            lambda: self._server.started or not self._thread.is_alive(), timeout_s=30, what="the gateway server"
+        )
+        if not self._server.started:
+            raise RuntimeError("the gateway server did not start")
         port = self._server.servers[0].sockets[0].getsockname()[1]
         self.base_url = f"http://127.0.0.1:{port}"
         return self.base_url

@@ -6,19 +6,18 @@ a clean `GATEWAY_*` environment, its output captured in a log file that failed a
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
+
+from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 # Generous for two shared CPU cores: a cold start imports litestar, asyncpg and uvloop.
@@ -71,16 +70,19 @@ class GatewayProcess:
 
     async def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Wait until /readyz answers 200; fail with the log if the process exits or times out."""
-        deadline = time.monotonic() + timeout_s
         async with httpx.AsyncClient(timeout=2) as client:
-            while time.monotonic() < deadline:
+
+            async def ready() -> bool:
                 if self.proc.poll() is not None:
-                    raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+                    raise AssertionError(f"{self.name} exited with {self.proc.returncode}")
                 with contextlib.suppress(httpx.TransportError):
-                    if (await client.get(f"{self.base_url}/readyz")).status_code == 200:
-                        return
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"{self.name} was not ready within {timeout_s} s:\n{self.log()}")
+                    return (await client.get(f"{self.base_url}/readyz")).status_code == 200
+                return False
+
+            try:
+                await eventually(ready, timeout_s=timeout_s, what=f"{self.name} to be ready")
+            except AssertionError as failed:
+                raise AssertionError(f"{failed}:\n{self.log()}") from None
 
     def kill(self) -> None:
         """`kill -9`: no shutdown code runs, leases and connections are left behind."""
@@ -155,18 +157,3 @@ def cluster(env: Mapping[str, str], log_dir: Path) -> Iterator[Cluster]:
         yield started
     finally:
         started.close()
-
-
-T = TypeVar("T")
-
-
-async def wait_for(predicate: Callable[[], Awaitable[T]], timeout_s: float, what: str) -> T:
-    """Poll `predicate()` until it returns something truthy; fail naming `what` on timeout."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.1)

@@ -21,6 +21,7 @@ from gateway.errors import InsufficientCredits, RateLimited
 from tests.conftest import Gateway
 from tests.e2e.test_generation_billing import audit_clean
 from tests.e2e.test_settlement_batches import PRICE, job_request, pool, principal, statement_sizes
+from tests.waiting import eventually
 
 __all__ = ["pool"]  # the fixture, shared with the settlement batches' tests
 
@@ -199,8 +200,7 @@ async def test_admissions_waiting_for_the_gate_go_in_one_statement_and_are_refus
     specs = [job_request(), job_request(3), job_request(), job_request()]
     async with gate.hold(tenant_id):  # a settlement of the tenant is running
         waiting = [asyncio.create_task(admit(pool, who, spec, prices=prices, batcher=batcher)) for spec in specs]
-        await asyncio.sleep(0.05)
-        assert len(batcher) == len(specs)
+        await eventually(lambda: len(batcher) == len(specs), what="every admission queued at the gate")
     outcomes = await asyncio.gather(*waiting, return_exceptions=True)
     # One statement for the four; the two after the refusal of the second ran again alone.
     assert statements == [4, 1, 1]
@@ -223,7 +223,7 @@ async def test_a_refusal_in_a_batch_names_the_wallet_it_saw(gateway: Gateway, po
             asyncio.create_task(admit(pool, who, spec, prices=prices, batcher=batcher))
             for spec in [job_request(), job_request(2)]
         ]
-        await asyncio.sleep(0.05)
+        await eventually(lambda: len(batcher) == 2, what="both admissions queued at the gate")
     first, second = await asyncio.gather(*waiting, return_exceptions=True)
     assert not isinstance(first, BaseException)
     assert isinstance(second, InsufficientCredits)
@@ -232,7 +232,7 @@ async def test_a_refusal_in_a_batch_names_the_wallet_it_saw(gateway: Gateway, po
         waiting = [
             asyncio.create_task(admit(pool, who, job_request(), prices=prices, batcher=batcher)) for _ in range(3)
         ]
-        await asyncio.sleep(0.05)
+        await eventually(lambda: len(batcher) == 3, what="three admissions queued at the gate")
     outcomes = await asyncio.gather(*waiting, return_exceptions=True)
     assert not isinstance(outcomes[0], BaseException)
     assert isinstance(outcomes[1], RateLimited)  # two unfinished jobs now

@@ -27,6 +27,7 @@ from gateway.worker.runner import JobRunner
 from tests.conftest import Gateway
 from tests.e2e.test_generation_billing import T2I, audit_clean, auth, balance
 from tests.fakes.api2convert import FakeApi2Convert, FakeJob
+from tests.waiting import eventually
 
 PRICE = 400  # millicredits: the default price of a 512x512, 30-step image
 
@@ -216,12 +217,12 @@ async def claim_one(pool: asyncpg.Pool, runner: JobRunner, lease_s: float) -> as
 
 
 async def wait_finished(gw: Gateway, key: str, job_id: str, timeout_s: float = 30) -> dict[str, Any]:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            job: dict[str, Any] = (await gw.client.get(f"/v1/jobs/{job_id}", headers=auth(key))).json()
-            if job["state"] in ("succeeded", "failed", "canceled"):
-                return job
-            await asyncio.sleep(0.05)
+    async def finished() -> dict[str, Any] | None:
+        job: dict[str, Any] = (await gw.client.get(f"/v1/jobs/{job_id}", headers=auth(key))).json()
+        return job if job["state"] in ("succeeded", "failed", "canceled") else None
+
+    job: dict[str, Any] = await eventually(finished, timeout_s=timeout_s, what="the job finished")
+    return job
 
 
 async def assert_settled_once(gw: Gateway, tenant_id: UUID, key: str, job: dict[str, Any], images: int) -> None:
@@ -276,10 +277,7 @@ async def test_a_job_whose_runner_was_killed_mid_run_is_taken_over_and_charged_o
 
     doomed = standalone_runner(api.app.state.settings)
     task = doomed.spawn(await claim_one(runner_pool, doomed, lease_s=1))
-    for _ in range(1000):  # until the vendor job is under way
-        if any(c.method == "GET" for c in fake_api2convert.calls):
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: any(c.method == "GET" for c in fake_api2convert.calls), what="the vendor job under way")
     assert not task.done()
     task.cancel()  # killed: no more lease renewals, no settlement
     with pytest.raises(asyncio.CancelledError):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tests.conftest import Gateway
 from tests.e2e.test_generation_billing import T2I, audit_clean, auth, balance
+from tests.waiting import eventually
 
 OPERATIONS = ("text-to-image", "image-to-image", "inpaint")
 
@@ -22,12 +22,12 @@ async def publish(gw: Gateway, body: dict[str, Any]) -> Any:
 
 
 async def wait_finished(gw: Gateway, key: str, location: str) -> dict[str, Any]:
-    for _ in range(400):
+    async def finished() -> dict[str, Any] | None:
         job: dict[str, Any] = (await gw.client.get(location, headers=auth(key))).json()
-        if job["state"] in ("succeeded", "failed", "canceled"):
-            return job
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"job did not finish: {job}")
+        return job if job["state"] in ("succeeded", "failed", "canceled") else None
+
+    job: dict[str, Any] = await eventually(finished, timeout_s=20, what="the job finished")
+    return job
 
 
 async def test_the_default_price_book_charges_0_4_credits_up_to_a_cap_of_2(gateway: Gateway) -> None:

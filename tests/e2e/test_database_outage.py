@@ -26,6 +26,7 @@ from gateway.db.embedded import EmbeddedPostgres, _import_embedded, start_embedd
 from gateway.db.migrations import apply_migrations
 from tests.conftest import Gateway, gateway_settings, vendor_urls
 from tests.e2e.test_generation_billing import T2I, audit_clean, auth, balance
+from tests.waiting import eventually
 
 
 class Server:
@@ -92,10 +93,10 @@ async def _checkpoint(dsn: str) -> None:
 
 
 async def _ready(gw: Gateway, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while (await gw.client.get("/readyz")).status_code != 200:
-        assert time.monotonic() < deadline, "the gateway did not become ready again"
-        await asyncio.sleep(0.1)
+    async def ready() -> bool:
+        return (await gw.client.get("/readyz")).status_code == 200
+
+    await eventually(ready, timeout_s=timeout_s, what="the gateway ready again")
 
 
 def _is_outage_answer(response: Any) -> None:
@@ -164,15 +165,14 @@ async def test_a_request_whose_job_outlived_the_database_is_charged_nothing_and_
     await asyncio.to_thread(own_server.start)
     await gw.pool.expire_connections()
     await _ready(gw)
+
     # The job the 503 left behind is failed, free, once the database answers again.
-    deadline = time.monotonic() + 20
-    while True:
+    async def settled() -> list[Any] | None:
         async with gw.pool.acquire() as conn:
             jobs = await conn.fetch("SELECT state, charged FROM jobs WHERE tenant_id = $1", tenant_id)
-        if jobs and all(job["state"] not in ("queued", "running") for job in jobs):
-            break
-        assert time.monotonic() < deadline, f"the job was not settled: {jobs}"
-        await asyncio.sleep(0.1)
+        return jobs if jobs and all(job["state"] not in ("queued", "running") for job in jobs) else None
+
+    jobs = await eventually(settled, timeout_s=20, what="the job settled")
     assert [(job["state"], job["charged"]) for job in jobs] == [("failed", 0)]
     assert (await balance(gw, key))["balance"] == 10
 

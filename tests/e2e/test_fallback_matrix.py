@@ -7,7 +7,6 @@ ledger audit stays clean.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import time
@@ -21,6 +20,7 @@ from tests.conftest import Gateway
 from tests.e2e.test_generation_billing import T2I, audit_clean, auth
 from tests.fakes.base import FakeVendor, Faults
 from tests.fakes.images import png
+from tests.waiting import eventually
 
 IMAGE = base64.b64encode(png(512, 512)).decode()
 
@@ -44,6 +44,11 @@ async def engines(gw: Gateway) -> dict[str, dict[str, Any]]:
     response = await gw.client.get("/v1/admin/engines", headers=auth(gw.operator_key))
     assert response.status_code == 200, response.text
     return {engine["name"]: engine for engine in response.json()["data"]}
+
+
+async def half_open(gw: Gateway, engine: str) -> bool:
+    """Whether the engine's breaker lets a probe through: its cool-down (on the real clock) is over."""
+    return bool((await engines(gw))[engine]["breaker"]["state"] == "half_open")
 
 
 def submits(fake: FakeVendor) -> int:
@@ -170,8 +175,7 @@ async def test_breaker_opens_skips_the_engine_then_recovers_through_half_open(ma
     assert submits(a2c) == before
 
     # After the cool-down one probe goes through; its success closes the breaker.
-    await asyncio.sleep(cool_down + 0.1)
-    assert (await engines(gw))["a2c"]["breaker"]["state"] == "half_open"
+    await eventually(lambda: half_open(gw, "a2c"), what="a2c's breaker half open after its cool-down")
     job = (await gw.client.post("/v1/text-to-image", json=T2I, headers=auth(key))).json()
     assert (job["state"], job["engine"]) == ("succeeded", "a2c")
     assert submits(a2c) == before + 1
@@ -191,7 +195,7 @@ async def test_failed_probe_opens_the_breaker_again(make_gateway: Any) -> None:
     a2c = gw.extra["a2c"]
     a2c.fail_with_status(503)
     await gw.client.post("/v1/text-to-image", json=T2I, headers=auth(key))
-    await asyncio.sleep(cool_down + 0.1)
+    await eventually(lambda: half_open(gw, "a2c"), what="a2c's breaker half open after its cool-down")
     before = submits(a2c)
     job = (await gw.client.post("/v1/text-to-image", json=T2I, headers=auth(key))).json()
     assert [(a["engine"], a["outcome"]) for a in job["attempts"]] == [("a2c", "failed"), ("qolaba", "succeeded")]

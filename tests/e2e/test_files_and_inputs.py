@@ -21,6 +21,7 @@ from tests.conftest import Gateway
 from tests.e2e.test_generation_billing import T2I, audit_clean, auth, balance
 from tests.fakes.images import png
 from tests.fakes.server import ServerThread
+from tests.waiting import eventually
 
 MakeGateway = Callable[..., Awaitable[Gateway]]
 
@@ -470,7 +471,12 @@ async def test_an_expired_file_is_gone_whatever_the_password(make_gateway: MakeG
     assert (
         await gateway.client.get(job["results"][0]["url"], headers={"X-Download-Password": SIMPLE})
     ).status_code == 200
-    await asyncio.sleep(1.2)
+
+    async def expired() -> bool:
+        url = job["results"][0]["url"]
+        return (await gateway.client.get(url, headers={"X-Download-Password": SIMPLE})).status_code == 410
+
+    await eventually(expired, what="the file expired after its one-second TTL")
     for headers in ({"X-Download-Password": SIMPLE}, {"X-Download-Password": "wrong"}, {}):
         response = await gateway.client.get(job["results"][0]["url"], headers=headers)
         assert response.status_code == 410, headers

@@ -6,6 +6,7 @@ from typing import Any
 
 from gateway.db.audit import run_audit
 from tests.conftest import Gateway
+from tests.waiting import eventually
 
 T2I = {"prompt": "a lighthouse at dusk", "width": 512, "height": 512, "steps": 30}
 
@@ -126,14 +127,12 @@ async def test_async_request_is_queued_and_finished_by_the_runner(gateway: Gatew
     response = await gateway.client.post("/v1/text-to-image", json={**T2I, "async": True}, headers=auth(key))
     assert response.status_code == 202
     location = response.headers["location"]
-    for _ in range(200):
-        job = (await gateway.client.get(location, headers=auth(key))).json()
-        if job["state"] == "succeeded":
-            break
-        import asyncio
 
-        await asyncio.sleep(0.05)
-    assert job["state"] == "succeeded"
+    async def succeeded() -> bool:
+        job = (await gateway.client.get(location, headers=auth(key))).json()
+        return bool(job["state"] == "succeeded")
+
+    await eventually(succeeded, what="the job succeeded")
     await audit_clean(gateway)
 
 

@@ -20,6 +20,7 @@ from gateway.app import create_app
 from gateway.db.audit import run_audit
 from tests.conftest import Gateway, gateway_settings, vendor_urls
 from tests.fakes.images import png
+from tests.waiting import eventually, eventually_blocking
 
 T2I = {"prompt": "a lighthouse at dusk", "width": 512, "height": 512, "steps": 30}
 IMAGE = base64.b64encode(png(512, 512)).decode()
@@ -49,13 +50,12 @@ async def balance(gw: Gateway, key: str) -> dict[str, Any]:
 
 async def wait_for_state(gw: Gateway, key: str, location: str, states: set[str], timeout_s: float = 20) -> Any:
     """Poll the job until it is in one of `states`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    async def in_state() -> Any:
         job = (await gw.client.get(location, headers=auth(key))).json()
-        if job["state"] in states:
-            return job
-        assert time.monotonic() < deadline, f"job stayed {job['state']}"
-        await asyncio.sleep(0.05)
+        return job if job["state"] in states else None
+
+    return await eventually(in_state, timeout_s=timeout_s, what=f"the job {'/'.join(sorted(states))}")
 
 
 # -- async operations ----------------------------------------------------------------------
@@ -125,10 +125,7 @@ async def test_canceling_a_running_job_stops_its_engine_and_charges_nothing(gate
     response = await gateway.client.post("/v1/text-to-image", json={**T2I, "async": True}, headers=auth(key))
     location = response.headers["location"]
     await wait_for_state(gateway, key, location, {"running"})
-    deadline = time.monotonic() + 10
-    while not a2c.jobs:  # the vendor has the job: the engine call is under way
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+    await eventually(lambda: a2c.jobs, timeout_s=10, what="the vendor having the job (the engine call under way)")
 
     started = time.monotonic()
     assert (await gateway.client.post(f"{location}/cancel", headers=auth(key))).status_code == 200
@@ -139,10 +136,7 @@ async def test_canceling_a_running_job_stops_its_engine_and_charges_nothing(gate
     assert job["error"]["title"] == "Canceled"
     assert await balance(gateway, key) == {"balance": 10.0, "held": 0.0, "available": 10.0, "active_jobs": 0}
     vendor_job = next(iter(a2c.jobs.values()))
-    deadline = time.monotonic() + 5
-    while vendor_job.status != "canceled":  # the engine canceled the vendor's job too
-        assert time.monotonic() < deadline, [c.method for c in a2c.calls]
-        await asyncio.sleep(0.02)
+    await eventually(lambda: vendor_job.status == "canceled", timeout_s=5, what="the engine canceling the vendor's job")
     await audit_clean(gateway)
 
 
@@ -189,11 +183,11 @@ class LiveServer:
 
     def start(self) -> None:
         self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("live gateway did not start")
-            time.sleep(0.02)
+        eventually_blocking(
+            lambda: self._server.started or not self._thread.is_alive(), timeout_s=30, what="the live gateway"
+        )
+        if not self._server.started:
+            raise RuntimeError("live gateway did not start")
         port = self._server.servers[0].sockets[0].getsockname()[1]
         self.base_url = f"http://127.0.0.1:{port}"
 

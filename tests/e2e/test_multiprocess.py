@@ -15,8 +15,9 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.e2e.processes import Cluster, cluster, wait_for
+from tests.e2e.processes import Cluster, cluster
 from tests.fakes.api2convert import FakeApi2Convert
+from tests.waiting import eventually
 
 T2I = {"prompt": "a lighthouse at dusk", "width": 512, "height": 512, "steps": 30}
 LEASE_S = 2
@@ -100,13 +101,13 @@ async def test_kill_9_of_the_process_running_a_job_hands_it_to_a_survivor_and_ch
         ):
             # A sync request runs inline in api-a, under api-a's lease.
             sync_call = asyncio.create_task(client_a.post("/v1/text-to-image", json=T2I, headers={"X-Api-Key": key}))
-            running = await wait_for(_jobs_running(pool), 15, "api-a to start the sync job")
+            running = await eventually(_jobs_running(pool), timeout_s=15, what="api-a to start the sync job")
             [(sync_id, sync_job)] = running.items()
             api_a_owner = sync_job["lease_owner"]
             # Async requests through api-b are claimed by the runner.
             first_batch = [await _submit_async(client_b, key) for _ in range(3)]
-            jobs = await wait_for(
-                _all_running(pool, first_batch), 15, f"the runner to claim the async jobs\n{c.logs()}"
+            jobs = await eventually(
+                _all_running(pool, first_batch), timeout_s=15, what=f"the runner to claim the async jobs\n{c.logs()}"
             )
             runner_owner = jobs[first_batch[0]]["lease_owner"]
             assert runner_owner != api_a_owner
@@ -117,8 +118,10 @@ async def test_kill_9_of_the_process_running_a_job_hands_it_to_a_survivor_and_ch
                 await sync_call  # the client of the dead replica sees its connection drop
 
             # After the lease expires the runner takes the orphaned job over...
-            taken = await wait_for(
-                _owned_by(pool, sync_id, runner_owner), LEASE_S + 10, f"the runner to take over\n{c.logs()}"
+            taken = await eventually(
+                _owned_by(pool, sync_id, runner_owner),
+                timeout_s=LEASE_S + 10,
+                what=f"the runner to take over\n{c.logs()}",
             )
             assert taken["runs"] == 2
             # ...and dies too, holding it. Jobs queued now wait in the database for the next runner.
@@ -128,7 +131,9 @@ async def test_kill_9_of_the_process_running_a_job_hands_it_to_a_survivor_and_ch
 
             c.worker("runner-2")
             everything = [sync_id, *first_batch, *second_batch]
-            final = await wait_for(_all_finished(pool, everything), 30, f"every job to finish\n{c.logs()}")
+            final = await eventually(
+                _all_finished(pool, everything), timeout_s=30, what=f"every job to finish\n{c.logs()}"
+            )
 
             assert {final[j]["state"] for j in everything} == {"succeeded"}, c.logs()
             assert final[sync_id]["runs"] == 3  # api-a, runner-1, runner-2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,7 @@ from gateway.db import billing as bq
 from gateway.domain.money import PriceRule
 from tests.conftest import Gateway
 from tests.e2e.test_generation_billing import T2I, audit_clean, auth, balance
+from tests.waiting import eventually
 
 
 async def test_a_new_price_version_applies_to_the_next_request_despite_the_price_cache(gateway: Gateway) -> None:
@@ -82,17 +84,15 @@ async def test_a_job_canceled_while_its_engine_works_costs_nothing(gateway: Gate
     submitted = await gateway.client.post("/v1/text-to-image", json={**T2I, "async": True}, headers=auth(key))
     assert submitted.status_code == 202, submitted.text
     job_id = submitted.json()["id"]
-    for _ in range(100):  # until a runner has claimed it and the engine call is under way
-        if gateway.extra["a2c"].calls:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: gateway.extra["a2c"].calls, what="a runner calling the engine")
     canceled = await gateway.client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(key))
     assert canceled.status_code == 200
-    for _ in range(200):
-        job = (await gateway.client.get(f"/v1/jobs/{job_id}", headers=auth(key))).json()
-        if job["state"] not in ("queued", "running"):
-            break
-        await asyncio.sleep(0.05)
+
+    async def finished() -> dict[str, Any] | None:
+        job: dict[str, Any] = (await gateway.client.get(f"/v1/jobs/{job_id}", headers=auth(key))).json()
+        return job if job["state"] not in ("queued", "running") else None
+
+    job = await eventually(finished, what="the job finished")
     assert job["state"] == "canceled", job
     assert job["charged"] == 0.0
     assert [r["status"] for r in job["results"]] == ["failed"]

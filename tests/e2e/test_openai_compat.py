@@ -3,7 +3,6 @@ same admission, billing and engines as /v1, and errors come back in OpenAI's sha
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import io
@@ -20,6 +19,7 @@ from PIL import Image
 from gateway.storage.filesystem import FilesystemBlobStore
 from tests.conftest import Gateway
 from tests.e2e.test_generation_billing import audit_clean, auth, balance
+from tests.waiting import eventually
 
 
 @contextlib.asynccontextmanager
@@ -255,9 +255,10 @@ async def test_a_job_outlasting_the_sync_wait_is_a_504_the_sdk_does_not_retry(
     assert str(job["id"]) in pending.value.body["message"]  # type: ignore[index]
     async with gateway.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM jobs WHERE tenant_id = $1", tenant_id) == 1
-        for _ in range(200):
-            if await conn.fetchval("SELECT state FROM jobs WHERE id = $1", job["id"]) == "succeeded":
-                break
-            await asyncio.sleep(0.05)
+
+        async def succeeded() -> bool:
+            return bool(await conn.fetchval("SELECT state FROM jobs WHERE id = $1", job["id"]) == "succeeded")
+
+        await eventually(succeeded, what="the job succeeded")
     assert len(await charges(gateway, key)) == 1
     await audit_clean(gateway)

@@ -21,6 +21,7 @@ from gateway.worker.retention import RetentionSweeper
 from tests.conftest import Gateway
 from tests.e2e.test_generation_billing import T2I, audit_clean, auth
 from tests.fakes.images import png
+from tests.waiting import eventually
 
 MakeGateway = Callable[..., Awaitable[Gateway]]
 
@@ -254,12 +255,13 @@ async def test_the_runner_sweeps_on_its_schedule_and_metrics_count_it(make_gatew
     job = await generate(gateway, key)
     await expire_files(gateway, job["id"])
     async with gateway.pool.acquire() as conn:
-        for _ in range(200):
-            if await conn.fetchval("SELECT blob_deleted_at IS NOT NULL FROM files WHERE job_id = $1", job["id"]):
-                break
-            await asyncio.sleep(0.05)
-        else:
-            pytest.fail("the in-process sweeper never swept the expired file")
+
+        async def swept() -> bool:
+            return bool(
+                await conn.fetchval("SELECT blob_deleted_at IS NOT NULL FROM files WHERE job_id = $1", job["id"])
+            )
+
+        await eventually(swept, what="the in-process sweeper sweeping the expired file")
     metrics = (await gateway.client.get("/metrics")).text
     assert 'gateway_retention_swept_total{kind="output_blobs"} 1.0' in metrics
     assert "gateway_retention_last_sweep_timestamp_seconds" in metrics

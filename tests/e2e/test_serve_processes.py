@@ -16,8 +16,9 @@ import pytest
 
 from gateway.db.embedded import start_embedded
 from gateway.db.migrations import discover
-from tests.e2e.processes import GatewayProcess, cluster, wait_for
+from tests.e2e.processes import GatewayProcess, cluster
 from tests.fakes.api2convert import FakeApi2Convert
+from tests.waiting import eventually
 
 T2I = {"prompt": "a lighthouse at dusk", "width": 512, "height": 512, "steps": 30}
 
@@ -137,7 +138,7 @@ async def test_kill_9_then_restart_on_the_embedded_database_adopts_or_recovers_i
         # Both die (a machine crash): postmaster.pid is stale and the next start recovers the server.
         adopted.kill()
         os.kill(postgres, signal.SIGKILL)
-        await wait_for(_reaped(postgres), 10, "the killed postmaster to be reaped")
+        await eventually(_reaped(postgres), timeout_s=10, what="the killed postmaster to be reaped")
         recovered = c.serve("recovering")
         await recovered.wait_ready()
         restarted = _postmaster_pid(embedded_data_dir)
@@ -174,7 +175,7 @@ async def test_serve_with_two_workers_on_an_empty_data_folder_shares_one_server_
         first = _workers(api.proc.pid)
         assert len(first) == 2, api.log()
         # Both workers started the embedded server at once on an empty folder: one initialized it.
-        await wait_for(_both_started(api), 60, "both workers to finish starting")
+        await eventually(_both_started(api), timeout_s=60, what="both workers to finish starting")
         assert api.log_path.read_text().count("Initializing pgdata") == 1, api.log()
         postgres = _postmaster_pid(embedded_data_dir)
         assert postgres is not None
@@ -194,14 +195,14 @@ async def test_serve_with_two_workers_on_an_empty_data_folder_shares_one_server_
         dead = min(first)
         os.kill(dead, signal.SIGKILL)
         await generate()
-        await wait_for(_replaced(api.proc.pid, dead), 60, "the dead worker to be replaced")
+        await eventually(_replaced(api.proc.pid, dead), timeout_s=60, what="the dead worker to be replaced")
         for _ in range(4):
             await generate()
 
         # SIGTERM: each worker drains, the last one out stops the embedded server, the parent exits 0.
         assert api.terminate() == 0, api.log()
         assert not _workers(api.proc.pid)
-        await wait_for(_reaped(postgres), 30, "the embedded server to stop")
+        await eventually(_reaped(postgres), timeout_s=30, what="the embedded server to stop")
     assert _alive(postgres) is False
 
 
@@ -214,7 +215,10 @@ async def test_a_process_starting_the_embedded_server_waits_for_one_that_is_init
     with (embedded_data_dir / "pg.lock").open("a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         starting = asyncio.create_task(asyncio.to_thread(start_embedded, embedded_data_dir))
-        await asyncio.sleep(1.0)
+        await eventually(
+            lambda: _someone_waits_to_lock(embedded_data_dir / "pg.lock"),
+            what="start_embedded blocked on the folder's lock",
+        )
         assert not starting.done()
         assert not (embedded_data_dir / "pg").exists()
     server = await asyncio.wait_for(starting, 120)
@@ -224,6 +228,13 @@ async def test_a_process_starting_the_embedded_server_waits_for_one_that_is_init
         await conn.close()
     finally:
         server.stop()
+
+
+def _someone_waits_to_lock(path: Path) -> bool:
+    """Whether a process is blocked in flock() on `path`: Linux lists such requests in /proc/locks,
+    marked "->", beside the lock they wait for."""
+    inode = f":{path.stat().st_ino} "
+    return any("->" in line and inode in line for line in Path("/proc/locks").read_text().splitlines())
 
 
 def _both_started(api: GatewayProcess) -> Callable[[], Awaitable[bool]]:
@@ -265,13 +276,21 @@ async def test_sigterm_finishes_the_request_in_flight_refuses_new_ones_and_exits
 
         async with httpx.AsyncClient(base_url=api.base_url, timeout=30) as client:
             in_flight = asyncio.create_task(client.post("/v1/text-to-image", json=T2I, headers={"X-Api-Key": key}))
-            await wait_for(_vendor_polled(fake_api2convert), 10, "the job to reach the vendor")
+            await eventually(_vendor_polled(fake_api2convert), timeout_s=10, what="the job to reach the vendor")
 
             api.proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.5)
-            async with httpx.AsyncClient(base_url=api.base_url, timeout=5) as late_client:
-                with pytest.raises(httpx.ConnectError):
-                    await late_client.get("/healthz")
+
+            async def refuses_connections() -> bool:
+                async with httpx.AsyncClient(base_url=api.base_url, timeout=5) as late_client:
+                    try:
+                        await late_client.get("/healthz")
+                    except httpx.ConnectError:
+                        return True
+                    except httpx.TransportError:  # mid-shutdown: accepted, then closed
+                        return False
+                return False
+
+            await eventually(refuses_connections, what="new connections refused")
             response = await in_flight
 
         assert response.status_code == 200, response.text

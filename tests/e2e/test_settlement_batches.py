@@ -24,6 +24,7 @@ from gateway.db.pool import Pool, create_pool
 from gateway.domain.generation import EngineAttempt, EngineSpend
 from tests.conftest import Gateway
 from tests.e2e.test_generation_billing import audit_clean
+from tests.waiting import eventually, run_ready_tasks
 
 PRICE = 400  # millicredits: the default price of a 512x512, 30-step image
 
@@ -245,8 +246,7 @@ async def test_settlements_waiting_for_the_gate_go_in_one_statement(
     batcher = SettlementBatcher(pool, gate)
     async with gate.hold(tenant_id):  # an admission of the tenant is running
         waiting = [asyncio.create_task(batcher.settle(tenant_id, args)) for args in batch]
-        await asyncio.sleep(0.05)
-        assert len(batcher) == len(batch)
+        await eventually(lambda: len(batcher) == len(batch), what="every settlement queued at the gate")
     rows = await asyncio.gather(*waiting)
     assert statements == [len(batch)]
     assert [r["closed"] for r in rows] == [1, 1, 1, 0, 0, 1]
@@ -272,7 +272,7 @@ async def test_a_tenants_waiting_settlements_take_its_gate_once_for_their_group(
     async with gate.hold(tenant_id):  # an admission of the tenant is running
         monkeypatch.setattr(gate, "hold", counted)
         waiting = [asyncio.create_task(batcher.settle(tenant_id, args)) for args in batch]
-        await asyncio.sleep(0.05)
+        await eventually(lambda: len(batcher) == len(batch), what="every settlement queued at the gate")
     rows = await asyncio.gather(*waiting)
     assert [r["closed"] for r in rows] == [1, 1, 1, 0, 0, 1]
     assert turns == [tenant_id]
@@ -289,7 +289,7 @@ async def test_a_batch_the_database_refuses_is_settled_job_by_job(gateway: Gatew
     batcher = SettlementBatcher(pool, gate)
     async with gate.hold(tenant_id):
         waiting = [asyncio.create_task(batcher.settle(tenant_id, args)) for args in batch]
-        await asyncio.sleep(0.05)
+        await eventually(lambda: len(batcher) == len(batch), what="every settlement queued at the gate")
     outcomes = await asyncio.gather(*waiting, return_exceptions=True)
     assert isinstance(outcomes[2], asyncpg.CheckViolationError)
     assert [o["closed"] for i, o in enumerate(outcomes) if i != 2] == [1, 1, 0, 0, 1]  # type: ignore[index]
@@ -305,10 +305,9 @@ async def test_a_settlement_cancelled_while_it_waits_leaves_the_queue(gateway: G
     async with gate.hold(tenant_id):
         first = asyncio.create_task(batcher.settle(tenant_id, batch[0]))
         second = asyncio.create_task(batcher.settle(tenant_id, batch[1]))
-        await asyncio.sleep(0.05)
+        await eventually(lambda: len(batcher) == 2, what="both settlements queued at the gate")
         first.cancel()
-        await asyncio.sleep(0.05)
-        assert len(batcher) == 1
+        await eventually(lambda: len(batcher) == 1, what="the cancelled settlement out of the queue")
     assert (await second)["closed"] == 1
     assert first.cancelled()
     assert len(batcher) == 0
@@ -361,14 +360,13 @@ async def test_settlements_of_several_tenants_waiting_for_the_lane_go_in_one_sta
     monkeypatch.setattr(sq, "settle_jobs", counted)
     batcher = SettlementBatcher(pool, WalletGate(), lanes=1)  # the one lane is busy with `busy`
     running = asyncio.create_task(batcher.settle(busy_tenant, busy))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: statements == [[busy.job_id]], what="the busy statement running")
     waiting = [
         asyncio.create_task(batcher.settle(tenant, args))
         for tenant, batch in ((first, first_batch[:3]), (second, second_batch[:3]))
         for args in batch
     ]
-    await asyncio.sleep(0.05)
-    assert len(batcher) == 6
+    await eventually(lambda: len(batcher) == 6, what="all six settlements waiting for the lane")
     release.set()
     assert (await running)["closed"] == 1
     rows = await asyncio.gather(*waiting)
@@ -391,7 +389,7 @@ async def test_settlements_of_several_tenants_that_arrive_together_share_a_state
     waiting = []
     for tenant, (args, *_) in tenants:
         waiting.append(asyncio.create_task(batcher.settle(tenant, args)))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn of the loop, not a wait: the burst's pace is what is tested
     rows = await asyncio.gather(*waiting)
     assert statements == [3]
     assert [r["closed"] for r in rows] == [1, 1, 1]
@@ -403,18 +401,19 @@ async def test_a_second_lane_settles_while_the_first_statement_runs(
 ) -> None:
     busy_tenant, (busy, *_) = await scenario(gateway, pool)
     other_tenant, (other, *_) = await scenario(gateway, pool)
-    release = asyncio.Event()
+    running_busy, release = asyncio.Event(), asyncio.Event()
     settle_job = sq.settle_job
 
     async def held_one(conn: Any, args: sq.SettleArgs) -> asyncpg.Record:
         if args is busy:
+            running_busy.set()
             await release.wait()
         return await settle_job(conn, args)
 
     monkeypatch.setattr(sq, "settle_job", held_one)
     batcher = SettlementBatcher(pool, WalletGate())  # two lanes
     running = asyncio.create_task(batcher.settle(busy_tenant, busy))
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(running_busy.wait(), timeout=10)
     assert (await asyncio.wait_for(batcher.settle(other_tenant, other), timeout=10))["closed"] == 1
     assert not running.done()
     release.set()
@@ -432,15 +431,18 @@ async def test_a_tenant_keeps_its_gate_until_the_statement_that_took_its_settlem
     (first_tenant, (first, *_)), (second_tenant, (second, *_)) = [await scenario(gateway, pool) for _ in "ab"]
     (x_tenant, (x, *_)), (t_tenant, (t, *_)) = [await scenario(gateway, pool) for _ in "xt"]
     held = {first.job_id: asyncio.Event(), second.job_id: asyncio.Event()}
+    running: list[list[UUID]] = []  # the statements begun, by their jobs
     batch_held = asyncio.Event()
     settle_job, settle_jobs = sq.settle_job, sq.settle_jobs
 
     async def held_one(conn: Any, args: sq.SettleArgs) -> asyncpg.Record:
+        running.append([args.job_id])
         if args.job_id in held:
             await held[args.job_id].wait()
         return await settle_job(conn, args)
 
     async def held_many(conn: Any, batch: list[sq.SettleArgs]) -> list[asyncpg.Record]:
+        running.append([args.job_id for args in batch])
         await batch_held.wait()
         return await settle_jobs(conn, batch)
 
@@ -451,17 +453,17 @@ async def test_a_tenant_keeps_its_gate_until_the_statement_that_took_its_settlem
     busy = []
     for tenant, args in ((first_tenant, first), (second_tenant, second)):  # apart, so each takes a lane
         busy.append(asyncio.create_task(batcher.settle(tenant, args)))
-        await asyncio.sleep(0.05)
+        await eventually(lambda: len(running) == len(busy), what="a busy statement running")
     settling = [asyncio.create_task(batcher.settle(x_tenant, x))]
-    await asyncio.sleep(0.01)
+    await eventually(lambda: len(batcher) == 1, what="X's settlement waiting for a lane")
     settling.append(asyncio.create_task(batcher.settle(t_tenant, t)))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: len(batcher) == 2, what="T's settlement waiting for a lane")
     held[first.job_id].set()  # a lane frees: X's group takes X and T into one statement
-    await asyncio.sleep(0.05)
+    await eventually(lambda: [x.job_id, t.job_id] in running, what="X and T in one statement")
     held[second.job_id].set()  # the other lane frees: T's group finds nothing to run
     await asyncio.gather(*busy)
     admission = asyncio.create_task(_hold_briefly(gate, t_tenant))
-    await asyncio.sleep(0.1)
+    await run_ready_tasks()  # through the gate at once if it is free: it takes no I/O
     gate_kept = not admission.done()  # T's gate still taken by its settlement
     batch_held.set()
     assert [r["closed"] for r in await asyncio.gather(*settling)] == [1, 1]

@@ -3,7 +3,6 @@ afterwards is behind a commit that waits (gateway/db/generations.py explains why
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from uuid import UUID, uuid4
 
@@ -15,6 +14,7 @@ from gateway.db import generations as gq
 from gateway.db.pool import create_pool
 from tests.conftest import Gateway
 from tests.e2e.test_generation_billing import T2I, audit_clean, auth
+from tests.waiting import eventually
 
 
 async def _wal_fsyncs(observer: asyncpg.Connection, pid: int) -> int:
@@ -99,8 +99,9 @@ async def test_a_sync_request_answered_202_made_its_job_durable_first(
             "SELECT extract(epoch FROM lease_expires_at - started_at) FROM jobs WHERE tenant_id = $1", tenant_id
         )
         assert renewed_after >= 5 + 0.1  # lease_s of the test settings, renewed after the wait
-        for _ in range(200):
-            if await conn.fetchval("SELECT state FROM jobs WHERE tenant_id = $1", tenant_id) == "succeeded":
-                break
-            await asyncio.sleep(0.05)
+
+        async def succeeded() -> bool:
+            return bool(await conn.fetchval("SELECT state FROM jobs WHERE tenant_id = $1", tenant_id) == "succeeded")
+
+        await eventually(succeeded, what="the job succeeded")
     await audit_clean(gateway)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from gateway.db import webhooks as wq
 from gateway.webhooks.dispatcher import UNREACHABLE
 from tests.conftest import Gateway
 from tests.e2e.test_webhooks import FAST, T2I, auth, outbox
+from tests.waiting import eventually
 
 
 def closed_port() -> int:
@@ -29,12 +30,12 @@ async def test_an_unreachable_endpoint_stores_a_generic_reason_and_the_detail_ap
     assert (
         await gw.client.post("/v1/text-to-image", json={**T2I, "webhook_url": url}, headers=auth(key))
     ).status_code == 200
-    for _ in range(300):  # the first attempt fails within moments; 15 s at most
+
+    async def failed_once() -> list[Any] | None:
         rows = await outbox(gw)
-        if rows and rows[0]["last_error"] is not None:
-            break
-        await asyncio.sleep(0.05)
-    [row] = rows
+        return rows if rows and rows[0]["last_error"] is not None else None
+
+    [row] = await eventually(failed_once, what="a failed first attempt")  # it fails within moments
     assert row["last_error"] == UNREACHABLE
     assert "ConnectError" in row["last_error_detail"]
     async with gw.pool.acquire() as conn:

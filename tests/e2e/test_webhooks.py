@@ -3,7 +3,6 @@ official `standardwebhooks` package, and sees exactly one acknowledged delivery 
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -22,6 +21,7 @@ from gateway.webhooks.dispatcher import retry_delay
 from gateway.webhooks.signing import display_secret, new_secret, sign, verify
 from tests.conftest import Gateway
 from tests.fakes.server import ServerThread
+from tests.waiting import eventually
 
 T2I = {"prompt": "a lighthouse at dusk", "width": 512, "height": 512, "steps": 30}
 # Fast retries: 0.2 s, then 0.4 s (with jitter at most that), dead after three attempts.
@@ -112,13 +112,6 @@ def receiver() -> Iterator[Receiver]:
         server.stop()
 
 
-async def until(predicate: Callable[[], bool], timeout_s: float = 15) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
 async def webhook_secret(gw: Gateway, key: str) -> str:
     response = await gw.client.get("/v1/webhook", headers=auth(key))
     assert response.status_code == 200
@@ -131,6 +124,20 @@ async def outbox(gw: Gateway) -> list[Any]:
         return list(await conn.fetch("SELECT * FROM webhook_outbox ORDER BY id"))
 
 
+async def settled_outbox(gw: Gateway, messages: int) -> list[Any]:
+    """The outbox once all its `messages` are delivered or given up. No dispatcher claims such a message
+    again, and each attempt's outcome is written only after the receiver answered it: from then on the
+    receiver has seen every delivery there will be, so nothing needs waiting out after this."""
+
+    async def settled() -> list[Any] | None:
+        rows = await outbox(gw)
+        done = len(rows) == messages and all(r["delivered_at"] or r["failed_at"] for r in rows)
+        return rows if done else None
+
+    rows: list[Any] = await eventually(settled, what=f"{messages} outbox messages delivered or given up")
+    return rows
+
+
 async def test_a_webhook_answered_500_is_retried_and_acknowledged_exactly_once(
     make_gateway: Callable[..., Awaitable[Gateway]], receiver: Receiver
 ) -> None:
@@ -141,8 +148,8 @@ async def test_a_webhook_answered_500_is_retried_and_acknowledged_exactly_once(
     response = await gw.client.post("/v1/text-to-image", json={**T2I, "webhook_url": receiver.url}, headers=auth(key))
     assert response.status_code == 200
     job = response.json()
-    await until(lambda: sum(receiver.acknowledged().values()) == 1)
-    await asyncio.sleep(1.5)  # longer than the whole retry schedule: nothing more may arrive
+    await eventually(lambda: sum(receiver.acknowledged().values()) == 1)
+    [row] = await settled_outbox(gw, 1)
 
     assert [d.status for d in receiver.deliveries] == [500, 204]
     first, second = receiver.deliveries
@@ -156,7 +163,6 @@ async def test_a_webhook_answered_500_is_retried_and_acknowledged_exactly_once(
     assert payload["type"] == "job.succeeded"
     assert payload["data"] == {"id": job["id"], "state": "succeeded", "images": 1, "charged": 0.4}
     assert payload["timestamp"]
-    [row] = await outbox(gw)
     assert row["attempts"] == 2
     assert row["delivered_at"] is not None
     assert row["failed_at"] is None
@@ -171,7 +177,7 @@ async def test_a_tampered_body_fails_verification(
     _, key = await gw.tenant(credits=10)
     receiver.secret = await webhook_secret(gw, key)
     await gw.client.post("/v1/text-to-image", json={**T2I, "webhook_url": receiver.url}, headers=auth(key))
-    await until(lambda: len(receiver.deliveries) == 1)
+    await eventually(lambda: len(receiver.deliveries) == 1)
     [delivery] = receiver.deliveries
     tampered = delivery.body.replace(b'"images":1', b'"images":9')
     assert tampered != delivery.body
@@ -199,8 +205,8 @@ async def test_the_tenant_default_url_gets_every_job_event_once(
     queued = await gw.client.post("/v1/text-to-image", json={**T2I, "async": True}, headers=auth(key))
     await gw.client.post(f"/v1/jobs/{queued.json()['id']}/cancel", headers=auth(key))
 
-    await until(lambda: len(receiver.acknowledged()) == 3)
-    await asyncio.sleep(0.5)
+    await eventually(lambda: len(receiver.acknowledged()) == 3)
+    assert [row["attempts"] for row in await settled_outbox(gw, 3)] == [1, 1, 1]
     assert sorted(receiver.acknowledged().values()) == [1, 1, 1]
     events = {msgspec.json.decode(d.body)["data"]["id"]: msgspec.json.decode(d.body) for d in receiver.deliveries}
     assert events[ok["id"]]["type"] == "job.succeeded"
@@ -225,7 +231,7 @@ async def test_a_rotated_secret_signs_the_next_deliveries(
     assert receiver.secret != old
     assert receiver.secret.startswith("whsec_")
     await gw.client.post("/v1/text-to-image", json={**T2I, "webhook_url": receiver.url}, headers=auth(key))
-    await until(lambda: len(receiver.deliveries) == 1)
+    await eventually(lambda: len(receiver.deliveries) == 1)
     assert receiver.deliveries[0].verified is not None
 
 
@@ -237,10 +243,9 @@ async def test_an_endpoint_that_keeps_failing_is_given_up_after_the_schedule(
     receiver.secret = await webhook_secret(gw, key)
     receiver.failures = 1_000
     await gw.client.post("/v1/text-to-image", json={**T2I, "webhook_url": receiver.url}, headers=auth(key))
-    await until(lambda: len(receiver.deliveries) == 3)
-    await asyncio.sleep(1.5)
+    await eventually(lambda: len(receiver.deliveries) == 3)
+    [row] = await settled_outbox(gw, 1)
     assert len(receiver.deliveries) == 3, "no attempt after the last one of the schedule"
-    [row] = await outbox(gw)
     assert row["attempts"] == 3
     assert row["failed_at"] is not None
     assert row["delivered_at"] is None
@@ -258,8 +263,9 @@ async def test_two_replicas_deliver_each_event_exactly_once(
     for gw in (first, second, first, second, first, second):
         body = {**T2I, "webhook_url": receiver.url, "async": True}
         assert (await gw.client.post("/v1/text-to-image", json=body, headers=auth(key))).status_code == 202
-    await until(lambda: len(receiver.acknowledged()) == 6)
-    await asyncio.sleep(0.5)
+    await eventually(lambda: len(receiver.acknowledged()) == 6)
+    # One attempt each: a message claimed by both replicas would have counted two.
+    assert [row["attempts"] for row in await settled_outbox(first, 6)] == [1] * 6
     assert list(receiver.acknowledged().values()) == [1] * 6
     assert len(receiver.deliveries) == 6
     await audit_clean(first)

@@ -156,7 +156,7 @@ class FakeVendor(ABC):
         if faults.stage != stage:
             return None
         if faults.hang_s:
-            await asyncio.sleep(faults.hang_s)
+            await asyncio.sleep(faults.hang_s)  # a vendor slow to answer is the fault asked for
         if faults.status is not None:
             status = faults.status
             if faults.status_times is not None:

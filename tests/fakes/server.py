@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import uvicorn
+
+from tests.waiting import eventually_blocking
 
 
 class ServerThread:
@@ -35,11 +36,11 @@ class ServerThread:
     def start(self) -> str:
         """Start serving; returns the base URL once the socket is bound."""
         self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("fake vendor server did not start")
-            time.sleep(0.01)
+        eventually_blocking(
+            lambda: self._server.started or not self._thread.is_alive(), timeout_s=10, what="the fake vendor server"
+        )
+        if not self._server.started:
+            raise RuntimeError("fake vendor server did not start")
         port = self._server.servers[0].sockets[0].getsockname()[1]
         self.base_url = f"http://127.0.0.1:{port}"
         return self.base_url

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
 from uuid import uuid4
 
 import asyncpg
 
 from gateway.db.notifications import JOB_EVENTS_CHANNEL, WEBHOOKS_CHANNEL, JobWatchers, Listener
+from tests.waiting import eventually
+
+_MARK = "test-mark-"
 
 
-async def until(predicate: Callable[[], bool], timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
+async def heard_up_to_a_mark(conn: asyncpg.Connection, channel: str, heard: list[str | None]) -> list[str | None]:
+    """What was heard on `channel` before a marker notification sent now (earlier markers left out),
+    once the marker is heard.
+
+    PostgreSQL delivers notifications in the order their transactions committed, so everything
+    committed before the marker has arrived once it has: no guessing how long to wait for strays."""
+    mark = f"{_MARK}{uuid4()}"
+    await conn.execute("SELECT pg_notify($1, $2)", channel, mark)
+    await eventually(lambda: mark in heard, what="the marker notification")
+    return [h for h in heard[: heard.index(mark)] if not (h or "").startswith(_MARK)]
 
 
 async def test_job_rows_notify_on_state_and_progress_changes_but_not_on_lease_renewals(database_url: str) -> None:
@@ -38,9 +43,7 @@ async def test_job_rows_notify_on_state_and_progress_changes_but_not_on_lease_re
         await conn.execute("UPDATE jobs SET progress = 0 WHERE id = $1", job)  # no change: no event
         await conn.execute("UPDATE jobs SET state = 'running' WHERE id = $1", job)
         await conn.execute("UPDATE jobs SET progress = 0.5 WHERE id = $1", job)
-        await until(lambda: heard.count(str(job)) == 2)
-        await asyncio.sleep(0.2)
-        assert heard == [None, str(job), str(job)]
+        assert await heard_up_to_a_mark(conn, JOB_EVENTS_CHANNEL, heard) == [None, str(job), str(job)]
     finally:
         await conn.close()
         await listener.stop()
@@ -49,16 +52,13 @@ async def test_job_rows_notify_on_state_and_progress_changes_but_not_on_lease_re
 async def test_outbox_inserts_wake_dispatchers_once_per_transaction_and_empty_inserts_not_at_all(
     database_url: str,
 ) -> None:
-    heard: list[str] = []
+    heard: list[str | None] = []
     listening = await asyncpg.connect(database_url)
     await listening.add_listener(WEBHOOKS_CHANNEL, lambda *args: heard.append(args[3]))
     conn = await asyncpg.connect(database_url)
 
-    async def heard_after_commit() -> list[str]:
-        # A notification committed before this query is sent to the listener ahead of its answer.
-        await listening.execute("SELECT 1")
-        await asyncio.sleep(0.05)  # asyncpg runs the callbacks soon after
-        return heard
+    async def heard_after_commit() -> list[str | None]:
+        return await heard_up_to_a_mark(conn, WEBHOOKS_CHANNEL, heard)
 
     insert = """INSERT INTO webhook_outbox (tenant_id, message_id, url, event_type, payload)
                 SELECT $1, m, 'https://hooks.test/', 'job.succeeded', '{}' FROM unnest($2::text[]) AS m"""
@@ -95,11 +95,11 @@ async def test_the_listener_reconnects_and_wakes_everyone_after_losing_its_conne
                    WHERE application_name = 'gateway-listener' AND datname = current_database()"""
             )
             assert killed == 1
-            await until(changed.is_set)  # woken to re-read: changes while disconnected went unheard
-            await until(lambda: woken.count(None) == 2)
+            await eventually(changed.is_set)  # woken to re-read: changes while disconnected went unheard
+            await eventually(lambda: woken.count(None) == 2)
             changed.clear()
             await conn.execute("SELECT pg_notify($1, $2)", JOB_EVENTS_CHANNEL, str(job))
-            await until(changed.is_set)
+            await eventually(changed.is_set)
         assert len(watchers) == 0
     finally:
         await conn.close()

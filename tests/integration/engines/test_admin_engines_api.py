@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from tests.conftest import Gateway
 from tests.e2e.test_generation_billing import T2I, auth
+from tests.waiting import eventually
 
 
 async def engine_states(gw: Gateway) -> dict[str, dict[str, Any]]:
@@ -64,19 +64,16 @@ async def test_concurrency_in_use_counts_running_attempts(gateway: Gateway) -> N
     gateway.extra["a2c"].slow_job(polls=60)
     queued = await gateway.client.post("/v1/text-to-image", json={**T2I, "async": True}, headers=auth(key))
     assert queued.status_code == 202
-    seen = []
-    for _ in range(400):
-        seen.append((await engine_states(gateway))["a2c"]["concurrency"]["in_use"])
-        if seen[-1] == 1:
-            break
-        await asyncio.sleep(0.01)
-    assert seen[-1] == 1
-    for _ in range(400):
+
+    async def in_use() -> bool:
+        return bool((await engine_states(gateway))["a2c"]["concurrency"]["in_use"] == 1)
+
+    async def succeeded() -> bool:
         job = (await gateway.client.get(queued.headers["location"], headers=auth(key))).json()
-        if job["state"] == "succeeded":
-            break
-        await asyncio.sleep(0.02)
-    assert job["state"] == "succeeded"
+        return bool(job["state"] == "succeeded")
+
+    await eventually(in_use, what="a2c's one attempt counted in use")
+    await eventually(succeeded, what="the job succeeded")
     assert (await engine_states(gateway))["a2c"]["concurrency"]["in_use"] == 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,6 +21,7 @@ from gateway.config import EngineConfig, TransportKind
 from gateway.engines.base import EngineTimeout, EngineUnavailable
 from gateway.engines.http import send
 from gateway.engines.registry import build_client, engine_transport
+from tests.waiting import eventually, run_ready_tasks
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 Serve = Callable[..., Awaitable[int]]
@@ -42,7 +44,8 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
 
 
 class TinyServer:
-    """An HTTP/1.1 server on 127.0.0.1 that counts connections; `close_after_each` drops keep-alive."""
+    """An HTTP/1.1 server on 127.0.0.1 that counts connections; `close_after_each` drops keep-alive,
+    `stall` never answers, `delay` answers that late (the slowness is what such tests are about)."""
 
     def __init__(self, *, close_after_each: bool = False, stall: bool = False, delay: float = 0.0) -> None:
         self.connections = 0
@@ -56,7 +59,8 @@ class TinyServer:
         try:
             while await read_request(reader):
                 if self.stall:
-                    await asyncio.sleep(5)
+                    await reader.read()  # silent until the client gives up
+                    return
                 await asyncio.sleep(self.delay)
                 writer.write(OK)
                 await writer.drain()
@@ -65,8 +69,10 @@ class TinyServer:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
-            self.closed += 1
             writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            self.closed += 1  # only now: the client's end has the close, a test may count on it
 
 
 def guarded(handler: Handler) -> Handler:
@@ -177,20 +183,25 @@ async def test_a_connection_the_server_closed_is_not_reused(serve: Serve) -> Non
     async with engine_client(port) as client:
         for _ in range(3):
             assert (await client.get("/")).text == "ok"
-            await asyncio.sleep(0.05)  # the server's close arrives before the next request
+            # The server's close arrives before the next request.
+            await eventually(lambda: server.closed == server.connections, what="the server closing the connection")
     assert server.connections == 3
 
 
 async def test_a_connection_the_server_spoke_on_while_idle_is_not_reused(serve: Serve) -> None:
-    connections = 0
+    connections = spoken = 0
+    answered = asyncio.Event()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
+        nonlocal connections, spoken
         connections += 1
         await read_request(reader)
         writer.write(OK)
-        await asyncio.sleep(0.01)
+        await answered.wait()  # the client has its answer: the connection is idle
+        answered.clear()
         writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")  # unasked
+        await writer.drain()
+        spoken += 1
         await reader.read()
         writer.close()
 
@@ -198,7 +209,8 @@ async def test_a_connection_the_server_spoke_on_while_idle_is_not_reused(serve: 
     async with engine_client(port) as client:
         for _ in range(2):
             assert (await client.get("/")).text == "ok"
-            await asyncio.sleep(0.05)
+            answered.set()
+            await eventually(lambda: spoken == connections, what="the server speaking on the idle connection")
     assert connections == 2
 
 
@@ -208,7 +220,7 @@ async def test_an_idle_connection_past_keepalive_expiry_is_replaced(serve: Serve
     transport = make_transport(limits=httpx.Limits(keepalive_expiry=0.05))
     async with httpx.AsyncClient(transport=transport, base_url=f"http://127.0.0.1:{port}") as client:
         assert (await client.get("/")).text == "ok"
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # idle past the expiry: the time passing is what is tested
         assert (await client.get("/")).text == "ok"
     assert server.connections == 2
 
@@ -272,10 +284,7 @@ async def test_closing_the_client_closes_its_pooled_connections(serve: Serve) ->
     async with engine_client(port) as client:
         await asyncio.gather(*(client.get("/") for _ in range(3)))
         assert server.closed == 0
-    for _ in range(100):
-        if server.closed == server.connections:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: server.closed == 3, what="the server seeing its three connections closed")
     assert server.closed == server.connections == 3
 
 
@@ -358,9 +367,16 @@ async def read_ndjson(client: httpx.AsyncClient, go: asyncio.Event) -> list[str]
 async def test_a_slow_reader_holds_the_server_back_instead_of_buffering_the_body(serve: Serve) -> None:
     size, piece = 16 * 1024 * 1024, b"x" * 65536
     sent = 0
+    writers: list[asyncio.StreamWriter] = []
+
+    def held_back() -> bool:
+        """The server's writes wait: the kernel buffers are full and asyncio's is past its high-water mark."""
+        transport = writers[0].transport
+        return transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal sent
+        writers.append(writer)
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
         while sent < size:
@@ -372,7 +388,8 @@ async def test_a_slow_reader_holds_the_server_back_instead_of_buffering_the_body
     async with engine_client(port) as client, client.stream("GET", "/") as response:
         chunks = response.aiter_raw()
         received = len(await anext(chunks))
-        await asyncio.sleep(0.3)  # not reading: the transport stops reading, the kernel buffers fill
+        # Not reading: the transport stops reading, the kernel buffers fill, the server has to wait.
+        await eventually(lambda: held_back() or sent >= size, what="the server held back or done")
         assert sent < size // 2
         async for chunk in chunks:
             received += len(chunk)
@@ -437,7 +454,7 @@ async def test_an_early_answer_stops_the_request_body(serve: Serve) -> None:
 
     async def endless() -> AsyncIterator[bytes]:
         while True:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # an upload still going when the answer comes: this pace is the test
             yield b"z" * 1024
 
     port = await serve(handle)
@@ -477,7 +494,7 @@ async def test_a_waiting_request_goes_before_later_ones(serve: Serve) -> None:
         while True:
             head, _ = await read_request(reader)
             paths.append(head.split(b" ")[1])
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # a slow answer, so the late request has to queue for the connection
             writer.write(OK)
 
     port = await serve(handle)
@@ -489,7 +506,8 @@ async def test_a_waiting_request_goes_before_later_ones(serve: Serve) -> None:
                 await client.get(f"/busy{n}")
 
         async def late() -> None:
-            await asyncio.sleep(0.005)  # arrives while busy0 holds the only connection
+            # Arrives while busy0 holds the only connection.
+            await eventually(lambda: paths == [b"/busy0"], what="busy0 at the server")
             await client.get("/late")
 
         await asyncio.gather(busy(), late())
@@ -513,7 +531,7 @@ async def test_room_freed_twice_serves_two_waiters(serve: Serve) -> None:
     async with httpx.AsyncClient(transport=transport, base_url=f"http://127.0.0.1:{port}", timeout=timeout) as client:
         held = [await client.send(client.build_request("GET", "/hold"), stream=True) for _ in range(2)]
         first = asyncio.create_task(client.get("/"))
-        await asyncio.sleep(0.01)  # first waits for room
+        await run_ready_tasks()  # first reaches the full pool and waits there: no I/O on its way
         second = asyncio.create_task(client.get("/"))  # queues behind first, which is about to be woken
         for response in held:
             await response.aclose()  # room for two, but only first was waiting when it was made
@@ -539,7 +557,7 @@ async def test_a_full_pool_is_a_timeout_after_the_pool_timeout(serve: Serve) -> 
             with pytest.raises(EngineTimeout):
                 await send(client, client.build_request("GET", "/"), "test")
             waiting = asyncio.create_task(client.get("/", timeout=5))
-            await asyncio.sleep(0.05)
+            await run_ready_tasks()  # the request reaches the full pool and waits there: no I/O on its way
             finish.set()
             assert await held.aread() == b"half"
         await asyncio.sleep(0)
@@ -576,7 +594,7 @@ async def test_a_connection_that_cannot_be_set_up_in_time_is_a_timeout(serve: Se
 
 async def test_a_body_the_server_does_not_take_is_a_write_timeout(serve: Serve) -> None:
     async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(2)
+        await asyncio.sleep(2)  # reads nothing for longer than the client's time limit: the behaviour tested
         writer.close()
 
     port = await serve(deaf)

@@ -38,7 +38,7 @@ class FaultInjectingModel(LoadedModel):
         if faults.fail_job:
             raise RuntimeError("injected device fault")
         if faults.polls_before_done > 1:
-            time.sleep(0.05 * faults.polls_before_done)
+            time.sleep(0.05 * faults.polls_before_done)  # a slow job is the fault asked for: this sleep stays
         if faults.outputs is not None:
             # Batches do not fit, and single images past `outputs` do not either: a partial result.
             indices = [g.initial_seed() - self.first_seed for g in kwargs["generator"]]

@@ -7,7 +7,6 @@ raises), and costs nothing. One slow test runs the real torch.compile (dynamo, e
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from gateway.gpu.server import create_gpu_app
 from gateway.gpu.service import GpuService
 from tests.integration.gpu.conftest import SECRET, gpu_config
 from tests.integration.gpu.images import pixels
+from tests.waiting import eventually
 
 AUTH = {"Authorization": f"Bearer {SECRET}"}
 EVENTS = msgspec.json.Decoder(protocol.GenerateEvent)
@@ -169,11 +169,12 @@ async def test_health_is_not_ready_until_every_declared_shape_is_warm(demo_model
         assert health.status == "warming"
         assert health.detail == "compiled 0 of 3 declared shapes"
         release.set()
-        for _ in range(500):
+
+        async def healthy() -> Any:
             response = await client.get("/v1/health")
-            if response.status_code == 200:
-                break
-            await asyncio.sleep(0.02)
+            return response if response.status_code == 200 else None
+
+        response = await eventually(healthy, what="the service healthy once warm")
         assert msgspec.json.decode(response.content, type=protocol.Health).status == "ok"
         assert service.warm_done == service.warm_total == 3
 

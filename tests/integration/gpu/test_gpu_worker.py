@@ -15,6 +15,7 @@ import msgspec
 import pytest
 
 from gateway.gpu import protocol
+from tests.waiting import eventually_blocking
 
 SECRET = "worker-secret"
 EVENTS = msgspec.json.Decoder(protocol.GenerateEvent)
@@ -75,7 +76,9 @@ def test_sigterm_drains_queued_work_then_exits_cleanly(demo_model_path: Path) ->
                 lines = admitted.iter_lines()
                 assert isinstance(EVENTS.decode(next(lines)), protocol.Accepted)
                 proc.send_signal(signal.SIGTERM)
-                time.sleep(0.2)
+                eventually_blocking(
+                    lambda: client.get("/v1/health").status_code == 503, timeout_s=10, what="the worker draining"
+                )
                 refused = client.post("/v1/generate", json=BODY, headers=headers)
                 assert refused.status_code == 503
                 assert isinstance(EVENTS.decode(list(lines)[-1]), protocol.Result)

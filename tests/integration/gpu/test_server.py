@@ -20,6 +20,7 @@ from gateway.gpu.server import DrainingServer, create_gpu_app, gpu_service, run_
 from gateway.gpu.service import GpuService
 from tests.integration.gpu.conftest import SECRET, asgi_client, gpu_config
 from tests.integration.gpu.images import png, size_of
+from tests.waiting import eventually
 
 AUTH = {"Authorization": f"Bearer {SECRET}"}
 EVENTS = msgspec.json.Decoder(protocol.GenerateEvent)
@@ -162,10 +163,7 @@ async def test_draining_refuses_new_work_and_finishes_admitted_work(demo_model: 
     app = create_gpu_app(gpu_config(), None, service=service)
     async with asgi_client(app) as c:
         admitted = asyncio.create_task(c.post("/v1/generate", json=body(), headers=AUTH))
-        for _ in range(100):  # until the request waits inside the batching window
-            if not service.idle:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: not service.idle, what="the request waiting inside the batching window")
         service.begin_drain()
         refused = await c.post("/v1/generate", json=body(), headers=AUTH)
         assert refused.status_code == 503

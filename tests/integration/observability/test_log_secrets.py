@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
 
@@ -10,6 +9,7 @@ from tests.conftest import Gateway
 from tests.integration.observability.logs import captured_logs
 from tests.integration.observability.test_request_ids import Hooks, hooks
 from tests.spans import recording_spans
+from tests.waiting import eventually
 
 __all__ = ["hooks"]  # the fixture, shared
 
@@ -44,11 +44,7 @@ async def test_no_key_password_webhook_secret_or_prompt_reaches_the_logs(
         assert failed.status_code == 503, failed.text
         forged = key[:-3] + ("AAA" if not key.endswith("AAA") else "BBB")
         assert (await gw.client.get("/v1/balance", headers={"Authorization": f"Bearer {forged}"})).status_code == 401
-        for _ in range(200):
-            if len(hooks.headers) >= 2:
-                break
-            await asyncio.sleep(0.05)
-        assert len(hooks.headers) >= 2, "both jobs' webhooks were delivered"
+        await eventually(lambda: len(hooks.headers) >= 2, what="both jobs' webhooks delivered")
     lines = logs.lines()
     assert lines, "the flow logged something"
     assert any(line.get("engine") == "a2c" for line in lines)

@@ -3,7 +3,6 @@ problem+json bodies, in the job it created, in the log lines of its work and its
 
 from __future__ import annotations
 
-import asyncio
 import re
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -16,6 +15,7 @@ from tests.conftest import Gateway
 from tests.fakes.server import ServerThread
 from tests.integration.observability.logs import captured_logs
 from tests.spans import recording_spans
+from tests.waiting import eventually
 
 T2I = {"prompt": "a lighthouse at dusk", "width": 512, "height": 512, "steps": 20}
 MADE = re.compile(r"[0-9a-f]{32}")
@@ -139,10 +139,7 @@ async def test_a_webhook_delivery_carries_the_request_id_of_its_job(
         "/v1/text-to-image", json={**T2I, "webhook_url": hooks.url}, headers={**auth(key), "X-Request-Id": "hook-1"}
     )
     assert response.status_code == 200, response.text
-    for _ in range(200):
-        if hooks.headers:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: hooks.headers, what="the webhook delivered")
     [delivery] = hooks.headers
     assert delivery["x-request-id"] == "hook-1"
     assert "traceparent" not in delivery

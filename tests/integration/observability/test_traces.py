@@ -3,7 +3,6 @@ engine attempt, the blob write and the settlement, and an async job's run linked
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,6 +11,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.conftest import Gateway
 from tests.spans import Spans, recording_spans
+from tests.waiting import eventually
 
 T2I = {"prompt": "a lighthouse at dusk", "width": 512, "height": 512, "steps": 20}
 ONLY_A2C = {"text-to-image": ["a2c"], "image-to-image": ["ait"], "inpaint": ["a2c"]}
@@ -109,10 +109,7 @@ async def test_an_async_jobs_run_is_its_own_trace_linked_to_the_request(
         response = await gw.client.post("/v1/text-to-image", json={**T2I, "async": True}, headers=auth(key))
         assert response.status_code == 202, response.text
         job_id = response.json()["id"]
-        for _ in range(300):
-            if spans.named("job.run"):
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: spans.named("job.run"), what="the runner's job.run span")
     server = spans.one("POST /v1/text-to-image")
     run = spans.one("job.run")
     assert run.parent is None, "the runner's span starts a trace of its own"

@@ -54,7 +54,7 @@ async def test_a_statement_that_fails_or_is_cancelled_gives_the_turn_back() -> N
     async def slow() -> None:
         async with gate.hold(tenant):
             started.set()
-            await asyncio.sleep(10)
+            await asyncio.Event().wait()  # holds the turn until cancelled
 
     task = asyncio.create_task(slow())
     await started.wait()

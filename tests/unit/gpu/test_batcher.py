@@ -9,6 +9,7 @@ import pytest
 
 from gateway.gpu.batcher import Batcher
 from gateway.gpu.work import Batch, BatchKey, DeviceOutOfMemory, ImageWork, StepCallback
+from tests.waiting import eventually
 
 KEY = BatchKey("text-to-image", 64, 64, 4, "euler", 7.0, None, False)
 
@@ -98,10 +99,9 @@ async def test_requests_arriving_during_a_batch_form_the_next_batch() -> None:
     runner.gate.clear()
     batcher = Batcher(runner, max_batch=8, window_s=0.0)
     first = asyncio.create_task(batcher.submit(KEY, works(1), lambda f: None))
-    await asyncio.sleep(0.05)  # the first batch is now blocked inside the runner
+    await eventually(lambda: runner.threads["denoise"], what="the first batch blocked inside the runner")
     rest = [asyncio.create_task(batcher.submit(KEY, works(1, seed=s), lambda f: None)) for s in (1, 2, 3)]
-    await asyncio.sleep(0.05)
-    assert batcher.queue_depth == 3
+    await eventually(lambda: batcher.queue_depth == 3, what="three images queued")
     assert batcher.in_flight == 1
     runner.gate.set()
     await asyncio.gather(first, *rest)
@@ -160,15 +160,15 @@ async def test_a_cancelled_request_is_not_generated() -> None:
     runner.gate.clear()
     batcher = Batcher(runner, max_batch=1, window_s=0.0)
     running = asyncio.create_task(batcher.submit(KEY, works(1), lambda f: None))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: runner.threads["denoise"], what="the first batch blocked inside the runner")
     abandoned = asyncio.create_task(batcher.submit(KEY, works(1, seed=7), lambda f: None))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: batcher.queue_depth == 1, what="the second request queued")
     abandoned.cancel()
     runner.gate.set()
     await running
-    await asyncio.sleep(0.05)
+    # Idle: nothing waits and nothing runs, so the abandoned request was either dropped or already made.
+    await eventually(lambda: batcher.idle, what="the batcher idle")
     assert [w.seed for call in runner.calls for w in call] == [0]
-    assert batcher.idle
     await batcher.aclose()
 
 
@@ -227,10 +227,8 @@ async def test_the_next_batch_denoises_while_the_previous_one_is_still_decoding(
     first = asyncio.create_task(batcher.submit(KEY, works(1, prompt="a"), lambda f: None))
     second = asyncio.create_task(batcher.submit(KEY, works(1, prompt="b"), lambda f: None))
     assert await asyncio.to_thread(decoding.wait, 5)
-    for _ in range(200):  # the second denoise runs while the first decode is still blocked
-        if len(runner.calls) == 2:
-            break
-        await asyncio.sleep(0.01)
+    # The second denoise runs while the first decode is still blocked.
+    await eventually(lambda: len(runner.calls) == 2, what="the second batch denoised")
     assert [c[0].prompt for c in runner.calls] == ["a", "b"]
     assert not first.done()
     release.set()
@@ -253,9 +251,9 @@ async def test_a_device_fault_fails_queued_work_and_reports_once() -> None:
     runner.gate.clear()
     batcher = Batcher(runner, max_batch=1, window_s=0.0, on_fault=faults.append)
     boom = asyncio.create_task(batcher.submit(KEY, works(1, prompt="boom"), lambda f: None))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: batcher.in_flight == 1, what="the faulting batch handed to the runner")
     queued = asyncio.create_task(batcher.submit(KEY, works(2), lambda f: None))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: batcher.queue_depth == 2, what="the next request queued")
     runner.gate.set()
     assert (await boom).failed == {0: "device failure"}
     assert (await queued).failed == {0: "device failure", 1: "device failure"}

@@ -55,6 +55,8 @@ class ScriptedEngine:
                 raise step
             count = request.n if step == OK else int(step)
             if isinstance(step, float):
+                # A float step is an engine that takes that long: the slowness is what deadline and
+                # concurrency tests exercise, so this sleep stays.
                 await asyncio.sleep(step)
                 count = request.n
             else:
