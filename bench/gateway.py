@@ -886,25 +886,48 @@ async def run_modes(
         )
         if engine:
             baseline[r.name] = engine
-    if "rate" in modes:
+    for rate in rates(args.rate) if "rate" in modes else []:
         rate_engine = None
         if engine_url:
-            print(f"running engine at {args.rate:g} req/s ...", flush=True)
+            print(f"running engine at {rate:g} req/s ...", flush=True)
             rate_engine = await measured(
-                open_loop(f"engine direct at {args.rate:g} req/s", engine_call(engine_url), args.rate, d, w, c, meter)
+                open_loop(f"engine direct at {rate:g} req/s", engine_call(engine_url), rate, d, w, c, meter)
             )
 
-        async def at_rate(url: str, on: CpuMeter, name: str) -> Result:
+        async def at_rate(url: str, on: CpuMeter, name: str, rate: float = rate) -> Result:
             nonlocal answered
             print(f"running {name} ...", flush=True)
-            r = await measured(open_loop(name, sync_call(url, many or [hot]), args.rate, d, w, c, on))
+            r = await measured(open_loop(name, sync_call(url, many or [hot]), rate, d, w, c, on))
             answered += r.succeeded
             return r
 
-        for r in await gateways(f"gateway sync at {args.rate:g} req/s", at_rate):
+        for r in await gateways(f"gateway sync at {rate:g} req/s", at_rate):
             if rate_engine:
                 baseline[r.name] = rate_engine
     return results, baseline, answered
+
+
+def rates(option: str) -> list[float]:
+    """`--rate`: one offered rate, or several, comma-separated."""
+    return [float(rate) for rate in option.split(",")]
+
+
+def latency_chart(results: list[Result], path: Path) -> None:
+    """p50 and p99 against the offered rate, the engine called directly and through the gateway (SVG)."""
+    from bench.svg import Series, line_chart  # noqa: PLC0415
+
+    def points(prefix: str, q: float) -> list[tuple[float, float]]:
+        return sorted((r.offered, r.pct(q)) for r in results if r.offered and r.name.startswith(prefix) and r.latencies)
+
+    series = [
+        Series("gateway p99", points("gateway", 0.99), "#d62728", dashed=True),
+        Series("gateway p50", points("gateway", 0.5), "#d62728"),
+        Series("engine direct p99", points("engine", 0.99), "#1f77b4", dashed=True),
+        Series("engine direct p50", points("engine", 0.5), "#1f77b4"),
+    ]
+    title = "Sync text-to-image latency against offered load (bench/gateway.py --modes engine,rate)"
+    path.write_text(line_chart(title, "offered requests/s (open loop)", "latency ms (log)", series, log_y=True))
+    print(f"chart written to {path}")
 
 
 def variants_summary(results: list[Result], labels: list[str], sink: str | None) -> str:
@@ -939,7 +962,10 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="clients in the closed-loop modes")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per mode")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds per mode before measuring")
-    parser.add_argument("--rate", type=float, default=200.0, help="requests/s in the open-loop mode")
+    parser.add_argument(
+        "--rate", default="200", help="requests/s in the open-loop mode; several, comma-separated, one after another"
+    )
+    parser.add_argument("--chart", type=Path, help="write an SVG of latency against the offered --rate values here")
     parser.add_argument("--tenants", type=int, default=32, help="tenants in the many-tenant modes")
     parser.add_argument("--poll-interval", type=float, default=0.005, help="seconds between job polls (async)")
     parser.add_argument("--db-pool", type=int, default=20, help="the gateway's database pool size (per worker)")
@@ -1034,6 +1060,8 @@ def main() -> int:
             print(variants_summary(results, [v.label for v in stack.variants], stack.sink))
         print(*(r.stalls() for r in results if r.timeline), sep="\n")
         print(*(r.background for r in results), sep="\n")
+        if args.chart:
+            latency_chart(results, args.chart)
         print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
         ok = uvloop.run(account(stack.dsn, tenants, answered))
     return 0 if ok else 1

@@ -10,9 +10,9 @@ HTTP parser is C. Two things are set up here rather than taken as it ships:
   "could not reach" (ConnectError: nothing was sent) from "went wrong after sending"
   (RemoteProtocolError, ReadError) and from timeouts, so each aiohttp error is mapped again, here,
   to the httpx exception httpx's own transport raises in that situation.
-aiohttp retries an idempotent request once when a kept-alive connection turns out closed under it
-(RFC 9112, 9.3.1.1), and never a POST: the behaviour tests/integration/engines/test_transport.py asks of
-any engine transport.
+aiohttp sends an idempotent request once more when its connection closed under it (RFC 9112, 9.3.1.1),
+never a POST. What it does not do that our own transport does is listed, and checked, in
+tests/integration/engines/test_transport.py (GAPS); the measurements are in gateway/engines/transport.py.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ def engine_transport(
 ) -> httpx.AsyncBaseTransport:
     """The HTTP/1.1 transport `[engines.NAME] transport` names; `ssl_context` replaces certifi's authorities.
 
-    "own" (the default) costs half the client CPU of "aiohttp" per engine call and a ninth of "httpx"'s;
+    "own" (the default) costs half the client CPU of "aiohttp" per engine call and a twelfth of "httpx"'s;
     the measurements and the behaviours each lacks are at the top of gateway/engines/transport.py.
     """
     if kind == "aiohttp":

@@ -1,12 +1,25 @@
 """A lean HTTP/1.1 transport for the engine clients: asyncio protocols and httptools' C parser.
 
-httpx's default transport (httpcore, h11, anyio) costs about 1 ms of CPU per engine call here;
-this one does what the engines need (keep-alive pool, timeouts, TLS, streamed bodies) with one
-event-loop wakeup per small response, and raises httpx's exceptions, so the engines see no
-difference. Deliberately absent: HTTP/2, proxies, and retries, but for one case: a request that
-crossed the server closing a kept-alive connection (its idle timeout) got no byte of answer, and is
-sent once more on a new connection when its method is idempotent. A POST creating a vendor job is
-not, so a failed POST is reported, never repeated.
+Why our own, when httpx-aiohttp and httpx's default transport exist (both are offered per engine:
+`[engines.NAME] transport = "aiohttp" | "httpx"`, gateway/engines/registry.py). Measured on the 2-vCPU
+development VM, 2026-12-04, medians of 5 rounds (`bench/engine_client.py --rounds 5`), client CPU per
+engine call under EngineClient: this transport 161 µs, httpx-aiohttp 342 µs (2.1x), httpx's default
+1,863 µs (11.6x). Through the whole gateway (`bench/gateway.py --transports own,aiohttp,httpx`,
+alternated, 3 rounds; the figures are in BENCHMARKS.md) aiohttp costs more gateway CPU per request
+than the 15 % the project allows a library before keeping its own code. And both libraries lack
+behaviours tests/integration/engines/test_transport.py asks of an engine transport (its GAPS):
+aiohttp reuses a kept-alive connection the server spoke on while idle (the next call reads that
+stale answer as its own), has no write timeout, sends an idempotent request again after a new
+connection closed, and does not serve pool waiters in order; httpcore does not send a GET again
+after a kept-alive connection closed under it, sends a whole body the server has already answered,
+and does not serve waiters in order either.
+
+What this one does: keep-alive pool, timeouts, TLS, streamed bodies, one event-loop wakeup per small
+response, and httpx's exceptions, so the engines see no difference. Deliberately absent: HTTP/2,
+proxies, and retries, but for one case: a request that crossed the server closing a kept-alive
+connection (its idle timeout) got no byte of answer, and is sent once more on a new connection when
+its method is idempotent. A POST creating a vendor job is not, so a failed POST is reported, never
+repeated.
 
 This module is the pool: which connection a request gets, when one is reused, waiting for room.
 One connection, writing a request and parsing its response, is gateway/engines/http1.py.
