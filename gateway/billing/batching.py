@@ -6,7 +6,7 @@ a list, and one task per tenant and kind waits at the gate for them and takes ev
 then, one per job, as a group, then the next group, while any wait. A job taken into a group waits
 only for its statement; when each job waited at the gate itself, the jobs of a group of 32 passed
 it one loop turn after another once their statement had ended, and the tenant's next group waited
-behind them (BENCHMARKS.md, seventh pass: one hot tenant 10-20 % faster without). Groups
+behind them (`bench/gateway.py --modes hot`: one hot tenant 10-20 % faster without). Groups
 of all tenants then queue for that kind's statement lanes, which run at most `lanes` statements at
 a time: whoever gets a lane takes every group waiting by then (up to `max_batch` jobs) and runs them
 as one statement (`ADMIT_MANY`, gateway/db/generations.py; `SETTLE_MANY`, gateway/db/settlements.py).
@@ -19,16 +19,16 @@ load. Alone, a job runs the one-job statement. When the process is quiet (`quiet
 other job running) and no statement of the kind runs or waits, nobody could join: the caller then
 takes the gate and a lane and runs its statement in its own task, without the turns, the leader
 task and the hand-offs between them, which cost a lone settlement about 60 µs (`bench/wallet.py`
-at one request in flight: 933 µs against 872; BENCHMARKS.md, eighth pass). Jobs that arrive
+at one request in flight: 933 µs against 872). Jobs that arrive
 meanwhile queue behind it as usual. Before it takes a
 lane, a group lets the event loop go round `turns` times: requests that reach the gateway in one
 burst get to their statement over a few turns, and with lanes free each would otherwise run alone.
 Idle, a turn costs microseconds; busy, a turn is long and many join. With 32 tenants at 16 clients
 this took the statements from about 2 jobs each to about 20, and the gateway from about 680 to
-about 950 requests/s, with no change to the latency added at 200 requests/s (BENCHMARKS.md, seventh
-pass). Two lanes per kind, so that one batch forms while the other commits: with one, the gateway
+about 950 requests/s, with no change to the latency added at 200 requests/s (`bench/gateway.py
+--modes many,rate --tenants 32 --concurrency 16`). Two lanes per kind, so that one batch forms while the other commits: with one, the gateway
 benchmark's 32 tenants spent more gateway CPU per request waiting in turn; with two, PostgreSQL's
-CPU per request fell by a quarter (BENCHMARKS.md, sixth pass). Wallets are locked in tenant order,
+CPU per request fell by a quarter (`bench/gateway.py --modes many`). Wallets are locked in tenant order,
 so concurrent batches (two lanes, or other processes) cannot deadlock each other.
 
 A batch is all or nothing in PostgreSQL. When the server refuses it (a constraint, say), it was
