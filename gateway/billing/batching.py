@@ -26,10 +26,11 @@ burst get to their statement over a few turns, and with lanes free each would ot
 Idle, a turn costs microseconds; busy, a turn is long and many join. With 32 tenants at 16 clients
 this took the statements from about 2 jobs each to about 20, and the gateway from about 680 to
 about 950 requests/s, with no change to the latency added at 200 requests/s (`bench/gateway.py
---modes many,rate --tenants 32 --concurrency 16`). Two lanes per kind, so that one batch forms while the other commits: with one, the gateway
-benchmark's 32 tenants spent more gateway CPU per request waiting in turn; with two, PostgreSQL's
-CPU per request fell by a quarter (`bench/gateway.py --modes many`). Wallets are locked in tenant order,
-so concurrent batches (two lanes, or other processes) cannot deadlock each other.
+--modes many,rate --tenants 32 --concurrency 16`). Two lanes per kind, so that one batch forms
+while the other commits: with one, the gateway benchmark's 32 tenants spent more gateway CPU per
+request waiting in turn; with two, PostgreSQL's CPU per request fell by a quarter
+(`bench/gateway.py --modes many`). Wallets are locked in tenant order, so concurrent batches (two
+lanes, or other processes) cannot deadlock each other.
 
 A batch is all or nothing in PostgreSQL. When the server refuses it (a constraint, say), it was
 rolled back whole, so each of its jobs runs again alone and a problem stays with its own job. Any
