@@ -22,7 +22,7 @@ from tests.conftest import Gateway
 from tests.e2e.test_billing_concurrency import wait_finished
 from tests.e2e.test_generation_billing import T2I, auth
 from tests.fakes.api2convert import FakeApi2Convert
-from tests.integration.test_notifications import until
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ async def test_the_runner_wakes_on_notify_and_again_after_its_listen_connection_
     conn = await asyncpg.connect(database_url)
     try:
         # Once the runner has claimed after the connect's wake-up, only a NOTIFY wakes it again.
-        await until(lambda: len(connects) == 1 and not runner._wake.is_set())
+        await eventually(lambda: len(connects) == 1 and not runner._wake.is_set(), what="the first LISTEN connection")
         first = await api.client.post("/v1/text-to-image", json={**T2I, "async": True}, headers=auth(key))
         assert first.status_code == 202
         assert (await wait_finished(api, key, first.json()["id"]))["state"] == "succeeded"
@@ -76,7 +76,7 @@ async def test_the_runner_wakes_on_notify_and_again_after_its_listen_connection_
                WHERE application_name = 'gateway-listener' AND datname = current_database()"""
         )
         assert killed >= 1
-        await until(lambda: len(connects) == 2 and not runner._wake.is_set())
+        await eventually(lambda: len(connects) == 2 and not runner._wake.is_set(), what="the LISTEN reconnected")
 
         second = await api.client.post("/v1/text-to-image", json={**T2I, "async": True}, headers=auth(key))
         assert second.status_code == 202
