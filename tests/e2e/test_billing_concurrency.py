@@ -283,7 +283,9 @@ async def test_a_job_whose_runner_was_killed_mid_run_is_taken_over_and_charged_o
     with pytest.raises(asyncio.CancelledError):
         await task
 
-    await make_gateway(lease_s=1)  # a replica whose runner takes over once the lease expires
+    # A replica whose runner takes over once the killed run's 1 s lease expires. Its own run holds a
+    # 3 s lease: renewed every second, a loaded CI machine cannot make it lapse into a third run.
+    await make_gateway(lease_s=3)
     job = await wait_finished(api, key, job_id)
     assert job["state"] == "succeeded", job
     assert (job["images_succeeded"], job["charged"]) == (2, 0.8)
