@@ -7,12 +7,16 @@ failures are shared with the S3 store in gateway/storage/cloud.py.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from obstore.store import AzureStore
 
 from gateway.config import StorageConfig
 from gateway.storage.cloud import ObjectBlobStore, check_prefix, client_options, retry_config
+
+if TYPE_CHECKING:
+    from obstore.store import AzureAccessKey  # a TypedDict, not importable at run time
 
 
 class AzureBlobStore(ObjectBlobStore):
@@ -41,15 +45,18 @@ class AzureBlobStore(ObjectBlobStore):
         self._account_url = account_url.rstrip("/")
         self._container = container
 
+        credential: AzureAccessKey = {"access_key": account_key, "expires_at": None}
+
         def build(url: str) -> AzureStore:
             return AzureStore(
                 container,
                 # AzureStore also reads AZURE_* variables: everything that decides where the
-                # requests go and as whom is pinned here. `endpoint` is the account's URL (Azurite's
-                # has the account in its path); the emulator switch would ignore it for 127.0.0.1:10000.
+                # requests go and as whom is pinned here, and the key comes from a provider, which
+                # wins over any token or SAS in the environment. `endpoint` is the account's URL
+                # (Azurite's has the account in its path); the emulator switch would ignore it.
                 endpoint=url,
                 account_name=account_name,
-                account_key=account_key,
+                credential_provider=lambda: credential,
                 use_emulator=False,
                 use_fabric_endpoint=False,
                 skip_signature=False,

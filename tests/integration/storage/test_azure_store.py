@@ -144,3 +144,20 @@ async def test_doctor_writes_reads_and_deletes_a_probe_in_the_container(
         "ok",
         f"azure container {container} at {azurite.account_url}: write, read, delete",
     )
+
+
+async def test_azure_variables_in_the_environment_change_neither_the_address_nor_the_credential(
+    azurite: Azurite, container: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # obstore reads AZURE_*; a token would win over an account key, the emulator switch over the URL.
+    monkeypatch.setenv("AZURE_STORAGE_TOKEN", "not-a-token")
+    monkeypatch.setenv("AZURE_STORAGE_SAS_KEY", "sv=2023-11-03&sig=forged")
+    monkeypatch.setenv("AZURE_STORAGE_USE_EMULATOR", "true")
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", base64.b64encode(b"another key").decode())
+    store = _store(azurite, container)
+
+    await store.put("inputs/env.png", b"pinned", "image/png")
+
+    assert await store.get("inputs/env.png") == b"pinned"
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(await store.presigned_url("inputs/env.png", 60))).content == b"pinned"
