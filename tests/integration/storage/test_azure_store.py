@@ -89,6 +89,19 @@ async def test_tampered_sas_url_is_refused(azure_store: AzureBlobStore, name: st
     assert response.status_code == 403
 
 
+async def test_sas_url_is_on_the_public_account_url(azurite: Azurite, container: str) -> None:
+    # The gateway talks to 127.0.0.1, vendors to "localhost": the SAS names the address they reach.
+    public = azurite.account_url.replace("127.0.0.1", "localhost")
+    store = _store(azurite, container, public_account_url=public)
+    await store.put("inputs/p.png", b"public", "image/png")
+
+    url = await store.presigned_url("inputs/p.png", 60)
+
+    assert url.startswith(f"{public}/{container}/inputs/p.png?")
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(url)).content == b"public"
+
+
 async def test_prefix_puts_every_key_under_it(azurite: Azurite, container: str) -> None:
     prefixed = _store(azurite, container, prefix="prod/")
     await prefixed.put("outputs/k.png", b"under prod", "image/png")
