@@ -16,6 +16,9 @@ from gateway.storage.base import BlobNotFound, BlobStore
 from gateway.storage.cloud import StorageError
 from tests.integration.storage.azurite import ACCOUNT, ACCOUNT_KEY, Azurite
 
+# Whichever test comes first npm-installs Azurite into the cache (up to 300 s on a fresh machine).
+pytestmark = pytest.mark.timeout(300 + 120)
+
 
 def _store(azurite: Azurite, container: str, **overrides: object) -> AzureBlobStore:
     options: dict[str, object] = {

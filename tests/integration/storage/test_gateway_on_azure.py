@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import obstore
+import pytest
 from obstore.store import AzureStore
 
 from gateway.db.audit import run_audit
@@ -18,6 +19,10 @@ from tests.integration.storage.azurite import ACCOUNT, ACCOUNT_KEY, Azurite
 
 # A variable of our own choosing, so the test proves the loader reads the one `[storage]` names.
 CREDENTIALS = {"TEST_AZURE_KEY": ACCOUNT_KEY}
+
+
+# Whichever test comes first npm-installs Azurite into the cache (up to 300 s on a fresh machine).
+pytestmark = pytest.mark.timeout(300 + 120)
 
 
 def _storage(azurite: Azurite, container: str) -> dict[str, Any]:
