@@ -29,6 +29,7 @@ from gateway.gpu.service import GpuService
 from gateway.metrics import Metrics
 from gateway.routing.router import Router
 from gateway.state import Background, Services
+from gateway.storage.azure import AzureBlobStore
 from gateway.storage.base import BlobStore
 from gateway.storage.filesystem import FilesystemBlobStore
 from gateway.storage.links import BlobLinks, load_or_create_key
@@ -97,12 +98,14 @@ def build_blob_links(settings: Settings) -> BlobLinks | None:
 
 
 def build_blob_store(settings: Settings) -> BlobStore:
-    """The store `[storage]` names: a shared folder (default `<data_dir>/blobs`) or an S3 bucket."""
+    """The store `[storage]` names: a shared folder (default `<data_dir>/blobs`), an S3 bucket or an Azure container."""
     storage = settings.storage
+    # No bucket check here: a least-privilege policy (Get/Put/DeleteObject) may not allow
+    # listing the bucket, and a wrong bucket or key surfaces on the first job as StorageError.
     if storage.kind == "s3":
-        # No bucket check here: a least-privilege policy (Get/Put/DeleteObject) may not allow
-        # listing the bucket, and a wrong bucket or key surfaces on the first job as S3StorageError.
         return S3BlobStore.from_config(storage)
+    if storage.kind == "azure":
+        return AzureBlobStore.from_config(storage)
     return FilesystemBlobStore(Path(storage.path) if storage.path else settings.data_path / "blobs")
 
 
@@ -148,7 +151,7 @@ async def build_services(
         blob_links=links,
         # Engines that fetch inputs by URL (Qolaba) can be offered jobs: the store presigns them,
         # or the gateway serves them at its own signed URLs.
-        signs_inputs=settings.storage.kind == "s3" or links is not None,
+        signs_inputs=settings.storage.presigns or links is not None,
         embedded=embedded,
     )
     dispatcher = None

@@ -6,7 +6,9 @@ variable each engine names (`api_key_env`) and carried as `Secret`, whose repr h
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -173,14 +175,17 @@ class StorageConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """`[storage]`: where input and output images live.
 
     `filesystem` (the default) keeps them in `path` (default `<data_dir>/blobs`), which every
-    process of one deployment must share. `s3` uses a bucket on any S3-compatible server. The
-    credentials come only from the environment variables named by `*_key_env`.
+    process of one deployment must share. `s3` uses a bucket on any S3-compatible server, `azure`
+    a container (`bucket`) of an Azure storage account. The credentials come only from the
+    environment variables named by `*_key_env`.
     """
 
-    kind: Literal["filesystem", "s3"] = "filesystem"
+    kind: Literal["filesystem", "s3", "azure"] = "filesystem"
     path: str | None = None  # filesystem only
-    bucket: str | None = None
-    # None: AWS S3 in `region`. MinIO, Ceph RGW, R2...: their URL, e.g. "http://minio:9000".
+    bucket: str | None = None  # s3: the bucket; azure: the container
+    # s3: None means AWS S3 in `region`; MinIO, Ceph RGW, R2...: their URL, e.g. "http://minio:9000".
+    # azure: the account's URL; None means https://<account_name>.blob.core.windows.net (Azurite:
+    # "http://azurite:10000/devstoreaccount1"; sovereign clouds: their blob endpoint).
     endpoint_url: str | None = None
     region: str = "us-east-1"
     prefix: str = ""  # prepended to every key, e.g. "prod/": several deployments share a bucket
@@ -196,11 +201,33 @@ class StorageConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     # Resolved from the variables above by the loader, never from the file.
     access_key: Secret | None = None
     secret_key: Secret | None = None
+    account_name: str | None = None  # azure: the storage account
+    account_key_env: str = "AZURE_STORAGE_KEY"  # azure: the variable holding the account key (base64)
+    account_key: Secret | None = None  # resolved from `account_key_env` by the loader, never from the file
 
     @property
     def s3_endpoint_url(self) -> str:
         """The endpoint the gateway talks to: `endpoint_url`, or AWS S3's for `region`."""
         return self.endpoint_url or f"https://s3.{self.region}.amazonaws.com"
+
+    @property
+    def azure_account_url(self) -> str:
+        """The Azure account the gateway talks to: `endpoint_url`, or Azure's public cloud for `account_name`."""
+        return self.endpoint_url or f"https://{self.account_name}.blob.core.windows.net"
+
+    @property
+    def presigns(self) -> bool:
+        """Whether the store hands vendors expiring URLs of its own (the cloud stores do)."""
+        return self.kind != "filesystem"
+
+    @property
+    def location(self) -> str:
+        """Where the blobs are, for people: the bucket or container and its endpoint (not the folder)."""
+        if self.kind == "s3":
+            return f"s3 bucket {self.bucket} at {self.s3_endpoint_url}"
+        if self.kind == "azure":
+            return f"azure container {self.bucket} at {self.azure_account_url}"
+        return "filesystem"
 
 
 class RetentionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -267,6 +294,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         return Path(self.data_dir).resolve()
 
 
+# Azure's rule for container names (the hyphen rule is checked apart: no "--").
+_AZURE_CONTAINER = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+
 # Scalar settings that may come from GATEWAY_<NAME> environment variables.
 _ENV_SCALARS = {
     name: field
@@ -285,7 +315,8 @@ _ENV_SCALARS = {
     }
 }
 # `[storage]` fields that may come from GATEWAY_STORAGE_<NAME> (a container sets the bucket per environment).
-_ENV_STORAGE = frozenset(StorageConfig.__struct_fields__) - {"access_key", "secret_key"}
+_STORAGE_SECRETS = ("access_key", "secret_key", "account_key")
+_ENV_STORAGE = frozenset(StorageConfig.__struct_fields__) - set(_STORAGE_SECRETS)
 
 
 # Read by `gateway generate`, a client of a running gateway; never settings of the service.
@@ -369,6 +400,14 @@ def _resolve_secrets(settings: Settings, environ: Mapping[str, str]) -> Settings
                 storage.secret_key_env, "storage.secret_key_env", s3_fix.format("secret key", "secret_key_env")
             ),
         )
+    if storage.kind == "azure":
+        fix = "export it with the storage account's access key, or name another variable in storage.account_key_env"
+        key = secret(storage.account_key_env, "storage.account_key_env", fix)
+        if key is not None and not _is_base64(key):
+            raise ConfigError(
+                f"storage.account_key_env: {storage.account_key_env} is not an Azure account key (base64); {fix}"
+            )
+        storage = msgspec.structs.replace(storage, account_key=key)
     signing = environ.get("GATEWAY_BLOB_SIGNING_KEY")
     return msgspec.structs.replace(
         settings,
@@ -442,11 +481,27 @@ def _check_routes(settings: Settings) -> None:
                 )
 
 
+def _is_base64(value: str) -> bool:
+    try:
+        base64.b64decode(value, validate=True)
+    except ValueError:
+        return False
+    return True
+
+
 def _check_storage(storage: StorageConfig) -> None:
-    if storage.kind != "s3":
+    if storage.kind == "filesystem":
         return
     if not storage.bucket:
-        raise ConfigError('storage.bucket: required when storage.kind = "s3"')
+        raise ConfigError(f'storage.bucket: required when storage.kind = "{storage.kind}"')
+    if storage.kind == "azure":
+        if not storage.account_name:
+            raise ConfigError('storage.account_name: required when storage.kind = "azure"; the storage account')
+        if not _AZURE_CONTAINER.fullmatch(storage.bucket) or "--" in storage.bucket:
+            raise ConfigError(
+                f"storage.bucket: {storage.bucket!r} is not an Azure container name (3 to 63 lowercase "
+                "letters, digits and single hyphens, starting and ending with a letter or digit)"
+            )
     for name in ("endpoint_url", "public_endpoint_url"):
         url = getattr(storage, name)
         if url is not None and not url.startswith(("http://", "https://")):
@@ -481,7 +536,7 @@ def load_settings(
     for key in ("api_key", "shared_secret", "blob_signing_key"):
         if key in raw:
             raise ConfigError(f"{source}: {key} may only come from the environment")
-    for key in ("access_key", "secret_key"):
+    for key in _STORAGE_SECRETS:
         if key in raw.get("storage", {}):
             raise ConfigError(f"{source}: storage.{key} may only come from the environment (storage.{key}_env)")
     env_values = _env_overrides(env)

@@ -13,7 +13,7 @@ import msgspec
 from gateway.config import Secret, Settings, read_config_file
 
 # Settings whose value is a secret: shown masked, and only ever read from the environment.
-SECRET_FIELDS = frozenset({"api_key", "shared_secret", "blob_signing_key", "access_key", "secret_key"})
+SECRET_FIELDS = frozenset({"api_key", "shared_secret", "blob_signing_key", "access_key", "secret_key", "account_key"})
 
 
 def setting_sources(
@@ -71,6 +71,7 @@ def setting_sources(
             "shared_secret": settings.gpu.secret_env,
             "access_key": settings.storage.access_key_env,
             "secret_key": settings.storage.secret_key_env,
+            "account_key": settings.storage.account_key_env,
         }
         walk(value, [name], var_of)
     return rows

@@ -76,7 +76,7 @@ def _route_checks(settings: Settings) -> list[Check]:
     except ConfigError as exc:
         return [Check("routes", "fail", str(exc))]
     checks: list[Check] = []
-    urls = settings.storage.kind == "s3" or bool(settings.public_base_url)
+    urls = settings.storage.presigns or bool(settings.public_base_url)
     for operation in OPERATIONS:
         names = settings.routes.get(operation, [])
         if not names:
@@ -87,7 +87,7 @@ def _route_checks(settings: Settings) -> list[Check]:
         if operation != "text-to-image" and not urls:
             by_url = [n for n in able if capabilities(settings.engines[n].kind).needs_input_url]
             if by_url and len(by_url) == len(able):
-                fix = "set public_base_url (the gateway serves inputs at signed URLs) or use the S3 store"
+                fix = "set public_base_url (the gateway serves inputs at signed URLs) or use an S3 or Azure store"
                 checks.append(Check(f"route {operation}", "fail", f"{', '.join(by_url)} fetch inputs by URL: {fix}"))
                 continue
             if by_url:
@@ -102,8 +102,9 @@ def _input_url_check(settings: Settings) -> list[Check]:
 
     if not any(capabilities(cfg.kind).needs_input_url for cfg in settings.engines.values()):
         return []
-    if settings.storage.kind == "s3":
-        return [Check("input URLs", "ok", f"presigned by the S3 store, valid {settings.storage.presign_ttl_s} s")]
+    if settings.storage.presigns:
+        ttl = settings.storage.presign_ttl_s
+        return [Check("input URLs", "ok", f"presigned by the {settings.storage.kind} store, valid {ttl} s")]
     if not settings.public_base_url:
         return []  # the routes that need them say so
     key = (
@@ -147,8 +148,8 @@ async def _blob_check(settings: Settings) -> Check:
     from gateway.bootstrap import build_blob_store  # noqa: PLC0415
 
     where = (
-        f"s3 bucket {settings.storage.bucket} at {settings.storage.s3_endpoint_url}"
-        if settings.storage.kind == "s3"
+        settings.storage.location
+        if settings.storage.presigns
         else f"filesystem {Path(settings.storage.path) if settings.storage.path else settings.data_path / 'blobs'}"
     )
     key = f"doctor/probe-{secrets.token_hex(8)}"

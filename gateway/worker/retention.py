@@ -35,7 +35,7 @@ from gateway.db.pool import Pool
 from gateway.db.types import DATABASE_ERRORS
 from gateway.metrics import Metrics
 from gateway.storage.base import BlobStore
-from gateway.storage.s3 import S3StorageError
+from gateway.storage.cloud import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class RetentionSweeper:
             async with limit:
                 try:
                     await self.blobs.delete(key)
-                except (OSError, S3StorageError) as exc:
+                except (OSError, StorageError) as exc:
                     log.warning("retention: deleting blob %s failed: %s", key, exc)
                     failed.add(key)
 

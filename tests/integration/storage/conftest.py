@@ -1,7 +1,8 @@
-"""A real S3-compatible server for the storage tests, started once per session on 127.0.0.1."""
+"""Real storage servers for the storage tests, started once per session on 127.0.0.1: S3 (moto) and Azurite."""
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -10,7 +11,10 @@ import pytest
 from botocore.config import Config
 from mypy_boto3_s3 import S3Client
 
+from gateway.storage.azure import AzureBlobStore
 from gateway.storage.s3 import S3BlobStore
+from tests.integration.storage import azurite as azurite_emulator
+from tests.integration.storage.azurite import Azurite
 from tests.integration.storage.verifying_s3 import VerifyingS3Server
 
 ACCESS_KEY = "AKIDGATEWAYTEST0001"
@@ -60,6 +64,35 @@ async def store(s3_server: VerifyingS3Server, bucket: str) -> AsyncIterator[S3Bl
         access_key=ACCESS_KEY,
         secret_key=SECRET_KEY,
         region=REGION,
+    )
+    yield store
+    await store.aclose()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    if shutil.which("npm") is None:
+        pytest.skip("Node.js (npm) is not on this machine: Azurite cannot run")
+    server = Azurite.start(azurite_emulator.install(), tmp_path_factory.mktemp("azurite"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def container(azurite: Azurite) -> str:
+    """A fresh container per test (Azure's names: lowercase, digits and hyphens)."""
+    name = f"gateway-{uuid.uuid4().hex[:16]}"
+    azurite.create_container(name)
+    return name
+
+
+@pytest.fixture
+async def azure_store(azurite: Azurite, container: str) -> AsyncIterator[AzureBlobStore]:
+    store = AzureBlobStore(
+        account_url=azurite.account_url,
+        container=container,
+        account_name=azurite_emulator.ACCOUNT,
+        account_key=azurite_emulator.ACCOUNT_KEY,
     )
     yield store
     await store.aclose()
