@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import socket
 import subprocess
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.npm import npm_tool
+
 AZURITE = "azurite@3.35.0"
 # The emulator's documented development account: not a secret.
 ACCOUNT = "devstoreaccount1"
@@ -28,23 +29,8 @@ _API_VERSION = "2021-08-06"
 
 
 def install() -> Path:
-    """Azurite's blob service command, npm-installed once into the user's cache folder.
-
-    Kept across sessions (keyed by the pinned version): a fresh install takes some 20 s.
-    """
-    prefix = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gateway-tests" / AZURITE
-    command = prefix / "node_modules" / ".bin" / "azurite-blob"
-    if command.exists():
-        return command
-    install = subprocess.run(
-        ["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--silent", AZURITE],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert install.returncode == 0, install.stdout + install.stderr
-    return command
+    """Azurite's blob service command, npm-installed once into the user's cache folder."""
+    return npm_tool(AZURITE, "azurite-blob")
 
 
 def _free_port() -> int:
