@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import obstore
 import pytest
 from obstore.store import AzureStore
 
-from gateway.db.audit import run_audit
 from tests.conftest import Gateway
-from tests.fakes.images import png
 from tests.integration.storage.azurite import ACCOUNT, ACCOUNT_KEY, Azurite
+from tests.integration.storage.gateway_scenarios import (
+    generate_and_download,
+    input_url_given_to_qolaba,
+    nothing_local_and_audit_clean,
+)
 
 # A variable of our own choosing, so the test proves the loader reads the one `[storage]` names.
 CREDENTIALS = {"TEST_AZURE_KEY": ACCOUNT_KEY}
@@ -37,26 +38,13 @@ def _storage(azurite: Azurite, container: str) -> dict[str, Any]:
     }
 
 
-def _auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
 async def test_job_on_an_azure_gateway_stores_the_image_in_the_container_and_serves_it(
     make_gateway: Callable[..., Awaitable[Gateway]], azurite: Azurite, container: str, data_dir: Path
 ) -> None:
     gw = await make_gateway(CREDENTIALS, storage=_storage(azurite, container))
-    _, key = await gw.tenant(credits=10)
 
-    response = await gw.client.post(
-        "/v1/text-to-image", json={"prompt": "a lighthouse", "width": 512, "height": 512}, headers=_auth(key)
-    )
+    job_id, image = await generate_and_download(gw)
 
-    assert response.status_code == 200, response.text
-    job = response.json()
-    assert job["state"] == "succeeded"
-    file = await gw.client.get(job["results"][0]["url"])
-    assert file.status_code == 200
-    assert file.content.startswith(b"\x89PNG")
     # Read back outside the gateway: output keys carry a per-run token, under the configured prefix.
     raw = AzureStore(
         container,
@@ -65,13 +53,11 @@ async def test_job_on_an_azure_gateway_stores_the_image_in_the_container_and_ser
         account_key=ACCOUNT_KEY,
         client_options={"allow_http": True},
     )
-    listed = [meta["path"] async for chunk in obstore.list(raw, f"gw-test/outputs/{job['id']}/") for meta in chunk]
+    listed = [meta["path"] async for chunk in obstore.list(raw, f"gw-test/outputs/{job_id}/") for meta in chunk]
     (name,) = listed
     assert name.endswith("-0.png")
-    assert bytes(await (await obstore.get_async(raw, name)).bytes_async()) == file.content
-    assert not (data_dir / "blobs").exists()
-    async with gw.pool.acquire() as conn:
-        assert await run_audit(conn) == {}
+    assert bytes(await (await obstore.get_async(raw, name)).bytes_async()) == image
+    await nothing_local_and_audit_clean(gw, data_dir)
 
 
 async def test_vendor_that_fetches_inputs_by_url_gets_a_sas_url(
@@ -79,22 +65,8 @@ async def test_vendor_that_fetches_inputs_by_url_gets_a_sas_url(
 ) -> None:
     # Qolaba takes input images only by URL: with Azure storage that URL is a SAS signed by the store.
     gw = await make_gateway(CREDENTIALS, storage=_storage(azurite, container), routes={"image-to-image": ["qolaba"]})
-    _, key = await gw.tenant(credits=10)
-    source = png(64, 64)
 
-    response = await gw.client.post(
-        "/v1/image-to-image",
-        json={"prompt": "as a watercolour", "image": base64.b64encode(source).decode()},
-        headers=_auth(key),
-    )
+    url = await input_url_given_to_qolaba(gw, fake_qolaba)
 
-    assert response.status_code == 200, response.text
-    assert response.json()["state"] == "succeeded"
-    [submit] = [call for call in fake_qolaba.calls if call.path == "/getImageToImage"]
-    url = submit.body["image"]
     assert url.startswith(f"{azurite.account_url}/{container}/gw-test/inputs/")
     assert "sig=" in url
-    async with httpx.AsyncClient() as client:
-        fetched = await client.get(url)
-    assert fetched.status_code == 200
-    assert fetched.content == source

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 from mypy_boto3_s3 import S3Client
 
-from gateway.db.audit import run_audit
 from tests.conftest import Gateway
-from tests.fakes.images import png
 from tests.integration.storage.conftest import ACCESS_KEY, REGION, SECRET_KEY
+from tests.integration.storage.gateway_scenarios import (
+    generate_and_download,
+    input_url_given_to_qolaba,
+    nothing_local_and_audit_clean,
+)
 from tests.integration.storage.verifying_s3 import VerifyingS3Server
 
 # Names of our own choosing, so the test proves the loader reads the variables `[storage]` names.
@@ -33,10 +34,6 @@ def _storage(server: VerifyingS3Server, bucket: str) -> dict[str, Any]:
     }
 
 
-def _auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
 async def test_job_on_an_s3_gateway_stores_the_image_in_the_bucket_and_serves_it(
     make_gateway: Callable[..., Awaitable[Gateway]],
     s3_server: VerifyingS3Server,
@@ -45,27 +42,16 @@ async def test_job_on_an_s3_gateway_stores_the_image_in_the_bucket_and_serves_it
     data_dir: Path,
 ) -> None:
     gw = await make_gateway(CREDENTIALS, storage=_storage(s3_server, bucket))
-    _, key = await gw.tenant(credits=10)
 
-    response = await gw.client.post(
-        "/v1/text-to-image", json={"prompt": "a lighthouse", "width": 512, "height": 512}, headers=_auth(key)
-    )
+    job_id, image = await generate_and_download(gw)
 
-    assert response.status_code == 200, response.text
-    job = response.json()
-    assert job["state"] == "succeeded"
-    file = await gw.client.get(job["results"][0]["url"])
-    assert file.status_code == 200
-    assert file.content.startswith(b"\x89PNG")
     # Output keys carry a per-run token (a taken-over job never overwrites the first run's files).
-    listed = boto_s3.list_objects_v2(Bucket=bucket, Prefix=f"gw-test/outputs/{job['id']}/")["Contents"]
+    listed = boto_s3.list_objects_v2(Bucket=bucket, Prefix=f"gw-test/outputs/{job_id}/")["Contents"]
     (key_of_image,) = [o["Key"] for o in listed]
     assert key_of_image.endswith("-0.png")
     stored = boto_s3.get_object(Bucket=bucket, Key=key_of_image)["Body"].read()
-    assert stored == file.content
-    assert not (data_dir / "blobs").exists()
-    async with gw.pool.acquire() as conn:
-        assert await run_audit(conn) == {}
+    assert stored == image
+    await nothing_local_and_audit_clean(gw, data_dir)
 
 
 async def test_vendor_that_fetches_inputs_by_url_gets_a_presigned_s3_url(
@@ -76,22 +62,8 @@ async def test_vendor_that_fetches_inputs_by_url_gets_a_presigned_s3_url(
 ) -> None:
     # Qolaba takes input images only by URL: with S3 storage that URL is presigned by the store.
     gw = await make_gateway(CREDENTIALS, storage=_storage(s3_server, bucket), routes={"image-to-image": ["qolaba"]})
-    _, key = await gw.tenant(credits=10)
-    source = png(64, 64)
 
-    response = await gw.client.post(
-        "/v1/image-to-image",
-        json={"prompt": "as a watercolour", "image": base64.b64encode(source).decode()},
-        headers=_auth(key),
-    )
+    url = await input_url_given_to_qolaba(gw, fake_qolaba)
 
-    assert response.status_code == 200, response.text
-    assert response.json()["state"] == "succeeded"
-    [submit] = [call for call in fake_qolaba.calls if call.path == "/getImageToImage"]
-    url = submit.body["image"]
     assert url.startswith(f"{s3_server.endpoint_url}/{bucket}/gw-test/inputs/")
     assert "X-Amz-Expires=120" in url
-    async with httpx.AsyncClient() as client:
-        fetched = await client.get(url)
-    assert fetched.status_code == 200
-    assert fetched.content == source
