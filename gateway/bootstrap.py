@@ -32,6 +32,7 @@ from gateway.state import Background, Services
 from gateway.storage.azure import AzureBlobStore
 from gateway.storage.base import BlobStore
 from gateway.storage.filesystem import FilesystemBlobStore
+from gateway.storage.gcs import GCSBlobStore
 from gateway.storage.links import BlobLinks, load_or_create_key
 from gateway.storage.s3 import S3BlobStore
 from gateway.webhooks.dispatcher import WebhookDispatcher
@@ -98,7 +99,7 @@ def build_blob_links(settings: Settings) -> BlobLinks | None:
 
 
 def build_blob_store(settings: Settings) -> BlobStore:
-    """The store `[storage]` names: a shared folder (default `<data_dir>/blobs`), an S3 bucket or an Azure container."""
+    """The store `[storage]` names: a shared folder (default `<data_dir>/blobs`), a bucket, a container."""
     storage = settings.storage
     # No bucket check here: a least-privilege policy (Get/Put/DeleteObject) may not allow
     # listing the bucket, and a wrong bucket or key surfaces on the first job as StorageError.
@@ -106,6 +107,8 @@ def build_blob_store(settings: Settings) -> BlobStore:
         return S3BlobStore.from_config(storage)
     if storage.kind == "azure":
         return AzureBlobStore.from_config(storage)
+    if storage.kind == "gcs":
+        return GCSBlobStore.from_config(storage)
     return FilesystemBlobStore(Path(storage.path) if storage.path else settings.data_path / "blobs")
 
 

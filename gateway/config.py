@@ -6,9 +6,7 @@ variable each engine names (`api_key_env`) and carried as `Secret`, whose repr h
 
 from __future__ import annotations
 
-import base64
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,29 +15,20 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+# ConfigError, Secret and StorageConfig live apart (storage builds itself from its own table) and
+# are re-exported: `gateway.config` is where callers find every settings type.
+from gateway.config_types import ConfigError as ConfigError  # noqa: PLC0414
+from gateway.config_types import PositiveFloat, PositiveInt, env_secret
+from gateway.config_types import Secret as Secret  # noqa: PLC0414
 from gateway.domain.generation import Operation
-
-
-class ConfigError(Exception):
-    """The configuration is invalid; the message names the offending key."""
-
-
-class Secret(str):
-    """A string that never shows itself in reprs or logs."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
+from gateway.storage.config import STORAGE_SECRETS, check_storage, resolve_storage_secrets
+from gateway.storage.config import StorageConfig as StorageConfig  # noqa: PLC0414
 
 EngineKind = Literal["api2convert", "qolaba", "aithriving", "diffusion"]
 # Kinds that call a vendor's API: a base_url and an API key are required.
 VENDOR_KINDS = frozenset({"api2convert", "qolaba", "aithriving"})
 
 TransportKind = Literal["own", "aiohttp", "httpx"]
-PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
-PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -167,69 +156,6 @@ class LoggingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     format: Literal["text", "json"] = "text"
 
 
-# S3 refuses presigned URLs that live longer than a week.
-_MAX_PRESIGN_TTL_S = 7 * 24 * 3600
-
-
-class StorageConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """`[storage]`: where input and output images live.
-
-    `filesystem` (the default) keeps them in `path` (default `<data_dir>/blobs`), which every
-    process of one deployment must share. `s3` uses a bucket on any S3-compatible server, `azure`
-    a container (`bucket`) of an Azure storage account. The credentials come only from the
-    environment variables named by `*_key_env`.
-    """
-
-    kind: Literal["filesystem", "s3", "azure"] = "filesystem"
-    path: str | None = None  # filesystem only
-    bucket: str | None = None  # s3: the bucket; azure: the container
-    # s3: None means AWS S3 in `region`; MinIO, Ceph RGW, R2...: their URL, e.g. "http://minio:9000".
-    # azure: the account's URL; None means https://<account_name>.blob.core.windows.net (Azurite:
-    # "http://azurite:10000/devstoreaccount1"; sovereign clouds: their blob endpoint).
-    endpoint_url: str | None = None
-    region: str = "us-east-1"
-    prefix: str = ""  # prepended to every key, e.g. "prod/": several deployments share a bucket
-    # Path-style (`endpoint/bucket/key`) works with every S3-compatible server; AWS also takes
-    # virtual-hosted style (`bucket.endpoint/key`), which bucket names with dots break under TLS.
-    path_style: bool = True
-    # Where vendors reach the store when that differs from the gateway's address (the host is signed).
-    public_endpoint_url: str | None = None
-    presign_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=_MAX_PRESIGN_TTL_S)] = 3600
-    request_timeout_s: PositiveFloat = 30.0
-    access_key_env: str = "AWS_ACCESS_KEY_ID"
-    secret_key_env: str = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 (the name of a variable, not a secret)
-    # Resolved from the variables above by the loader, never from the file.
-    access_key: Secret | None = None
-    secret_key: Secret | None = None
-    account_name: str | None = None  # azure: the storage account
-    account_key_env: str = "AZURE_STORAGE_KEY"  # azure: the variable holding the account key (base64)
-    account_key: Secret | None = None  # resolved from `account_key_env` by the loader, never from the file
-
-    @property
-    def s3_endpoint_url(self) -> str:
-        """The endpoint the gateway talks to: `endpoint_url`, or AWS S3's for `region`."""
-        return self.endpoint_url or f"https://s3.{self.region}.amazonaws.com"
-
-    @property
-    def azure_account_url(self) -> str:
-        """The Azure account the gateway talks to: `endpoint_url`, or Azure's public cloud for `account_name`."""
-        return self.endpoint_url or f"https://{self.account_name}.blob.core.windows.net"
-
-    @property
-    def presigns(self) -> bool:
-        """Whether the store hands vendors expiring URLs of its own (the cloud stores do)."""
-        return self.kind != "filesystem"
-
-    @property
-    def location(self) -> str:
-        """Where the blobs are, for people: the bucket or container and its endpoint (not the folder)."""
-        if self.kind == "s3":
-            return f"s3 bucket {self.bucket} at {self.s3_endpoint_url}"
-        if self.kind == "azure":
-            return f"azure container {self.bucket} at {self.azure_account_url}"
-        return "filesystem"
-
-
 class RetentionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """`[retention]`: what the sweeper deletes, and when (gateway/worker/retention.py).
 
@@ -294,9 +220,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         return Path(self.data_dir).resolve()
 
 
-# Azure's rule for container names (the hyphen rule is checked apart: no "--").
-_AZURE_CONTAINER = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
-
 # Scalar settings that may come from GATEWAY_<NAME> environment variables.
 _ENV_SCALARS = {
     name: field
@@ -315,8 +238,7 @@ _ENV_SCALARS = {
     }
 }
 # `[storage]` fields that may come from GATEWAY_STORAGE_<NAME> (a container sets the bucket per environment).
-_STORAGE_SECRETS = ("access_key", "secret_key", "account_key")
-_ENV_STORAGE = frozenset(StorageConfig.__struct_fields__) - set(_STORAGE_SECRETS)
+_ENV_STORAGE = frozenset(StorageConfig.__struct_fields__) - set(STORAGE_SECRETS)
 
 
 # Read by `gateway generate`, a client of a running gateway; never settings of the service.
@@ -370,12 +292,7 @@ def _decode(raw: dict[str, Any], source: str) -> Settings:
 
 def _resolve_secrets(settings: Settings, environ: Mapping[str, str]) -> Settings:
     def secret(var: str | None, what: str, fix: str) -> Secret | None:
-        if var is None:
-            return None
-        if not environ.get(var):
-            state = "is empty" if var in environ else "is not set"
-            raise ConfigError(f"{what}: environment variable {var} {state}; {fix}")
-        return Secret(environ[var])
+        return env_secret(environ, var, what, fix)
 
     engines = {
         name: msgspec.structs.replace(
@@ -388,26 +305,7 @@ def _resolve_secrets(settings: Settings, environ: Mapping[str, str]) -> Settings
     # Unset, the compile cache lives in the data folder, which survives restarts.
     cache = settings.gpu.compile_cache_dir or str(settings.data_path / "compile-cache")
     gpu = msgspec.structs.replace(settings.gpu, shared_secret=gpu_secret, compile_cache_dir=cache)
-    storage = settings.storage
-    if storage.kind == "s3":
-        s3_fix = "export it with the S3 {0}, or name another variable in storage.{1}"
-        storage = msgspec.structs.replace(
-            storage,
-            access_key=secret(
-                storage.access_key_env, "storage.access_key_env", s3_fix.format("access key id", "access_key_env")
-            ),
-            secret_key=secret(
-                storage.secret_key_env, "storage.secret_key_env", s3_fix.format("secret key", "secret_key_env")
-            ),
-        )
-    if storage.kind == "azure":
-        fix = "export it with the storage account's access key, or name another variable in storage.account_key_env"
-        key = secret(storage.account_key_env, "storage.account_key_env", fix)
-        if key is not None and not _is_base64(key):
-            raise ConfigError(
-                f"storage.account_key_env: {storage.account_key_env} is not an Azure account key (base64); {fix}"
-            )
-        storage = msgspec.structs.replace(storage, account_key=key)
+    storage = resolve_storage_secrets(settings.storage, environ)
     signing = environ.get("GATEWAY_BLOB_SIGNING_KEY")
     return msgspec.structs.replace(
         settings,
@@ -481,33 +379,6 @@ def _check_routes(settings: Settings) -> None:
                 )
 
 
-def _is_base64(value: str) -> bool:
-    try:
-        base64.b64decode(value, validate=True)
-    except ValueError:
-        return False
-    return True
-
-
-def _check_storage(storage: StorageConfig) -> None:
-    if storage.kind == "filesystem":
-        return
-    if not storage.bucket:
-        raise ConfigError(f'storage.bucket: required when storage.kind = "{storage.kind}"')
-    if storage.kind == "azure":
-        if not storage.account_name:
-            raise ConfigError('storage.account_name: required when storage.kind = "azure"; the storage account')
-        if not _AZURE_CONTAINER.fullmatch(storage.bucket) or "--" in storage.bucket:
-            raise ConfigError(
-                f"storage.bucket: {storage.bucket!r} is not an Azure container name (3 to 63 lowercase "
-                "letters, digits and single hyphens, starting and ending with a letter or digit)"
-            )
-    for name in ("endpoint_url", "public_endpoint_url"):
-        url = getattr(storage, name)
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ConfigError(f"storage.{name}: must be an http(s) URL, got {url!r}")
-
-
 def read_config_file(
     env: Mapping[str, str], config_path: str | os.PathLike[str] | None = None
 ) -> tuple[dict[str, Any], str | os.PathLike[str] | None]:
@@ -536,7 +407,7 @@ def load_settings(
     for key in ("api_key", "shared_secret", "blob_signing_key"):
         if key in raw:
             raise ConfigError(f"{source}: {key} may only come from the environment")
-    for key in _STORAGE_SECRETS:
+    for key in STORAGE_SECRETS:
         if key in raw.get("storage", {}):
             raise ConfigError(f"{source}: storage.{key} may only come from the environment (storage.{key}_env)")
     env_values = _env_overrides(env)
@@ -546,7 +417,7 @@ def load_settings(
     raw.update(env_values)
     raw.update(overrides or {})
     decoded = _decode(raw, source)
-    _check_storage(decoded.storage)
+    check_storage(decoded.storage)
     _check_engines(decoded)
     if decoded.public_base_url is not None:
         _check_url(decoded.public_base_url, "public_base_url")

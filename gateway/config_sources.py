@@ -13,7 +13,9 @@ import msgspec
 from gateway.config import Secret, Settings, read_config_file
 
 # Settings whose value is a secret: shown masked, and only ever read from the environment.
-SECRET_FIELDS = frozenset({"api_key", "shared_secret", "blob_signing_key", "access_key", "secret_key", "account_key"})
+SECRET_FIELDS = frozenset(
+    {"api_key", "shared_secret", "blob_signing_key", "access_key", "secret_key", "account_key", "service_account_key"}
+)
 
 
 def setting_sources(
@@ -72,6 +74,7 @@ def setting_sources(
             "access_key": settings.storage.access_key_env,
             "secret_key": settings.storage.secret_key_env,
             "account_key": settings.storage.account_key_env,
+            "service_account_key": settings.storage.service_account_key_env,
         }
         walk(value, [name], var_of)
     return rows

@@ -8,12 +8,11 @@ failures are shared with the S3 store in gateway/storage/cloud.py.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from obstore.store import AzureStore
 
-from gateway.config import StorageConfig
-from gateway.storage.cloud import ObjectBlobStore, check_prefix, client_options, retry_config
+from gateway.storage.cloud import ObjectBlobStore, check_endpoints, check_prefix, client_options, retry_config
+from gateway.storage.config import StorageConfig
 
 if TYPE_CHECKING:
     from obstore.store import AzureAccessKey  # a TypedDict, not importable at run time
@@ -37,9 +36,7 @@ class AzureBlobStore(ObjectBlobStore):
         max_attempts: int = 3,
         retry_backoff_s: float = 0.1,
     ) -> None:
-        for url in (account_url, public_account_url):
-            if url is not None and urlsplit(url).scheme not in {"http", "https"}:
-                raise ValueError(f"Azure account URL must be an http(s) URL, got {url!r}")
+        check_endpoints("Azure account URL", account_url, public_account_url)
         retries = retry_config(max_attempts, retry_backoff_s, request_timeout_s)
         key_prefix = check_prefix(prefix)
         self._account_url = account_url.rstrip("/")

@@ -1,11 +1,11 @@
-"""The BlobStore protocol over any obstore store: S3-compatible servers and Azure Blob Storage.
+"""The BlobStore protocol over any obstore store: S3-compatible servers, Azure Blob Storage and GCS.
 
 obstore binds Apache Arrow's Rust `object_store` crate: request signing, presigned URLs (SigV4 for
-S3, a service SAS for Azure), retries with backoff on connection errors and 5xx answers are the
-library's. What this module adds, once for every kind, is the translation of its failures into
+S3, a service SAS for Azure, V4 RSA signatures for GCS), retries with backoff on connection errors
+and 5xx answers are the library's. What this module adds, once for every kind, is the translation of its failures into
 this project's terms: a missing object is `BlobNotFound`; everything else is `StorageError`, with
-the HTTP status and the service's error code when the server answered. gateway/storage/s3.py and
-gateway/storage/azure.py only build the obstore store from `[storage]`.
+the HTTP status and the service's error code when the server answered. gateway/storage/s3.py,
+azure.py and gcs.py only build the obstore store from `[storage]`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,14 @@ from gateway.observability.tracing import child_span
 from gateway.storage.base import BlobNotFound
 
 if TYPE_CHECKING:
-    from obstore.store import AzureStore, ClientConfig, RetryConfig, S3Store  # TypedDicts: type-checking only
+    from typing import TypeAlias
+
+    from obstore.store import AzureStore, ClientConfig, GCSStore, RetryConfig, S3Store  # TypedDicts: type-checking only
+
+    CloudStore: TypeAlias = S3Store | AzureStore | GCSStore
 
 # object_store reports an answered request as "... status code: 404 Not Found ..." and carries
-# the body of the service's XML error document along (S3 and Azure both send `<Code>`); its text
+# the body of the service's XML error document along (S3, Azure and GCS all send `<Code>`); its text
 # is the only place the status and code are (obstore is pinned exactly; the unit tests check this).
 _STATUS = re.compile(r"status(?: code)?:? (\d{3})\b|\(code: (\d{3})\)")
 _CODE = re.compile(r"<Code>\s*([A-Za-z0-9.]+)\s*</Code>")
@@ -37,7 +41,7 @@ _AZURE_REASONS = {
 }
 # obstore raises the builtin FileNotFoundError for a 404, its own BaseError family for the rest.
 _FAILURES = (BaseError, FileNotFoundError)
-# The codes that mean "no such object": S3's, and Azure's. A 404 with any other code (a missing
+# The codes that mean "no such object": S3's and GCS's, and Azure's. A 404 with any other code (a missing
 # bucket or container above all) is a deployment fault and must not read as a missing blob.
 _MISSING_OBJECT_CODES = frozenset({"NoSuchKey", "BlobNotFound"})
 # object_store's backoff panics on an empty range; a millisecond is "no wait" for every test.
@@ -88,6 +92,13 @@ def check_prefix(prefix: str) -> str | None:
     return prefix.rstrip("/") or None
 
 
+def check_endpoints(what: str, *urls: str | None) -> None:
+    """Refuse an endpoint that is not an http(s) URL (None: not configured); `what` names it."""
+    for url in urls:
+        if url is not None and urlsplit(url).scheme not in {"http", "https"}:
+            raise ValueError(f"{what} must be an http(s) URL, got {url!r}")
+
+
 def client_options(endpoint: str, request_timeout_s: float) -> ClientConfig:
     """The HTTP client settings every store shares: plain HTTP only for an http:// endpoint."""
     return {
@@ -119,9 +130,7 @@ class ObjectBlobStore:
 
     kind = "object"  # the `gateway.blob.store` span attribute; each subclass names its own
 
-    def __init__(
-        self, store: S3Store | AzureStore, *, public_store: S3Store | AzureStore | None = None, where: str
-    ) -> None:
+    def __init__(self, store: CloudStore, *, public_store: CloudStore | None = None, where: str) -> None:
         self._store = store
         # Vendors may reach the store at another address than the gateway does: presign for that one.
         self._public_store = public_store if public_store is not None else store

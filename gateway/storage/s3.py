@@ -13,8 +13,15 @@ from urllib.parse import urlsplit
 
 from obstore.store import S3Store
 
-from gateway.config import StorageConfig
-from gateway.storage.cloud import ObjectBlobStore, StorageError, check_prefix, client_options, retry_config
+from gateway.storage.cloud import (
+    ObjectBlobStore,
+    StorageError,
+    check_endpoints,
+    check_prefix,
+    client_options,
+    retry_config,
+)
+from gateway.storage.config import StorageConfig
 
 if TYPE_CHECKING:
     from obstore.store import S3Credential  # a TypedDict, not importable at run time
@@ -43,9 +50,7 @@ class S3BlobStore(ObjectBlobStore):
         max_attempts: int = 3,
         retry_backoff_s: float = 0.1,
     ) -> None:
-        for url in (endpoint_url, public_endpoint_url):
-            if url is not None and urlsplit(url).scheme not in {"http", "https"}:
-                raise ValueError(f"S3 endpoint must be an http(s) URL, got {url!r}")
+        check_endpoints("S3 endpoint", endpoint_url, public_endpoint_url)
         retries = retry_config(max_attempts, retry_backoff_s, request_timeout_s)
         key_prefix = check_prefix(prefix)
         self._endpoint = endpoint_url.rstrip("/")

@@ -1,20 +1,26 @@
-"""Real storage servers for the storage tests, started once per session on 127.0.0.1: S3 (moto) and Azurite."""
+"""Storage servers for the storage tests, started once per session on 127.0.0.1: S3 (moto), Azurite and GCS."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 import boto3
 import pytest
 from botocore.config import Config
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from mypy_boto3_s3 import S3Client
 
 from gateway.storage.azure import AzureBlobStore
+from gateway.storage.gcs import GCSBlobStore
 from gateway.storage.s3 import S3BlobStore
 from tests.integration.storage import azurite as azurite_emulator
 from tests.integration.storage.azurite import Azurite
+from tests.integration.storage.verifying_gcs import VerifyingGCSServer
 from tests.integration.storage.verifying_s3 import VerifyingS3Server
 
 ACCESS_KEY = "AKIDGATEWAYTEST0001"
@@ -93,6 +99,73 @@ async def azure_store(azurite: Azurite, container: str) -> AsyncIterator[AzureBl
         container=container,
         account_name=azurite_emulator.ACCOUNT,
         account_key=azurite_emulator.ACCOUNT_KEY,
+    )
+    yield store
+    await store.aclose()
+
+
+@dataclass(frozen=True)
+class ServiceAccount:
+    """A service account's JSON key, as the Google Cloud console downloads it, and its public half."""
+
+    info: dict[str, str]
+    public_pem: str
+
+    @property
+    def key_json(self) -> str:
+        return json.dumps(self.info)
+
+
+def make_service_account(email: str) -> ServiceAccount:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    info = {
+        "type": "service_account",
+        "project_id": "gateway-test",
+        "private_key_id": uuid.uuid4().hex,
+        "private_key": pem,
+        "client_email": email,
+        "client_id": "100000000000000000001",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    return ServiceAccount(info, public)
+
+
+@pytest.fixture(scope="session")
+def gcs_account() -> ServiceAccount:
+    return make_service_account("gateway@gateway-test.iam.gserviceaccount.com")
+
+
+@pytest.fixture(scope="session")
+def gcs_server(gcs_account: ServiceAccount) -> Iterator[VerifyingGCSServer]:
+    server = VerifyingGCSServer()
+    server.add_service_account(gcs_account.info, gcs_account.public_pem)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server: VerifyingGCSServer) -> str:
+    """A fresh bucket per test (GCS names: lowercase, digits, '-', '_', '.')."""
+    name = f"gateway-{uuid.uuid4().hex[:16]}"
+    gcs_server.create_bucket(name)
+    return name
+
+
+@pytest.fixture
+async def gcs_store(
+    gcs_server: VerifyingGCSServer, gcs_account: ServiceAccount, gcs_bucket: str
+) -> AsyncIterator[GCSBlobStore]:
+    store = GCSBlobStore(
+        endpoint_url=gcs_server.endpoint_url, bucket=gcs_bucket, service_account_key=gcs_account.key_json
     )
     yield store
     await store.aclose()

@@ -14,9 +14,7 @@ import hashlib
 import hmac
 import io
 import re
-import threading
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -27,7 +25,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.utils import percent_encode, percent_encode_sequence
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-from werkzeug.serving import BaseWSGIServer, make_server
+
+from tests.integration.storage.wsgi_server import BackgroundWSGIServer
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -174,38 +173,9 @@ class SigV4Verifier:
             raise _Refused(403, "SignatureDoesNotMatch", "The request signature we calculated does not match")
 
 
-class VerifyingS3Server:
+class VerifyingS3Server(BackgroundWSGIServer):
     """moto's S3 behind `SigV4Verifier`, served by werkzeug on 127.0.0.1 on an ephemeral port."""
 
     def __init__(self, secrets: Mapping[str, str]) -> None:
-        self._verifier = SigV4Verifier(DomainDispatcherApplication(create_backend_app), secrets)
-        app = self._verifier
-        self._server: BaseWSGIServer = make_server(
-            "127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler
-        )
-        self._thread = threading.Thread(target=self._server.serve_forever, name="verifying-s3", daemon=True)
-
-    @property
-    def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
-
-    @property
-    def port(self) -> int:
-        return self._server.server_port
-
-    @contextmanager
-    def clock_moved(self, by: timedelta) -> Iterator[None]:
-        """Judge signatures as if `by` had passed, for the duration of the `with` block."""
-        self._verifier.clock_offset = by
-        try:
-            yield
-        finally:
-            self._verifier.clock_offset = timedelta(0)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        verifier = SigV4Verifier(DomainDispatcherApplication(create_backend_app), secrets)
+        super().__init__(verifier, verifier, name="verifying-s3", request_handler=MotoRequestHandler)
