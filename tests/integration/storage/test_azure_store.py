@@ -12,7 +12,6 @@ import pytest
 from gateway.config import load_settings
 from gateway.doctor import _blob_check
 from gateway.storage.azure import AzureBlobStore
-from gateway.storage.base import BlobNotFound, BlobStore
 from gateway.storage.cloud import StorageError
 from tests.integration.storage.azurite import ACCOUNT, ACCOUNT_KEY, Azurite
 
@@ -30,34 +29,6 @@ def _store(azurite: Azurite, container: str, **overrides: object) -> AzureBlobSt
     }
     options.update(overrides)
     return AzureBlobStore(**options)  # type: ignore[arg-type]
-
-
-def test_azure_store_satisfies_the_blob_store_protocol(azure_store: AzureBlobStore) -> None:
-    store: BlobStore = azure_store
-    assert store is azure_store
-
-
-async def test_put_then_get_returns_the_same_bytes(azure_store: AzureBlobStore) -> None:
-    data = bytes(range(256)) * 64
-
-    await azure_store.put("outputs/job-1/0.png", data, "image/png")
-
-    assert await azure_store.get("outputs/job-1/0.png") == data
-
-
-async def test_get_of_missing_blob_raises_blob_not_found(azure_store: AzureBlobStore) -> None:
-    with pytest.raises(BlobNotFound):
-        await azure_store.get("outputs/none.png")
-
-
-async def test_delete_removes_the_blob_and_repeating_it_is_not_an_error(azure_store: AzureBlobStore) -> None:
-    await azure_store.put("inputs/x.png", b"x", "image/png")
-
-    await azure_store.delete("inputs/x.png")
-    await azure_store.delete("inputs/x.png")
-
-    with pytest.raises(BlobNotFound):
-        await azure_store.get("inputs/x.png")
 
 
 async def test_presigned_url_is_a_read_only_sas_fetchable_with_plain_httpx(azure_store: AzureBlobStore) -> None:
@@ -134,10 +105,6 @@ async def test_missing_container_is_a_storage_error_not_a_missing_blob(azurite: 
     assert (caught.value.status, caught.value.code) == (404, "ContainerNotFound")
     with pytest.raises(StorageError):
         await store.check_bucket()
-
-
-async def test_check_bucket_passes_for_an_existing_container(azure_store: AzureBlobStore) -> None:
-    await azure_store.check_bucket()
 
 
 async def test_doctor_writes_reads_and_deletes_a_probe_in_the_container(
