@@ -18,7 +18,7 @@ import msgspec
 # ConfigError, Secret and StorageConfig live apart (storage builds itself from its own table) and
 # are re-exported: `gateway.config` is where callers find every settings type.
 from gateway.config_types import ConfigError as ConfigError  # noqa: PLC0414
-from gateway.config_types import PositiveFloat, PositiveInt, env_secret
+from gateway.config_types import PositiveFloat, PositiveInt, check_url, env_secret
 from gateway.config_types import Secret as Secret  # noqa: PLC0414
 from gateway.domain.generation import Operation
 from gateway.storage.config import STORAGE_SECRETS, check_storage, resolve_storage_secrets
@@ -322,11 +322,6 @@ def _key_fix(cfg: EngineConfig) -> str:
     return f"export it with your {cfg.kind} API key"
 
 
-def _check_url(value: str, key: str) -> None:
-    if not value.startswith(("http://", "https://")):
-        raise ConfigError(f"{key}: must be an http(s) URL, got {value!r}")
-
-
 def _check_engines(settings: Settings) -> None:
     """Engine tables that cannot work, refused before any secret is read."""
     for name, cfg in settings.engines.items():
@@ -349,7 +344,7 @@ def _check_engines(settings: Settings) -> None:
                 "base_url to run the model in this process"
             )
         if cfg.base_url:
-            _check_url(cfg.base_url, f"{key}.base_url")
+            check_url(cfg.base_url, f"{key}.base_url")
 
 
 def _check_gpu_secrets(settings: Settings) -> None:
@@ -420,7 +415,7 @@ def load_settings(
     check_storage(decoded.storage)
     _check_engines(decoded)
     if decoded.public_base_url is not None:
-        _check_url(decoded.public_base_url, "public_base_url")
+        check_url(decoded.public_base_url, "public_base_url")
     settings = _resolve_secrets(decoded, env)
     _check_gpu_secrets(settings)
     _check_routes(settings)

@@ -36,3 +36,9 @@ def env_secret(environ: Mapping[str, str], var: str | None, what: str, fix: str)
         state = "is empty" if var in environ else "is not set"
         raise ConfigError(f"{what}: environment variable {var} {state}; {fix}")
     return Secret(environ[var])
+
+
+def check_url(value: str, key: str) -> None:
+    """Refuse a setting that must be an http(s) URL and is not; `key` names the setting."""
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{key}: must be an http(s) URL, got {value!r}")

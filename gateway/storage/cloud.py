@@ -2,10 +2,10 @@
 
 obstore binds Apache Arrow's Rust `object_store` crate: request signing, presigned URLs (SigV4 for
 S3, a service SAS for Azure, V4 RSA signatures for GCS), retries with backoff on connection errors
-and 5xx answers are the library's. What this module adds, once for every kind, is the translation of its failures into
-this project's terms: a missing object is `BlobNotFound`; everything else is `StorageError`, with
-the HTTP status and the service's error code when the server answered. gateway/storage/s3.py,
-azure.py and gcs.py only build the obstore store from `[storage]`.
+and 5xx answers are the library's. What this module adds, once for every kind, is the translation
+of its failures into this project's terms: a missing object is `BlobNotFound`; everything else is
+`StorageError`, with the HTTP status and the service's error code when the server answered.
+gateway/storage/s3.py, azure.py and gcs.py only build the obstore store from `[storage]`.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ _AZURE_REASONS = {
 }
 # obstore raises the builtin FileNotFoundError for a 404, its own BaseError family for the rest.
 _FAILURES = (BaseError, FileNotFoundError)
-# The codes that mean "no such object": S3's and GCS's, and Azure's. A 404 with any other code (a missing
-# bucket or container above all) is a deployment fault and must not read as a missing blob.
+# The codes that mean "no such object": S3's and GCS's, and Azure's. A 404 with any other code (a
+# missing bucket or container above all) is a deployment fault and must not read as a missing blob.
 _MISSING_OBJECT_CODES = frozenset({"NoSuchKey", "BlobNotFound"})
 # object_store's backoff panics on an empty range; a millisecond is "no wait" for every test.
 _MIN_BACKOFF_S = 0.001
@@ -57,9 +57,14 @@ class StorageError(Exception):
         self.code = code  # the service's error code, e.g. "AccessDenied", "AuthorizationFailure"
 
 
+def failure_text(exc: Exception) -> str:
+    """What an obstore error says, without the Rust debug dump that follows it."""
+    return str(exc).split("\n\nDebug source:", 1)[0].strip()
+
+
 def _translate(operation: str, key: str, exc: Exception) -> StorageError:
-    # The message's first part names the request and the service's answer; a Rust debug dump follows.
-    text = str(exc).split("\n\nDebug source:", 1)[0].strip()
+    # The message's first part names the request and the service's answer.
+    text = failure_text(exc)
     status = _STATUS.search(text)
     code = _CODE.search(text)
     reason = next((c for reason, c in _AZURE_REASONS.items() if f"{reason} (code: " in text), None)

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from gateway.config_types import ConfigError, PositiveFloat, Secret, env_secret
+from gateway.config_types import ConfigError, PositiveFloat, Secret, check_url, env_secret
 
 # S3 and GCS refuse presigned URLs that live longer than a week.
 _MAX_PRESIGN_TTL_S = 7 * 24 * 3600
@@ -125,8 +125,8 @@ def check_storage(storage: StorageConfig) -> None:
         )
     for name in ("endpoint_url", "public_endpoint_url"):
         url = getattr(storage, name)
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ConfigError(f"storage.{name}: must be an http(s) URL, got {url!r}")
+        if url is not None:
+            check_url(url, f"storage.{name}")
 
 
 def resolve_storage_secrets(storage: StorageConfig, environ: Mapping[str, str]) -> StorageConfig:

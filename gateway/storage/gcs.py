@@ -16,8 +16,15 @@ from obstore.exceptions import BaseError
 from obstore.store import GCSStore
 
 from gateway.config_types import ConfigError
-from gateway.storage.cloud import ObjectBlobStore, check_endpoints, check_prefix, client_options, retry_config
-from gateway.storage.config import StorageConfig
+from gateway.storage.cloud import (
+    ObjectBlobStore,
+    check_endpoints,
+    check_prefix,
+    client_options,
+    failure_text,
+    retry_config,
+)
+from gateway.storage.config import GCS_ENDPOINT, StorageConfig
 
 
 class GCSBlobStore(ObjectBlobStore):
@@ -30,7 +37,7 @@ class GCSBlobStore(ObjectBlobStore):
         *,
         bucket: str,
         service_account_key: str,
-        endpoint_url: str = "https://storage.googleapis.com",
+        endpoint_url: str = GCS_ENDPOINT,
         prefix: str = "",
         public_endpoint_url: str | None = None,
         request_timeout_s: float = 30.0,
@@ -61,9 +68,9 @@ class GCSBlobStore(ObjectBlobStore):
         try:
             store = build(self._endpoint)
         except BaseError as exc:  # object_store reads the private key here: the one thing left to refuse
-            reason = str(exc).split("\n\nDebug source:", 1)[0]
             raise ConfigError(
-                f"storage.service_account_key_env: the service account's private_key is not a usable key ({reason})"
+                "storage.service_account_key_env: the service account's private_key is not a usable key "
+                f"({failure_text(exc)})"
             ) from exc
         super().__init__(store, public_store=None if public == self._endpoint else build(public), where=bucket)
 
