@@ -9,13 +9,9 @@ from typing import Any
 
 import httpx
 
-from gateway.db.audit import run_audit
 from tests.conftest import Gateway
+from tests.e2e.test_generation_billing import audit_clean, auth
 from tests.fakes.images import png
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 async def generate_and_download(gw: Gateway) -> tuple[str, bytes]:
@@ -36,8 +32,7 @@ async def generate_and_download(gw: Gateway) -> tuple[str, bytes]:
 async def nothing_local_and_audit_clean(gw: Gateway, data_dir: Path) -> None:
     """The blobs went to the store, not the data folder, and the ledger audit finds nothing."""
     assert not (data_dir / "blobs").exists()
-    async with gw.pool.acquire() as conn:
-        assert await run_audit(conn) == {}
+    await audit_clean(gw)
 
 
 async def input_url_given_to_qolaba(gw: Gateway, fake_qolaba: Any) -> str:

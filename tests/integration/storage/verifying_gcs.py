@@ -35,7 +35,7 @@ from google.auth import jwt
 from google.cloud.storage._signing import generate_signed_url_v4
 from google.oauth2 import service_account
 
-from tests.integration.storage.wsgi_server import BackgroundWSGIServer
+from tests.integration.storage.wsgi_server import BackgroundWSGIServer, Refused
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -51,13 +51,6 @@ _STORAGE_SCOPES = frozenset(
 _MAX_SIGNED_URL_S = 7 * 24 * 3600
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-
-
 @dataclass
 class _Object:
     data: bytes
@@ -69,10 +62,9 @@ class _Object:
     def etag(self) -> str:
         return f'"{hashlib.md5(self.data, usedforsecurity=False).hexdigest()}"'
 
-    def headers(self) -> list[tuple[str, str]]:
+    def metadata(self) -> list[tuple[str, str]]:
+        """The headers GCS sends about an object, with a PUT's answer and with every GET's."""
         return [
-            ("Content-Type", self.content_type),
-            ("Content-Length", str(len(self.data))),
             ("ETag", self.etag),
             ("Last-Modified", format_datetime(self.updated, usegmt=True)),
             ("x-goog-generation", str(self.generation)),
@@ -109,14 +101,9 @@ class GCSApp:
         try:
             self._authenticate(environ, method, bucket, name, query)
             status, headers, payload = self._serve(method, bucket, name, query, body, environ)
-        except _Refused as refusal:
-            payload = (
-                "<?xml version='1.0' encoding='UTF-8'?>"
-                f"<Error><Code>{refusal.code}</Code><Message>{escape(str(refusal))}</Message></Error>"
-            ).encode()
-            status, headers = refusal.status, [("Content-Type", "application/xml; charset=UTF-8")]
-            headers.append(("Content-Length", str(len(payload))))
-        start_response(f"{status} {'OK' if status < 300 else 'Refused'}", headers)
+        except Refused as refusal:
+            return refusal.answer(start_response, "application/xml; charset=UTF-8")
+        start_response(f"{status} OK", headers)
         return [b""] if method == "HEAD" else [payload]
 
     # Authentication
@@ -130,7 +117,7 @@ class GCSApp:
         elif authorization.startswith("Bearer "):
             self._check_token(authorization.removeprefix("Bearer "))
         else:
-            raise _Refused(401, "AuthenticationRequired", "Anonymous caller does not have storage access.")
+            raise Refused(401, "AuthenticationRequired", "Anonymous caller does not have storage access.")
 
     def _check_token(self, token: str) -> None:
         try:
@@ -138,9 +125,9 @@ class GCSApp:
             account = self.accounts[claims["iss"]]
             claims = jwt.decode(token, certs=account.public_pem)
         except (KeyError, ValueError, google_auth_errors.GoogleAuthError) as exc:
-            raise _Refused(401, "AuthenticationRequired", f"Invalid Credentials: {exc}") from exc
+            raise Refused(401, "AuthenticationRequired", f"Invalid Credentials: {exc}") from exc
         if not _STORAGE_SCOPES & set(str(claims.get("scope", "")).split()):
-            raise _Refused(403, "AccessDenied", "The token is not scoped for Cloud Storage.")
+            raise Refused(403, "AccessDenied", "The token is not scoped for Cloud Storage.")
 
     def _check_signed_url(self, method: str, bucket: str, name: str, query: Mapping[str, str]) -> None:
         try:
@@ -149,16 +136,16 @@ class GCSApp:
             expires_s = int(query["X-Goog-Expires"])
             signed_headers = query["X-Goog-SignedHeaders"]
         except (KeyError, ValueError) as exc:
-            raise _Refused(400, "InvalidArgument", "Malformed signed URL.") from exc
+            raise Refused(400, "InvalidArgument", "Malformed signed URL.") from exc
         if query.get("X-Goog-Algorithm") != "GOOG4-RSA-SHA256" or signed_headers != "host":
-            raise _Refused(400, "InvalidArgument", "Only GOOG4-RSA-SHA256 URLs signing the host are accepted here.")
+            raise Refused(400, "InvalidArgument", "Only GOOG4-RSA-SHA256 URLs signing the host are accepted here.")
         if not 1 <= expires_s <= _MAX_SIGNED_URL_S:
-            raise _Refused(400, "InvalidArgument", "X-Goog-Expires must be between 1 second and 7 days.")
+            raise Refused(400, "InvalidArgument", "X-Goog-Expires must be between 1 second and 7 days.")
         now = datetime.now(UTC) + self.clock_offset
         if now > issued + timedelta(seconds=expires_s):
-            raise _Refused(400, "ExpiredToken", "Invalid argument: the signed URL has expired.")
+            raise Refused(400, "ExpiredToken", "Invalid argument: the signed URL has expired.")
         if email not in self.accounts:
-            raise _Refused(403, "SignatureDoesNotMatch", f"No service account {email}.")
+            raise Refused(403, "SignatureDoesNotMatch", f"No service account {email}.")
         # The signature a V4 URL for this method and resource would carry, made by Google's signer.
         extra = {k: v for k, v in query.items() if not k.startswith("X-Goog-")}
         expected_url = generate_signed_url_v4(
@@ -172,7 +159,7 @@ class GCSApp:
         )
         expected = dict(parse_qsl(expected_url.partition("?")[2]))["X-Goog-Signature"]
         if not hmac.compare_digest(expected, query["X-Goog-Signature"]):
-            raise _Refused(403, "SignatureDoesNotMatch", "The request signature we calculated does not match.")
+            raise Refused(403, "SignatureDoesNotMatch", "The request signature we calculated does not match.")
 
     # The XML API
 
@@ -186,12 +173,12 @@ class GCSApp:
         environ: WSGIEnvironment,
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         if bucket not in self.buckets:
-            raise _Refused(404, "NoSuchBucket", "The specified bucket does not exist.")
+            raise Refused(404, "NoSuchBucket", "The specified bucket does not exist.")
         objects = self.buckets[bucket]
         if not name:
             if method == "GET" and query.get("list-type") == "2":
                 return 200, [("Content-Type", "application/xml; charset=UTF-8")], _list(bucket, objects, query)
-            raise _Refused(400, "InvalidArgument", f"{method} on a bucket is not served here.")
+            raise Refused(400, "InvalidArgument", f"{method} on a bucket is not served here.")
         if method == "PUT":
             with self._lock:
                 self._generation += 1
@@ -202,21 +189,17 @@ class GCSApp:
                     datetime.now(UTC).replace(microsecond=0),
                 )
                 objects[name] = obj
-            return (
-                200,
-                [h for h in obj.headers() if h[0] not in {"Content-Type", "Content-Length"}]
-                + [("Content-Length", "0")],
-                b"",
-            )
+            return 200, [*obj.metadata(), ("Content-Length", "0")], b""
         if name not in objects:
-            raise _Refused(404, "NoSuchKey", "The specified key does not exist.")
+            raise Refused(404, "NoSuchKey", "The specified key does not exist.")
         if method in {"GET", "HEAD"}:
             obj = objects[name]
-            return 200, obj.headers(), obj.data
+            body_headers = [("Content-Type", obj.content_type), ("Content-Length", str(len(obj.data)))]
+            return 200, [*body_headers, *obj.metadata()], obj.data
         if method == "DELETE":
             del objects[name]
             return 204, [], b""
-        raise _Refused(405, "MethodNotAllowed", f"{method} is not allowed on an object.")
+        raise Refused(405, "MethodNotAllowed", f"{method} is not allowed on an object.")
 
 
 def _list(bucket: str, objects: Mapping[str, _Object], query: Mapping[str, str]) -> bytes:

@@ -26,7 +26,7 @@ from botocore.credentials import Credentials
 from botocore.utils import percent_encode, percent_encode_sequence
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 
-from tests.integration.storage.wsgi_server import BackgroundWSGIServer
+from tests.integration.storage.wsgi_server import BackgroundWSGIServer, Refused
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -38,13 +38,6 @@ _AUTH_HEADER = re.compile(
 _MAX_SKEW = timedelta(minutes=15)
 _MAX_PRESIGN_EXPIRES_S = 7 * 24 * 3600
 _UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 def _headers_of(environ: WSGIEnvironment) -> dict[str, str]:
@@ -69,7 +62,7 @@ def _parse_time(value: str) -> datetime:
     try:
         return datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
     except ValueError as exc:
-        raise _Refused(403, "AccessDenied", "X-Amz-Date is not an ISO 8601 basic timestamp") from exc
+        raise Refused(403, "AccessDenied", "X-Amz-Date is not an ISO 8601 basic timestamp") from exc
 
 
 @dataclass
@@ -89,21 +82,13 @@ class SigV4Verifier:
         environ["wsgi.input"] = io.BytesIO(body)  # moto reads the body again
         try:
             self._verify(environ, body)
-        except _Refused as refusal:
-            xml = (
-                f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{refusal.code}</Code>'
-                f"<Message>{refusal}</Message></Error>"
-            ).encode()
-            start_response(
-                f"{refusal.status} Refused",
-                [("Content-Type", "application/xml"), ("Content-Length", str(len(xml)))],
-            )
-            return [xml]
+        except Refused as refusal:
+            return refusal.answer(start_response)
         return self.app(environ, start_response)
 
     def _secret(self, access_key: str) -> str:
         if access_key not in self.secrets:
-            raise _Refused(403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist.")
+            raise Refused(403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist.")
         return self.secrets[access_key]
 
     def _verify(self, environ: WSGIEnvironment, body: bytes) -> None:
@@ -117,21 +102,21 @@ class SigV4Verifier:
         elif any(name == "X-Amz-Signature" for name, _ in pairs):
             self._verify_query_auth(method, headers, raw_path, pairs)
         else:
-            raise _Refused(403, "AccessDenied", "Anonymous access is forbidden for this bucket")
+            raise Refused(403, "AccessDenied", "Anonymous access is forbidden for this bucket")
 
     def _verify_header_auth(
         self, method: str, headers: dict[str, str], raw_path: str, pairs: list[tuple[str, str]], body: bytes
     ) -> None:
         match = _AUTH_HEADER.fullmatch(headers["authorization"])
         if match is None:
-            raise _Refused(400, "AuthorizationHeaderMalformed", "Authorization header is not SigV4 for s3")
+            raise Refused(400, "AuthorizationHeaderMalformed", "Authorization header is not SigV4 for s3")
         secret = self._secret(match["key"])
         amz_date = headers.get("x-amz-date", "")
         if abs(_parse_time(amz_date) - self._now()) > _MAX_SKEW:
-            raise _Refused(403, "RequestTimeTooSkewed", "The difference between the request time and now is large")
+            raise Refused(403, "RequestTimeTooSkewed", "The difference between the request time and now is large")
         content_sha256 = headers.get("x-amz-content-sha256", "")
         if content_sha256 != _UNSIGNED_PAYLOAD and content_sha256 != hashlib.sha256(body).hexdigest():
-            raise _Refused(400, "XAmzContentSHA256Mismatch", "The provided x-amz-content-sha256 does not match")
+            raise Refused(400, "XAmzContentSHA256Mismatch", "The provided x-amz-content-sha256 does not match")
         signed_names = match["signed"].split(";")
         request = AWSRequest(
             method=method,
@@ -143,7 +128,7 @@ class SigV4Verifier:
         auth = S3SigV4Auth(Credentials(match["key"], secret), "s3", match["region"])
         expected = auth.signature(auth.string_to_sign(request, auth.canonical_request(request)), request)
         if not hmac.compare_digest(expected, match["signature"]):
-            raise _Refused(403, "SignatureDoesNotMatch", "The request signature we calculated does not match")
+            raise Refused(403, "SignatureDoesNotMatch", "The request signature we calculated does not match")
 
     def _verify_query_auth(
         self, method: str, headers: dict[str, str], raw_path: str, pairs: list[tuple[str, str]]
@@ -155,11 +140,11 @@ class SigV4Verifier:
             signed_names = params["X-Amz-SignedHeaders"].split(";")
             issued = _parse_time(params["X-Amz-Date"])
         except (KeyError, ValueError) as exc:
-            raise _Refused(400, "AuthorizationQueryParametersError", "Malformed query-string auth") from exc
+            raise Refused(400, "AuthorizationQueryParametersError", "Malformed query-string auth") from exc
         if not 0 <= expires_s <= _MAX_PRESIGN_EXPIRES_S:
-            raise _Refused(400, "AuthorizationQueryParametersError", "X-Amz-Expires must be less than a week")
+            raise Refused(400, "AuthorizationQueryParametersError", "X-Amz-Expires must be less than a week")
         if self._now() > issued + timedelta(seconds=expires_s):
-            raise _Refused(403, "AccessDenied", "Request has expired")
+            raise Refused(403, "AccessDenied", "Request has expired")
         secret = self._secret(access_key)
         request = AWSRequest(
             method=method,
@@ -170,7 +155,7 @@ class SigV4Verifier:
         auth = S3SigV4QueryAuth(Credentials(access_key, secret), "s3", region, expires=expires_s)
         expected = auth.signature(auth.string_to_sign(request, auth.canonical_request(request)), request)
         if not hmac.compare_digest(expected, params["X-Amz-Signature"]):
-            raise _Refused(403, "SignatureDoesNotMatch", "The request signature we calculated does not match")
+            raise Refused(403, "SignatureDoesNotMatch", "The request signature we calculated does not match")
 
 
 class VerifyingS3Server(BackgroundWSGIServer):
